@@ -1,0 +1,42 @@
+# Set-up and everyday commands. `make serve` and `make test` install first.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CUDA=1 skips the CPU torch wheel so that pip resolves a CUDA build instead.
+CUDA ?= 0
+# The CPU wheel that lies on this machine's disk; any other spec downloads CUDA packages.
+TORCH_CPU_SPEC ?= torch==2.13.0
+
+.PHONY: install serve test lint format bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if ! $(PY) -c "import torch" 2>/dev/null; then \
+		if [ "$(CUDA)" = "1" ]; then echo "installing torch with CUDA"; $(PY) -m pip install -q "torch>=2.4"; \
+		else echo "installing $(TORCH_CPU_SPEC) (CPU)"; $(PY) -m pip install -q "$(TORCH_CPU_SPEC)"; fi; \
+	fi
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+serve: install
+	$(VENV)/bin/ddpm serve
+
+test: install lint
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) bench/sampler.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,260 @@
+"""Import a diffusers ``UNet2DModel`` (e.g. the google/ddpm-cifar10-32 layout) into :class:`UNet`.
+
+The two networks compute the same function; only parameter names differ, and
+our attention keeps q, k and v in one fused projection. Old diffusers
+checkpoints name the attention weights ``query/key/value/proj_attn``; both
+spellings are accepted. diffusers itself is not needed to convert a saved
+directory, only to hand over a live ``UNet2DModel``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointConfig
+from .unet import UNet, UNetConfig
+
+__all__ = [
+    "ConversionError",
+    "unet_config_from_diffusers",
+    "convert_state_dict",
+    "from_diffusers",
+    "load_diffusers_dir",
+    "checkpoint_config_from_diffusers",
+]
+
+
+class ConversionError(ValueError):
+    """The diffusers model uses a feature this UNet does not implement, or its weights are off."""
+
+
+# Settings our UNet implements, with the only value(s) it supports.
+_REQUIRED = {
+    "act_fn": ("silu",),
+    "time_embedding_type": ("positional",),
+    "resnet_time_scale_shift": ("default",),
+    "center_input_sample": (False,),
+    "mid_block_scale_factor": (1, 1.0),
+    "downsample_type": ("conv",),
+    "upsample_type": ("conv",),
+    "class_embed_type": (None,),
+    "mid_block_type": ("UNetMidBlock2D",),
+    "attn_norm_num_groups": (None,),
+    "time_embedding_dim": (None,),
+}
+_DOWN = {"DownBlock2D": False, "AttnDownBlock2D": True}
+_UP = {"UpBlock2D": False, "AttnUpBlock2D": True}
+
+
+def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
+    """Translate a ``UNet2DModel`` config dict; raise ConversionError for what we lack."""
+    for key, allowed in _REQUIRED.items():
+        if key in d and d[key] not in allowed:
+            raise ConversionError(f"unsupported {key}={d[key]!r} (supported: {allowed})")
+    channels = list(d.get("block_out_channels", (224, 448, 672, 896)))
+    base = channels[0]
+    if any(c % base for c in channels):
+        raise ConversionError(f"block_out_channels {channels} are not multiples of {base}")
+    down = list(d.get("down_block_types", ()))
+    up = list(d.get("up_block_types", ()))
+    if any(b not in _DOWN for b in down) or any(b not in _UP for b in up):
+        raise ConversionError(f"unsupported block types {down} / {up}")
+    if len(down) != len(channels) or len(up) != len(channels):
+        raise ConversionError("need one down and one up block per entry of block_out_channels")
+    attn_down = [_DOWN[b] for b in down]
+    attn_up = [_UP[b] for b in up][::-1]  # up blocks run from the lowest resolution
+    size = d.get("sample_size") or 32
+    if isinstance(size, list | tuple):
+        if size[0] != size[1]:
+            raise ConversionError(f"non-square sample_size {size}")
+        size = size[0]
+    return UNetConfig(
+        image_size=int(size),
+        in_channels=int(d.get("in_channels", 3)),
+        out_channels=int(d.get("out_channels", 3)),
+        base_channels=base,
+        channel_mult=tuple(c // base for c in channels),
+        num_res_blocks=int(d.get("layers_per_block", 2)),
+        attention_resolutions=tuple(int(size) // 2**i for i, a in enumerate(attn_down) if a),
+        up_attention_resolutions=tuple(int(size) // 2**i for i, a in enumerate(attn_up) if a),
+        mid_attention=bool(d.get("add_attention", True)),
+        attention_head_dim=d.get("attention_head_dim", 8),
+        dropout=float(d.get("dropout", 0.0)),
+        norm_groups=int(d.get("norm_num_groups", 32)),
+        norm_eps=float(d.get("norm_eps", 1e-5)),
+        num_classes=d.get("num_class_embeds"),
+        flip_sin_to_cos=bool(d.get("flip_sin_to_cos", True)),
+        freq_shift=float(d.get("freq_shift", 0)),
+        downsample_padding=int(d.get("downsample_padding", 1)),
+    )
+
+
+_RESNET = {
+    "norm1": "norm1",
+    "conv1": "conv1",
+    "time_emb_proj": "time_proj",
+    "norm2": "norm2",
+    "conv2": "conv2",
+    "conv_shortcut": "skip",
+}
+_ATTN = {
+    "group_norm": "norm",
+    "to_out.0": "proj_out",
+    "proj_attn": "proj_out",
+    "to_q": "q",
+    "query": "q",
+    "to_k": "k",
+    "key": "k",
+    "value": "v",
+    "to_v": "v",
+}
+_PATTERNS: list[tuple[re.Pattern[str], Any]] = [
+    (
+        re.compile(r"^time_embedding\.linear_(\d)\.(.+)$"),
+        lambda m: f"time_embed.linear{m[1]}.{m[2]}",
+    ),
+    (re.compile(r"^conv_norm_out\.(.+)$"), lambda m: f"norm_out.{m[1]}"),
+    (re.compile(r"^(conv_in|conv_out)\.(.+)$"), lambda m: f"{m[1]}.{m[2]}"),
+    (re.compile(r"^class_embedding\.weight$"), lambda m: "class_embed.weight"),
+    (
+        re.compile(r"^(down|up)_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(weight|bias)$"),
+        lambda m: f"{m[1]}.{m[2]}.blocks.{m[3]}.{_RESNET[m[4]]}.{m[5]}",
+    ),
+    (
+        re.compile(r"^(down|up)_blocks\.(\d+)\.attentions\.(\d+)\.([\w.]+?)\.(weight|bias)$"),
+        lambda m: f"{m[1]}.{m[2]}.attns.{m[3]}.{_ATTN[m[4]]}.{m[5]}",
+    ),
+    (
+        re.compile(r"^(down|up)_blocks\.(\d+)\.(?:down|up)samplers\.0\.conv\.(weight|bias)$"),
+        lambda m: f"{m[1]}.{m[2]}.resample.conv.{m[3]}",
+    ),
+    (
+        re.compile(r"^mid_block\.resnets\.([01])\.(\w+)\.(weight|bias)$"),
+        lambda m: f"mid.block{int(m[1]) + 1}.{_RESNET[m[2]]}.{m[3]}",
+    ),
+    (
+        re.compile(r"^mid_block\.attentions\.0\.([\w.]+?)\.(weight|bias)$"),
+        lambda m: f"mid.attn.{_ATTN[m[1]]}.{m[2]}",
+    ),
+]
+
+
+def _rename(key: str) -> str:
+    for pattern, repl in _PATTERNS:
+        m = pattern.match(key)
+        if m:
+            try:
+                return repl(m)
+            except KeyError:
+                break
+    raise ConversionError(f"no mapping for diffusers parameter {key!r}")
+
+
+def convert_state_dict(state: dict[str, torch.Tensor], cfg: UNetConfig) -> dict[str, torch.Tensor]:
+    """Rename diffusers parameters to ours; fuse q/k/v into ``qkv``; add the null class row."""
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        name = _rename(key)
+        prefix, _, leaf = name.rpartition(".")
+        head, _, proj = prefix.rpartition(".")
+        if proj in ("q", "k", "v"):
+            qkv.setdefault(f"{head}.qkv.{leaf}", {})[proj] = value
+        else:
+            out[name] = value
+    for name, parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise ConversionError(f"attention {name} lacks one of q/k/v")
+        out[name] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    if cfg.num_classes is not None and "class_embed.weight" in out:
+        # diffusers has no null class; an all-zero row is "no class information".
+        w = out["class_embed.weight"]
+        out["class_embed.weight"] = torch.cat([w, torch.zeros_like(w[:1])])
+    return out
+
+
+def from_diffusers(model: torch.nn.Module) -> UNet:
+    """A :class:`UNet` computing what the live diffusers ``UNet2DModel`` computes."""
+    cfg = unet_config_from_diffusers(dict(model.config))
+    return _build(cfg, model.state_dict())
+
+
+def _build(cfg: UNetConfig, state: dict[str, torch.Tensor]) -> UNet:
+    unet = UNet(cfg)
+    converted = convert_state_dict(state, cfg)
+    expected = unet.state_dict()
+    missing = sorted(set(expected) - set(converted))
+    unexpected = sorted(set(converted) - set(expected))
+    if missing or unexpected:
+        raise ConversionError(
+            f"weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    for k, v in converted.items():
+        if v.shape != expected[k].shape:
+            raise ConversionError(f"{k}: shape {tuple(v.shape)} != {tuple(expected[k].shape)}")
+    unet.load_state_dict({k: v.float() for k, v in converted.items()})
+    return unet.eval()
+
+
+def load_diffusers_dir(path: str | Path) -> tuple[dict, UNet]:
+    """Read a saved ``UNet2DModel`` (or a pipeline directory with ``unet/``) without diffusers.
+
+    Returns the diffusers config (with the pipeline's scheduler config under
+    ``"_scheduler"`` when present) and the converted :class:`UNet`.
+    """
+    root = Path(path)
+    unet_dir = root / "unet" if (root / "unet" / "config.json").exists() else root
+    cfg_file = unet_dir / "config.json"
+    if not cfg_file.exists():
+        raise ConversionError(f"{cfg_file}: file is missing")
+    try:
+        dconfig = json.loads(cfg_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"{cfg_file}: not valid JSON ({exc})") from None
+    sched_file = root / "scheduler" / "scheduler_config.json"
+    if sched_file.exists():
+        dconfig["_scheduler"] = json.loads(sched_file.read_text())
+    st = unet_dir / "diffusion_pytorch_model.safetensors"
+    binf = unet_dir / "diffusion_pytorch_model.bin"
+    if st.exists():
+        from safetensors.torch import load_file
+
+        state = load_file(str(st))
+    elif binf.exists():
+        # weights_only: a legacy pickle file can hold tensors but never run code.
+        state = torch.load(binf, map_location="cpu", weights_only=True)
+    else:
+        raise ConversionError(f"{unet_dir}: no diffusion_pytorch_model.safetensors or .bin")
+    return dconfig, _build(unet_config_from_diffusers(dconfig), state)
+
+
+def checkpoint_config_from_diffusers(
+    dconfig: dict, unet_cfg: UNetConfig, variance_type: str = "fixed_large"
+) -> CheckpointConfig:
+    """The checkpoint config of a converted model (schedule from its scheduler config)."""
+    sched = dconfig.get("_scheduler", {})
+    if sched.get("beta_schedule", "linear") not in ("linear", "squaredcos_cap_v2"):
+        raise ConversionError(f"unsupported beta_schedule {sched.get('beta_schedule')!r}")
+    T = int(sched.get("num_train_timesteps", 1000))
+    if sched.get("beta_schedule") == "squaredcos_cap_v2":
+        schedule = {"kind": "cosine", "num_train_timesteps": T}
+    else:
+        schedule = {
+            "kind": "linear",
+            "num_train_timesteps": T,
+            "beta_start": float(sched.get("beta_start", 1e-4)),
+            "beta_end": float(sched.get("beta_end", 0.02)),
+        }
+    return CheckpointConfig(
+        unet=unet_cfg,
+        schedule=schedule,
+        variance_type=sched.get("variance_type", variance_type),
+        default_steps=min(1000, T),
+        default_sampler="ddpm",
+        clip_denoised=bool(sched.get("clip_sample", True)),
+    )
