@@ -2,7 +2,7 @@
 
 Every sampler here is one affine update per step,
 
-    x0_hat = clip( sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps )          (DDPM Eq. 15)
+    x0_hat = clip( (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) )          (DDPM Eq. 15)
     x_prev = a_k x_t + b_k eps + c_k x0_hat + sigma_k z,   z ~ N(0, I)
 
 whose coefficients depend only on the step index k. A :class:`StepTable`
@@ -52,7 +52,7 @@ SAMPLERS: tuple[str, ...] = ("ddpm", "ddim")
 VARIANCE_TYPES: tuple[str, ...] = ("fixed_small", "fixed_large")
 
 # Columns of StepTable.coefs.
-SQRT_RECIP_ABAR, SQRT_RECIPM1_ABAR, CLIP, COEF_XT, COEF_EPS, COEF_X0, SIGMA = range(7)
+SQRT_RECIP_ABAR, SQRT_ONE_MINUS_ABAR, CLIP, COEF_XT, COEF_EPS, COEF_X0, SIGMA = range(7)
 NUM_COLUMNS = 7
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -122,7 +122,7 @@ def step_table(
 
     coefs = torch.zeros(len(abar), NUM_COLUMNS, dtype=torch.float64)
     coefs[:, SQRT_RECIP_ABAR] = (1.0 / abar).sqrt()
-    coefs[:, SQRT_RECIPM1_ABAR] = (1.0 / abar - 1.0).sqrt()
+    coefs[:, SQRT_ONE_MINUS_ABAR] = (1.0 - abar).sqrt()
     coefs[:, CLIP] = 1.0 if clip_denoised else 0.0
     if sampler == "ddpm":
         # Posterior q(x_prev | x_t, x0) of DDPM Eq. 7 with x0 := x0_hat.
@@ -164,7 +164,9 @@ def denoise_step(
     """
     c = coefs.to(device=x_t.device, dtype=x_t.dtype).reshape(*coefs.shape, *([1] * (x_t.ndim - 1)))
     eps = eps.to(x_t.dtype)
-    x0 = c[:, SQRT_RECIP_ABAR] * x_t - c[:, SQRT_RECIPM1_ABAR] * eps
+    # Subtract before scaling: at large t, 1/sqrt(abar) ~ 150 would amplify float32 rounding
+    # of two large products in the expanded form sqrt(1/abar) x_t - sqrt(1/abar - 1) eps.
+    x0 = (x_t - c[:, SQRT_ONE_MINUS_ABAR] * eps) * c[:, SQRT_RECIP_ABAR]
     x0 = torch.where(c[:, CLIP] > 0, x0.clamp(-1.0, 1.0), x0)
     x_prev = c[:, COEF_XT] * x_t + c[:, COEF_EPS] * eps + c[:, COEF_X0] * x0
     if noise is not None:

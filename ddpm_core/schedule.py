@@ -48,8 +48,8 @@ class NoiseSchedule:
             object.__setattr__(self, "betas", self.betas.to(torch.float64))
         if self.betas.ndim != 1 or len(self.betas) != len(self.timesteps):
             raise ValueError("betas and timesteps must be 1-D and of equal length")
-        if not bool(((self.betas > 0) & (self.betas < 1)).all()):
-            raise ValueError("every beta must lie in (0, 1)")
+        if not bool(((self.betas > 0) & (self.betas <= 1)).all()):
+            raise ValueError("every beta must lie in (0, 1]")
 
     # -- constructors -------------------------------------------------------
 
