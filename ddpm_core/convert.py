@@ -26,6 +26,7 @@ __all__ = [
     "from_diffusers",
     "load_diffusers_dir",
     "checkpoint_config_from_diffusers",
+    "diffusers_config",
 ]
 
 
@@ -73,6 +74,7 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
         if size[0] != size[1]:
             raise ConversionError(f"non-square sample_size {size}")
         size = size[0]
+    up_res = tuple(int(size) // 2**i for i, a in enumerate(attn_up) if a)
     return UNetConfig(
         image_size=int(size),
         in_channels=int(d.get("in_channels", 3)),
@@ -81,7 +83,7 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
         channel_mult=tuple(c // base for c in channels),
         num_res_blocks=int(d.get("layers_per_block", 2)),
         attention_resolutions=tuple(int(size) // 2**i for i, a in enumerate(attn_down) if a),
-        up_attention_resolutions=tuple(int(size) // 2**i for i, a in enumerate(attn_up) if a),
+        up_attention_resolutions=None if attn_up == attn_down else up_res,
         mid_attention=bool(d.get("add_attention", True)),
         attention_head_dim=d.get("attention_head_dim", 8),
         dropout=float(d.get("dropout", 0.0)),
@@ -258,3 +260,32 @@ def checkpoint_config_from_diffusers(
         default_sampler="ddpm",
         clip_denoised=bool(sched.get("clip_sample", True)),
     )
+
+
+def diffusers_config(cfg: UNetConfig) -> dict[str, Any]:
+    """The ``UNet2DModel`` keyword arguments of the network ``cfg`` describes (the inverse
+    of :func:`unet_config_from_diffusers`), e.g. to benchmark against diffusers."""
+    levels = range(len(cfg.channel_mult))
+    up_attn = cfg.up_attention_resolutions
+    up_attn = cfg.attention_resolutions if up_attn is None else up_attn
+    res = [cfg.image_size // 2**i for i in levels]
+    return {
+        "sample_size": cfg.image_size,
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.out_channels,
+        "block_out_channels": [cfg.base_channels * m for m in cfg.channel_mult],
+        "down_block_types": [
+            "AttnDownBlock2D" if r in cfg.attention_resolutions else "DownBlock2D" for r in res
+        ],
+        "up_block_types": ["AttnUpBlock2D" if r in up_attn else "UpBlock2D" for r in reversed(res)],
+        "layers_per_block": cfg.num_res_blocks,
+        "attention_head_dim": cfg.attention_head_dim,
+        "add_attention": cfg.mid_attention,
+        "dropout": cfg.dropout,
+        "norm_num_groups": cfg.norm_groups,
+        "norm_eps": cfg.norm_eps,
+        "num_class_embeds": cfg.num_classes,
+        "flip_sin_to_cos": cfg.flip_sin_to_cos,
+        "freq_shift": cfg.freq_shift,
+        "downsample_padding": cfg.downsample_padding,
+    }

@@ -146,6 +146,22 @@ def test_conversion_accepts_old_attention_names_and_saved_dirs(cifar10_pair, tmp
             assert (loaded(x, t) - expected).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize("name", ["tiny", "small", "ddpm-cifar10"])
+def test_presets_round_trip_through_diffusers_configs(name: str) -> None:
+    from ddpm_core.convert import diffusers_config
+    from ddpm_core.unet import preset
+
+    num_classes = 10 if name == "tiny" else None
+    cfg = preset(name, num_classes=num_classes)
+    ref = diffusers.UNet2DModel(**diffusers_config(cfg))
+    ours = from_diffusers(ref)
+    assert ours.config == cfg
+    # Same parameters, but for the one extra class-table row: our null class.
+    extra = 4 * cfg.base_channels if num_classes else 0
+    n_ref = sum(p.numel() for p in ref.parameters())
+    assert sum(p.numel() for p in ours.parameters()) == n_ref + extra
+
+
 def test_mirrored_and_unmirrored_attention_layouts_convert() -> None:
     ref = _diffusers_cifar10(["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"])
     ours = from_diffusers(ref)
