@@ -94,7 +94,7 @@ def main() -> None:
         f"python={platform.python_version()}"
     )
     print(
-        f"# image {size}x{size}, {steps} steps, {args.repeats} timed runs (median), warm-up excluded"
+        f"# image {size}x{size}, {steps} steps, median of {args.repeats} timed runs after warm-up"
     )
     header = "| preset | sampler | batch | contender | img/s | median s | vs diffusers fp32 |"
     extra = " TFLOP/s | MFU |" if cuda else ""
