@@ -1,0 +1,568 @@
+"""The training loop: epsilon-prediction DDPM training of a UNet (Ho et al. 2020, Algorithm 1).
+
+    repeat: x0 ~ data, t ~ Uniform{0..T-1}, eps ~ N(0, I)
+            take a gradient step on || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1-abar_t) eps, t) ||^2
+
+with AdamW, linear warm-up then cosine or constant learning rate, gradient
+clipping and accumulation, optional bf16/fp16 autocast, an EMA of the weights,
+and label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
+
+Everything random in a step (batch indices, flips, t, eps, label dropout) is
+drawn from a generator seeded by (seed, step), and dropout draws from the global
+torch RNG whose state is saved, so a resumed run reproduces the uninterrupted
+one exactly. The resumable state is saved without pickle: tensors through
+``torch.save`` of plain containers (read back with ``weights_only=True``) and
+scalars as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, CheckpointConfig, save_checkpoint
+from .data import ImageDataset, load_dataset
+from .diffusion import diffusion_loss, q_sample
+from .ema import EMA
+from .images import make_grid, png_bytes
+from .pipeline import generate, resolve_device
+from .schedule import NoiseSchedule
+from .unet import UNet, UNetConfig, preset
+
+__all__ = [
+    "STATE_DIR",
+    "TrainConfig",
+    "TrainProgress",
+    "TrainResult",
+    "lr_at",
+    "batch_indices",
+    "build_unet_config",
+    "train",
+    "command_line",
+]
+
+STATE_DIR = "train_state"  # inside the checkpoint directory
+_MIX = 1_000_003  # odd multiplier that spreads (seed, step) over distinct generator seeds
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (JSON-serialisable via ``to_dict``)."""
+
+    dataset: str = "digits"
+    out: str = "runs/digits"
+    # Model
+    preset: str = "tiny"
+    image_size: int = 16
+    channels: int = 1
+    unet_overrides: dict = field(default_factory=dict)
+    class_cond: bool = False  # digits: its labels; a folder: labels from sub-folders
+    p_uncond: float = 0.1  # label dropout for classifier-free guidance
+    random_flip: bool = False
+    # Diffusion
+    schedule: str = "linear"
+    timesteps: int = 1000
+    loss: str = "mse"
+    # Optimisation
+    steps: int = 1000
+    batch_size: int = 64
+    accumulate: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    warmup: int = 100
+    lr_schedule: str = "cosine"  # or "constant"
+    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    precision: str = "no"  # no | bf16 | fp16
+    # Saving and previews
+    save_every: int = 0  # 0: only at the end
+    sample_every: int = 0  # 0: only the final preview
+    sample_count: int = 16
+    default_steps: int = 50  # the checkpoint's default DDIM steps
+    guidance_scale: float = 1.0  # the checkpoint's default guidance (conditional models)
+    # Execution
+    device: str = "auto"
+    compile: bool = False
+    channels_last: bool = False
+    seed: int = 0
+    resume_from: str | None = None
+
+    def __post_init__(self) -> None:
+        self.adam_betas = tuple(float(b) for b in self.adam_betas)  # JSON gives a list
+        problems = []
+        if self.steps < 1:
+            problems.append("steps must be >= 1")
+        if self.batch_size < 1 or self.accumulate < 1:
+            problems.append("batch_size and accumulate must be >= 1")
+        if self.lr <= 0:
+            problems.append("lr must be > 0")
+        if self.warmup < 0:
+            problems.append("warmup must be >= 0")
+        if self.lr_schedule not in ("cosine", "constant"):
+            problems.append(f"lr_schedule must be cosine or constant, not {self.lr_schedule!r}")
+        if self.precision not in ("no", "bf16", "fp16"):
+            problems.append(f"precision must be no, bf16 or fp16, not {self.precision!r}")
+        if self.loss not in ("mse", "l1"):
+            problems.append(f"loss must be mse or l1, not {self.loss!r}")
+        if self.schedule not in ("linear", "cosine"):
+            problems.append(f"schedule must be linear or cosine, not {self.schedule!r}")
+        if not 0.0 <= self.p_uncond < 1.0:
+            problems.append("p_uncond must be in [0, 1)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            problems.append("ema_decay must be in [0, 1)")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            problems.append("grad_clip must be > 0 (or None)")
+        if self.channels not in (1, 3):
+            problems.append("channels must be 1 or 3")
+        if self.save_every < 0 or self.sample_every < 0:
+            problems.append("save_every and sample_every must be >= 0")
+        if not 1 <= self.default_steps <= self.timesteps:
+            problems.append("default_steps must be in [1, timesteps]")
+        if self.seed < 0:
+            problems.append("seed must be >= 0")
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class TrainProgress:
+    """What the progress callback receives after every optimizer step."""
+
+    step: int
+    total_steps: int
+    loss: float  # smoothed (bias-corrected EMA over ~50 steps)
+    loss_raw: float  # this step's loss (NaN for a skipped step)
+    lr: float
+    images_per_sec: float
+    skipped_steps: int = 0
+    elapsed_s: float = 0.0
+    sample_path: str | None = None  # set on steps that wrote a preview grid
+    sample_png: bytes | None = None
+    checkpoint_path: str | None = None  # set on steps that saved a checkpoint
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    step: int
+    total_steps: int
+    final_loss: float  # smoothed loss at the last step
+    losses: list[float]  # raw loss of every step run in this call (NaN: skipped)
+    skipped_steps: int
+    stopped: bool  # stopped early by the callback / should_stop
+    elapsed_s: float
+    device: str
+
+
+ProgressFn = Callable[[TrainProgress], bool | None]
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up over ``warmup``
+    steps, lr * (step+1)/warmup, then constant or cosine,
+    lr * (m + (1-m) * (1 + cos(pi * p)) / 2) with p the post-warm-up progress in [0, 1]."""
+    if cfg.warmup and step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    span = max(1, cfg.steps - cfg.warmup)
+    p = min(1.0, (step - cfg.warmup) / span)
+    m = cfg.min_lr_ratio
+    return cfg.lr * (m + (1 - m) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def batch_indices(seed: int, step: int, per_step: int, n: int) -> torch.Tensor:
+    """Dataset indices of optimizer step ``step``: a function of (seed, step) alone.
+
+    Sample number p = step * per_step + i is element p mod n of the permutation of
+    epoch p // n, that permutation drawn from a generator seeded by (seed, epoch):
+    every image is seen once per epoch, and resuming needs no sampler state.
+    """
+    pos = torch.arange(step * per_step, (step + 1) * per_step)
+    epochs, offsets = pos // n, pos % n
+    out = torch.empty(per_step, dtype=torch.long)
+    for e in epochs.unique().tolist():
+        g = torch.Generator().manual_seed(seed * _MIX + e)
+        perm = torch.randperm(n, generator=g)
+        sel = epochs == e
+        out[sel] = perm[offsets[sel]]
+    return out
+
+
+def build_unet_config(cfg: TrainConfig, num_classes: int | None) -> UNetConfig:
+    overrides = {
+        "image_size": cfg.image_size,
+        "in_channels": cfg.channels,
+        "out_channels": cfg.channels,
+        "num_classes": num_classes,
+        **cfg.unet_overrides,
+    }
+    return preset(cfg.preset, **overrides)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "no":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# -- resumable state --------------------------------------------------------------------
+
+
+def _save_state(
+    ckpt_dir: Path,
+    cfg: TrainConfig,
+    step: int,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    ema: EMA,
+    scaler: torch.amp.GradScaler | None,
+    scalars: dict,
+) -> None:
+    """Write ``ckpt_dir/train_state`` (tmp dir then rename: never half-written)."""
+    tmp = ckpt_dir / f".{STATE_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    cpu = lambda sd: {k: v.detach().cpu().clone() for k, v in sd.items()}  # noqa: E731
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    np_state = np.random.get_state()
+    # Optimizer state is a nested dict of tensors and numbers: loadable with weights_only=True.
+    torch.save(
+        {"model": cpu(model.state_dict()), "ema": ema.state_dict(), "optimizer": opt.state_dict()},
+        tmp / "tensors.pt",
+    )
+    torch.save(rng | {"numpy": torch.from_numpy(np_state[1].copy())}, tmp / "rng.pt")
+    py_state = random.getstate()
+    state = {
+        "step": step,
+        "train_config": cfg.to_dict(),
+        "ema": ema.extra_state(),
+        "grad_scaler": scaler.state_dict() if scaler is not None else None,
+        "lr_scheduler": {"kind": cfg.lr_schedule, "last_step": step, "lr": lr_at(cfg, step)},
+        "numpy_rng": {
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
+        **scalars,
+    }
+    (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+    final = ckpt_dir / STATE_DIR
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def _load_state(path: Path) -> tuple[dict, dict, dict]:
+    state_dir = path / STATE_DIR
+    if not (state_dir / "state.json").exists():
+        raise FileNotFoundError(f"{path} has no resumable training state ({STATE_DIR}/)")
+    state = json.loads((state_dir / "state.json").read_text())
+    tensors = torch.load(state_dir / "tensors.pt", map_location="cpu", weights_only=True)
+    rng = torch.load(state_dir / "rng.pt", map_location="cpu", weights_only=True)
+    return state, tensors, rng
+
+
+def _restore_rng(state: dict, rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    n = state["numpy_rng"]
+    np.random.set_state(
+        ("MT19937", rng["numpy"].numpy(), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    v, internal, gauss = state["python_rng"]
+    random.setstate((v, tuple(internal), gauss))
+
+
+# -- the loop ---------------------------------------------------------------------------
+
+
+def _sample_grid(
+    ckpt_cfg: CheckpointConfig, ema_model: UNet, ema: EMA, count: int, out: Path
+) -> bytes:
+    """PNG grid of ``count`` samples of the EMA weights (seed 0; labels 0, 1, 2, ... when
+    conditional, one class per column)."""
+    ema.copy_to(ema_model)
+    ema_model.eval()
+    ck = Checkpoint(out, ckpt_cfg, {}, ema_model, "ema")
+    labels, nrow = None, None
+    if ckpt_cfg.num_classes:
+        labels = [i % ckpt_cfg.num_classes for i in range(count)]
+        nrow = ckpt_cfg.num_classes if count >= ckpt_cfg.num_classes else None
+    images = generate(ck, count=count, seed=0, labels=labels)
+    return png_bytes(make_grid(images, nrow=nrow))
+
+
+def train(
+    cfg: TrainConfig,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    command: str | None = None,
+    job_id: str | None = None,
+    dataset: ImageDataset | None = None,
+) -> TrainResult:
+    """Train as ``cfg`` says and save a checkpoint directory at ``cfg.out``.
+
+    ``progress(TrainProgress)`` runs after every step; a truthy return, like a
+    truthy ``should_stop()``, ends training after that step, and the state is
+    still saved. ``command``/``job_id`` are recorded in meta.json as provenance.
+    ``dataset`` replaces loading ``cfg.dataset`` (e.g. a dataset already in memory).
+    Raises ValueError for unusable settings (e.g. fp16 without CUDA).
+    """
+    device = resolve_device(cfg.device)
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 mixed precision needs a CUDA device; use bf16 or no on CPU")
+    if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this CUDA device does not support bf16")
+    out = Path(cfg.out)
+
+    resume = None
+    if cfg.resume_from:
+        resume = _load_state(Path(cfg.resume_from))
+
+    ds = dataset or load_dataset(
+        cfg.dataset, cfg.image_size, cfg.channels, cfg.class_cond, cfg.random_flip
+    )
+    if ds.image_size != cfg.image_size or ds.channels != cfg.channels:
+        raise ValueError(
+            f"dataset images are {ds.channels}x{ds.image_size}px, config says "
+            f"{cfg.channels}x{cfg.image_size}px"
+        )
+    num_classes = ds.num_classes if cfg.class_cond else None
+    if cfg.class_cond and not num_classes:
+        raise ValueError("class-conditional training needs a labeled dataset")
+
+    schedule = (
+        NoiseSchedule.linear(cfg.timesteps)
+        if cfg.schedule == "linear"
+        else NoiseSchedule.cosine(cfg.timesteps)
+    )
+    unet_cfg = build_unet_config(cfg, num_classes)
+    ckpt_cfg = CheckpointConfig(
+        unet=unet_cfg,
+        schedule=schedule.to_config(),
+        variance_type="fixed_small",
+        default_steps=cfg.default_steps,
+        default_sampler="ddim",
+        default_guidance_scale=cfg.guidance_scale if num_classes else 1.0,
+        class_names=ds.class_names if num_classes else None,
+    )
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    random.seed(cfg.seed)
+    model = UNet(unet_cfg).to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
+    ema_model = UNet(unet_cfg).to(device)  # holds the EMA weights for previews
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
+    )
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+
+    start_step, smooth, smooth_w, skipped, prev_elapsed = 0, 0.0, 0.0, 0, 0.0
+    if resume is not None:
+        state, tensors, rng = resume
+        model.load_state_dict(tensors["model"])
+        opt.load_state_dict(tensors["optimizer"])
+        ema.load_state_dict(tensors["ema"], state["ema"])
+        if scaler is not None and state.get("grad_scaler"):
+            scaler.load_state_dict(state["grad_scaler"])
+        start_step = int(state["step"])
+        smooth, smooth_w = state["smooth_loss"], state["smooth_weight"]
+        skipped, prev_elapsed = state["skipped_steps"], state.get("elapsed_s", 0.0)
+        _restore_rng(state, rng)
+        if start_step > cfg.steps:
+            raise ValueError(f"resume state is at step {start_step}, past steps={cfg.steps}")
+    ema.to(device)
+    net = torch.compile(model) if cfg.compile else model
+
+    def save(step: int, loss: float) -> Path:
+        elapsed = prev_elapsed + time.perf_counter() - started
+        png = _sample_grid(ckpt_cfg, ema_model, ema, cfg.sample_count, out)
+        meta = {
+            "dataset": ds.describe(),
+            "training_steps": step,
+            "total_steps": cfg.steps,
+            "images_seen": step * cfg.batch_size * cfg.accumulate,
+            "loss": loss,
+            "skipped_steps": skipped,
+            "train_config": cfg.to_dict(),
+            "command": command,
+            "job_id": job_id,
+            "device": str(device)
+            + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+            "torch": torch.__version__,
+            "training_time_s": round(elapsed, 1),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+        save_checkpoint(out, ckpt_cfg, model, ema.state_dict(), meta, png, overwrite=True)
+        scalars = {
+            "smooth_loss": smooth,
+            "smooth_weight": smooth_w,
+            "skipped_steps": skipped,
+            "elapsed_s": elapsed,
+        }
+        _save_state(out, cfg, step, model, opt, ema, scaler, scalars)
+        return out
+
+    per_step = cfg.batch_size * cfg.accumulate
+    null = model.null_label
+    model.train()
+    started = time.perf_counter()
+    window_t, window_n = started, 0
+    losses: list[float] = []
+    stopped = False
+    step = start_step
+    last_saved = -1
+    while step < cfg.steps:
+        lr = lr_at(cfg, step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        # One generator per (seed, step): batch flips, t, eps and label dropout.
+        g = torch.Generator().manual_seed(cfg.seed * _MIX + step + 1)
+        idx = batch_indices(cfg.seed, step, per_step, len(ds))
+        x0_all, y_all = ds.batch(idx, g)
+        t_all = torch.randint(0, cfg.timesteps, (per_step,), generator=g)
+        noise_all = torch.randn(x0_all.shape, generator=g)
+        drop = torch.rand(per_step, generator=g) < cfg.p_uncond
+        opt.zero_grad(set_to_none=True)
+        step_loss, finite = 0.0, True
+        for m in range(cfg.accumulate):
+            sl = slice(m * cfg.batch_size, (m + 1) * cfg.batch_size)
+            x0 = x0_all[sl].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            noise = noise_all[sl].to(device).contiguous(memory_format=memory_format)
+            t = t_all[sl].to(device)
+            labels = None
+            if num_classes:
+                # Classifier-free guidance training: drop the label to the null class w.p. p_uncond.
+                labels = torch.where(drop[sl], torch.full_like(y_all[sl], null), y_all[sl])
+                labels = labels.to(device)
+            x_t = q_sample(schedule, x0, t, noise)
+            with _autocast(device, cfg.precision):
+                eps = net(x_t, t, labels)
+            loss = diffusion_loss(eps, noise, cfg.loss) / cfg.accumulate
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                finite = False
+                break
+            step_loss += lv
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        if finite:
+            if scaler is not None:
+                scaler.unscale_(opt)
+            if cfg.grad_clip is not None:
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            else:
+                norm = torch.stack(
+                    [p.grad.norm() for p in model.parameters() if p.grad is not None]
+                ).norm()
+            if scaler is not None:
+                # GradScaler skips the update itself when the gradients overflowed.
+                scale_before = scaler.get_scale()
+                scaler.step(opt)
+                scaler.update()
+                if scaler.get_scale() < scale_before:
+                    finite = False
+            elif torch.isfinite(norm):
+                opt.step()
+            else:
+                finite = False
+        if finite:
+            ema.update(model)
+            # Bias-corrected exponential smoothing of the loss (as Adam's moments).
+            smooth = 0.98 * smooth + 0.02 * step_loss
+            smooth_w = 0.98 * smooth_w + 0.02
+            losses.append(step_loss)
+        else:
+            skipped += 1
+            opt.zero_grad(set_to_none=True)
+            losses.append(float("nan"))
+        step += 1
+        window_n += per_step
+        now = time.perf_counter()
+        ips = window_n / max(now - window_t, 1e-9)
+        if now - window_t > 5.0:
+            window_t, window_n = now, 0
+        smoothed = smooth / smooth_w if smooth_w else float("nan")
+
+        info = TrainProgress(
+            step=step,
+            total_steps=cfg.steps,
+            loss=smoothed,
+            loss_raw=losses[-1],
+            lr=lr,
+            images_per_sec=ips,
+            skipped_steps=skipped,
+            elapsed_s=prev_elapsed + now - started,
+        )
+        if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
+            png = _sample_grid(ckpt_cfg, ema_model, ema, cfg.sample_count, out)
+            # Previews go next to the checkpoint: its directory is replaced on every save.
+            path = out.parent / f"{out.name}.samples" / f"step{step:07d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(png)
+            info.sample_path, info.sample_png = str(path), png
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+            info.checkpoint_path = str(save(step, smoothed))
+            last_saved = step
+        if progress is not None and progress(info):
+            stopped = True
+        if should_stop is not None and should_stop():
+            stopped = True
+        if stopped:
+            break
+
+    final_loss = smooth / smooth_w if smooth_w else float("nan")
+    if last_saved != step:
+        save(step, final_loss)
+    return TrainResult(
+        checkpoint=out,
+        step=step,
+        total_steps=cfg.steps,
+        final_loss=final_loss,
+        losses=losses,
+        skipped_steps=skipped,
+        stopped=stopped,
+        elapsed_s=prev_elapsed + time.perf_counter() - started,
+        device=str(device),
+    )
+
+
+def command_line() -> str:
+    """The running process's command line, for provenance."""
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""

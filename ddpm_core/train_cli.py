@@ -1,0 +1,389 @@
+"""The ``ddpm train`` and ``ddpm eval`` sub-commands.
+
+Like :mod:`ddpm_core.cli`, defining the arguments imports nothing heavy; torch
+is imported when a command runs. Bad input raises
+:class:`ddpm_core.cli.UsageError` (exit code 2 at the top level).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .cli import UsageError
+
+__all__ = ["add_commands", "cmd_train", "cmd_eval", "main"]
+
+# Options of `train` that map one-to-one onto TrainConfig fields (dest -> field).
+_TRAIN_FIELDS = {
+    "dataset": "dataset",
+    "preset": "preset",
+    "image_size": "image_size",
+    "channels": "channels",
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "warmup": "warmup",
+    "lr_schedule": "lr_schedule",
+    "ema_decay": "ema_decay",
+    "grad_clip": "grad_clip",
+    "accumulate": "accumulate",
+    "precision": "precision",
+    "p_uncond": "p_uncond",
+    "save_every": "save_every",
+    "sample_every": "sample_every",
+    "sample_count": "sample_count",
+    "default_steps": "default_steps",
+    "guidance_scale": "guidance_scale",
+    "device": "device",
+    "seed": "seed",
+    "schedule": "schedule",
+    "timesteps": "timesteps",
+    "loss": "loss",
+}
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``train`` and ``eval`` on a sub-parser set."""
+    p = sub.add_parser(
+        "train",
+        help="train a UNet on digits or an image folder",
+        description="Train a DDPM (epsilon-prediction) and write a checkpoint directory. "
+        "Unset options take defaults, or, with --resume, the resumed run's values.",
+    )
+    p.add_argument("--dataset", help="'digits' (built-in) or an image folder (PNG/JPEG/WebP)")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    p.add_argument("--preset", help="UNet preset: tiny (default), small, ddpm-cifar10")
+    p.add_argument(
+        "--unet",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a UNetConfig field, VALUE as JSON (e.g. channel_mult=[1,2,2])",
+    )
+    p.add_argument("--image-size", type=int, help="default 16 for digits, else 32")
+    p.add_argument("--channels", type=int, help="1 or 3 (default 1 for digits, else 3)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default 1000)")
+    p.add_argument("--batch-size", type=int, help="images per micro-batch (default 64)")
+    p.add_argument("--accumulate", type=int, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-4)")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup", type=int, help="linear warm-up steps (default 100)")
+    p.add_argument("--lr-schedule", choices=["cosine", "constant"])
+    p.add_argument("--ema-decay", type=float, help="default 0.999")
+    p.add_argument("--grad-clip", type=float, help="max gradient norm; 0 disables (default 1)")
+    p.add_argument("--precision", choices=["no", "bf16", "fp16"])
+    p.add_argument("--loss", choices=["mse", "l1"])
+    p.add_argument(
+        "--class-cond",
+        "--labels-from-folders",
+        dest="class_cond",
+        action="store_true",
+        default=None,
+        help="class-conditional (digits labels, or a folder's sub-folder names)",
+    )
+    p.add_argument("--p-uncond", type=float, help="label dropout for guidance (default 0.1)")
+    p.add_argument("--random-flip", action="store_true", default=None)
+    p.add_argument("--save-every", type=int, help="checkpoint every N steps (0: at the end)")
+    p.add_argument("--sample-every", type=int, help="preview grid every N steps (0: never)")
+    p.add_argument("--sample-count", type=int)
+    p.add_argument("--default-steps", type=int, help="checkpoint's default DDIM steps (50)")
+    p.add_argument("--guidance-scale", type=float, help="checkpoint's default guidance (1)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue a run (from CHECKPOINT, or from --out when omitted)",
+    )
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the UNet")
+    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--schedule", choices=["linear", "cosine"])
+    p.add_argument("--timesteps", type=int, help="T of the forward process (default 1000)")
+    p.add_argument("--job-id", help="provenance recorded in meta.json")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="digits score of a checkpoint's samples (for digits-like checkpoints)",
+        description="Sample a checkpoint and score the images with a classifier trained on "
+        "scikit-learn's digits; prints the score of held-out real digits as the ceiling.",
+    )
+    p.add_argument("checkpoint", help="checkpoint directory")
+    p.add_argument("-n", "--count", type=int, default=256, help="images to generate")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: checkpoint)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
+    p.add_argument("--eta", type=float, default=None)
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (conditional)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--record", action="store_true", help="also store the result in the checkpoint's meta.json"
+    )
+    p.set_defaults(func=cmd_eval)
+
+
+def _parse_unet_overrides(items: Sequence[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--unet expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _train_config(args: argparse.Namespace):
+    from .train import STATE_DIR, TrainConfig
+
+    given = {f: getattr(args, dest) for dest, f in _TRAIN_FIELDS.items()}
+    given = {k: v for k, v in given.items() if v is not None}
+    for flag in ("class_cond", "random_flip", "compile", "channels_last"):
+        if getattr(args, flag):
+            given[flag] = True
+    if given.get("grad_clip") == 0:
+        given["grad_clip"] = None
+    unet = _parse_unet_overrides(args.unet)
+
+    resume_dir = None
+    if args.resume is not None:
+        resume_dir = Path(args.resume) if args.resume else args.out
+        state_file = resume_dir / STATE_DIR / "state.json"
+        if not state_file.exists():
+            raise UsageError(f"{resume_dir} has no resumable training state ({STATE_DIR}/)")
+        base = json.loads(state_file.read_text())["train_config"]
+        for key in ("preset", "image_size", "channels", "class_cond", "schedule", "timesteps"):
+            if key in given and given[key] != base.get(key):
+                raise UsageError(f"--{key.replace('_', '-')} differs from the resumed run")
+        if unet and unet != base.get("unet_overrides"):
+            raise UsageError("--unet differs from the resumed run")
+        base.update(given)
+    else:
+        if args.out.exists() and any(args.out.iterdir()) and not args.force:
+            raise UsageError(f"{args.out} already exists (use --resume to continue, or --force)")
+        dataset = given.get("dataset", "digits")
+        base = {
+            "dataset": dataset,
+            "image_size": 16 if dataset == "digits" else 32,
+            "channels": 1 if dataset == "digits" else 3,
+            "unet_overrides": unet,
+        } | given
+        if dataset != "digits" and not Path(dataset).is_dir():
+            raise UsageError(f"--dataset must be 'digits' or an image folder; {dataset} is neither")
+    base["out"] = str(args.out)
+    base["resume_from"] = str(resume_dir) if resume_dir is not None else None
+    try:
+        return TrainConfig.from_dict(base)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run training with a tqdm bar; Ctrl-C stops after the current step and saves."""
+    from tqdm import tqdm
+
+    from .data import DatasetError
+    from .pipeline import resolve_device
+    from .train import build_unet_config, train
+
+    cfg = _train_config(args)
+    try:
+        resolve_device(cfg.device)
+        build_unet_config(cfg, 10 if cfg.class_cond else None)
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from None
+    if cfg.precision == "fp16" and resolve_device(cfg.device).type != "cuda":
+        raise UsageError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
+
+    stop = {"requested": False}
+
+    def on_sigint(signum, frame) -> None:  # noqa: ARG001
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        print("\nstopping after this step (Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    bar = tqdm(total=cfg.steps, unit="step", disable=args.no_progress, dynamic_ncols=True)
+
+    def progress(p) -> None:
+        if bar.n == 0 and p.step > 1:
+            bar.update(p.step - 1)  # resumed run
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{p.loss:.4f}", lr=f"{p.lr:.2e}", img_s=f"{p.images_per_sec:.0f}", refresh=False
+        )
+        if p.checkpoint_path:
+            bar.write(f"step {p.step}: saved {p.checkpoint_path}")
+        if p.sample_path:
+            bar.write(f"step {p.step}: preview {p.sample_path}")
+
+    command = " ".join(["ddpm", *sys.argv[1:]]) if sys.argv else "ddpm train"
+    try:
+        result = train(
+            cfg,
+            progress=progress,
+            should_stop=lambda: stop["requested"],
+            command=command,
+            job_id=args.job_id,
+        )
+    except (DatasetError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, previous)
+    status = "stopped" if result.stopped else "done"
+    print(
+        f"{status} at step {result.step}/{result.total_steps}: loss {result.final_loss:.4f}, "
+        f"{result.skipped_steps} skipped steps, {result.elapsed_s:.0f}s on {result.device} "
+        f"-> {result.checkpoint}"
+    )
+    return 0
+
+
+def _format_table(report: dict) -> str:
+    rows = [("", "IS (max 10)", "confidence", "label acc.")]
+    for key, name in (("generated", "generated"), ("real", "real digits"), ("noise", "noise")):
+        s = report[key]
+        acc = s.get("label_accuracy")
+        rows.append(
+            (
+                name,
+                f"{s['inception_score']:.3f}",
+                f"{s['confidence']:.3f}",
+                "-" if acc is None else f"{acc:.3f}",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
+    g = report["generated"]
+    lines.append(
+        f"IS ratio generated/real: {report['is_ratio']:.3f}   "
+        f"({g['n']} images, {report['steps']} {report['sampler']} steps, "
+        f"guidance {report['guidance']}, {report['sampling_s']:.1f}s)"
+    )
+    per = g.get("per_label_accuracy")
+    if per:
+        lines.append("per-label accuracy: " + "  ".join(f"{k}:{v:.2f}" for k, v in per.items()))
+    return "\n".join(lines)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Generate ``-n`` images and print their digits score next to the real-digits ceiling."""
+    import time
+
+    import torch
+
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .metrics import digits_score, noise_reference, real_digits_reference
+    from .pipeline import generate, resolve_device
+    from .seeding import MAX_SEED
+
+    if args.count < 1:
+        raise UsageError("--count must be >= 1")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    if not 0 <= args.seed <= MAX_SEED - args.count:
+        raise UsageError(f"--seed must be in [0, {MAX_SEED - args.count}]")
+    if args.eta is not None and not 0 <= args.eta <= 1:
+        raise UsageError("--eta must be in [0, 1]")
+    try:
+        device = resolve_device(args.device)
+        ckpt = load_checkpoint(args.checkpoint, use_ema=not args.raw, device=device)
+    except (CheckpointError, ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from None
+    cfg = ckpt.config
+    if cfg.channels not in (1, 3) or cfg.image_size < 8:
+        raise UsageError("the digits score needs 1- or 3-channel images of at least 8x8 pixels")
+    steps = cfg.default_steps if args.steps is None else args.steps
+    if not 1 <= steps <= cfg.num_train_timesteps:
+        raise UsageError(f"--steps must be in [1, {cfg.num_train_timesteps}]")
+    conditional = cfg.num_classes is not None
+    if conditional and cfg.num_classes != 10:
+        raise UsageError("a conditional checkpoint must have 10 classes (digits 0-9)")
+    guidance = args.guidance if args.guidance is not None else cfg.default_guidance_scale
+    if args.guidance is not None and not conditional:
+        raise UsageError("--guidance needs a class-conditional checkpoint")
+
+    labels = [i % 10 for i in range(args.count)] if conditional else None
+    images = []
+    started = time.perf_counter()
+    for start in range(0, args.count, args.batch_size):
+        n = min(args.batch_size, args.count - start)
+        batch = generate(
+            ckpt,
+            count=n,
+            seed=args.seed + start,
+            steps=steps,
+            sampler=args.sampler,
+            eta=args.eta,
+            labels=labels[start : start + n] if labels else None,
+            guidance_scale=guidance if conditional else None,
+        )
+        images.append(batch.cpu())
+    elapsed = time.perf_counter() - started
+    generated = digits_score(torch.cat(images), labels)
+    real = real_digits_reference(cfg.image_size)
+    noise = noise_reference(cfg.image_size)
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "weights": ckpt.weights,
+        "count": args.count,
+        "steps": steps,
+        "sampler": args.sampler or cfg.default_sampler,
+        "guidance": guidance if conditional else None,
+        "seed": args.seed,
+        "sampling_s": round(elapsed, 2),
+        "generated": generated.to_dict(),
+        "real": real.to_dict(),
+        "noise": noise.to_dict(),
+        "is_ratio": generated.inception_score / real.inception_score,
+    }
+    if args.record:
+        from .checkpoint import META_FILE, read_meta
+
+        meta = read_meta(args.checkpoint)
+        meta.setdefault("metrics", {})["digits_score"] = report
+        (Path(args.checkpoint) / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    print(json.dumps(report, indent=2) if args.json else _format_table(report))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m ddpm_core.train_cli train ...``)."""
+    parser = argparse.ArgumentParser(prog="ddpm", description="DDPM training and evaluation.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_commands(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        parser.exit(2, f"ddpm: error: {exc}\n")
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
