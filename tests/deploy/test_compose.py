@@ -1,0 +1,106 @@
+"""docker-compose.yml and the CPU override hold what a GPU deployment needs."""
+
+import re
+
+import pytest
+
+from .compose import ROOT, load
+
+MAIN = "docker-compose.yml"
+CPU = "docker/compose.cpu.yml"
+
+
+@pytest.fixture(scope="module")
+def gpu() -> dict:
+    return load(MAIN, env={})
+
+
+@pytest.fixture(scope="module")
+def cpu() -> dict:
+    return load(MAIN, CPU, env={})
+
+
+def test_services_and_volumes(gpu: dict) -> None:
+    assert set(gpu["services"]) == {"redis", "api", "worker-gen", "worker-train", "flower"}
+    assert set(gpu["volumes"]) == {"data", "redis-data"}
+    for name in ("api", "worker-gen", "worker-train"):
+        assert "data:/data" in gpu["services"][name]["volumes"], name
+    assert gpu["services"]["flower"]["profiles"] == ["monitoring"]
+
+
+def test_redis_is_durable_and_never_evicts(gpu: dict) -> None:
+    redis = gpu["services"]["redis"]
+    cmd = " ".join(redis["command"])
+    assert "--appendonly yes" in cmd
+    assert "--maxmemory-policy noeviction" in cmd
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert "redis-data:/data" in redis["volumes"]
+
+
+def test_every_long_running_service_has_a_healthcheck(gpu: dict) -> None:
+    for name in ("redis", "api", "worker-gen", "worker-train"):
+        assert gpu["services"][name]["healthcheck"]["test"], name
+    assert "/healthz" in " ".join(gpu["services"]["api"]["healthcheck"]["test"])
+    assert "inspect ping" in " ".join(gpu["services"]["worker-gen"]["healthcheck"]["test"])
+
+
+def test_api_waits_for_a_healthy_redis_and_publishes_8000(gpu: dict) -> None:
+    api = gpu["services"]["api"]
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert api["ports"] == ["8000:8000"]
+
+
+@pytest.mark.parametrize("name,queue", [("worker-gen", "gen"), ("worker-train", "train")])
+def test_workers_reserve_a_gpu_and_serve_their_queue(gpu: dict, name: str, queue: str) -> None:
+    svc = gpu["services"][name]
+    (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia"
+    assert device["capabilities"] == ["gpu"]
+    assert device["device_ids"] == ["0"]
+    assert svc["command"][-2:] == ["--queue", queue]
+    assert svc["environment"]["DDPM_DEVICE"] == "cuda"
+
+
+def test_stop_grace_outlasts_the_workers_soft_shutdown(gpu: dict) -> None:
+    from app.settings import Settings
+
+    grace = gpu["services"]["worker-gen"]["stop_grace_period"]
+    m = re.fullmatch(r"(\d+)m", grace)
+    assert m, grace
+    assert int(m[1]) * 60 > Settings().soft_shutdown_timeout
+
+
+def test_cpu_override_removes_gpu_reservations(cpu: dict) -> None:
+    for name in ("worker-gen", "worker-train"):
+        svc = cpu["services"][name]
+        assert "deploy" not in svc
+        assert svc["environment"]["DDPM_DEVICE"] == "cpu"
+        assert svc["environment"]["DDPM_REDIS_URL"] == "redis://redis:6379/0"  # merged, not lost
+
+
+def test_build_contexts_and_dockerfiles_exist(gpu: dict) -> None:
+    for name, svc in gpu["services"].items():
+        if "build" in svc:
+            context = ROOT / svc["build"]["context"]
+            assert context.is_dir(), name
+            assert (context / svc["build"]["dockerfile"]).is_file(), name
+        else:
+            assert re.search(r":[0-9][\w.-]*$", svc["image"]), f"{name}: unpinned {svc['image']}"
+
+
+def test_no_secrets_in_compose_files() -> None:
+    for f in (MAIN, CPU, ".env.example"):
+        text = (ROOT / f).read_text()
+        pattern = r"\b\w*(TOKEN|KEYS?|PASSWORD|SECRET|BASIC_AUTH)\b[:=][ \t]*([^\s#]*)"
+        for m in re.finditer(pattern, text):
+            value = m.group(2).strip("\"'")
+            assert value == "" or value.startswith("${"), f"{f}: {m.group(0)}"
+    assert load(MAIN, env={})["services"]["api"]["environment"]["DDPM_ADMIN_TOKEN"] == ""
+
+
+def test_env_overrides_reach_the_services() -> None:
+    project = load(MAIN, env={"DDPM_PORT": "9000", "DDPM_GEN_GPU": "3", "DDPM_ADMIN_TOKEN": "t"})
+    assert project["services"]["api"]["ports"] == ["9000:8000"]
+    assert project["services"]["api"]["environment"]["DDPM_ADMIN_TOKEN"] == "t"
+    devices = project["services"]["worker-gen"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["device_ids"] == ["3"]
