@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ddpm_core import cli as core_cli
+from ddpm_core import train_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     core_cli.add_commands(sub)
+    train_cli.add_commands(sub)
     return parser
 
 
