@@ -12,11 +12,21 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["UsageError", "add_commands"]
+__all__ = ["UsageError", "add_commands", "checkpoint_dir"]
 
 
 class UsageError(Exception):
     """Bad command-line input: reported as ``ddpm: error: ...`` with exit code 2."""
+
+
+def checkpoint_dir(value: str) -> Path:
+    """A checkpoint directory given as a path or as the name of a built-in checkpoint."""
+    from .builtin import builtin_path, list_builtin
+
+    path = Path(value)
+    if not path.exists() and value in list_builtin():
+        return builtin_path(value)
+    return path
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +44,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("sample", help="sample images from a checkpoint to PNG files and a grid")
-    p.add_argument("checkpoint", help="checkpoint directory")
+    p.add_argument("checkpoint", help="checkpoint directory, or a built-in name (e.g. digits)")
     p.add_argument("-o", "--out", type=Path, default=Path("samples"), help="output directory")
     p.add_argument("-n", "--count", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="image i uses seed+i")
@@ -121,7 +131,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.bf16 and device.type != "cuda":
         raise UsageError("--bf16 needs a CUDA device")
     try:
-        ckpt = load_checkpoint(args.checkpoint, use_ema=not args.raw, device=device)
+        ckpt = load_checkpoint(checkpoint_dir(args.checkpoint), use_ema=not args.raw, device=device)
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
     cfg = ckpt.config
