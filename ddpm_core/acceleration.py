@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["FastOptions", "FastDenoiser", "bucket_for", "DEFAULT_BUCKETS"]
+__all__ = ["FastOptions", "FastDenoiser", "bucket_for", "probe_max_batch", "DEFAULT_BUCKETS"]
 
 DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -36,6 +36,7 @@ class FastOptions:
     compile: bool = False
     compile_mode: str | None = None  # None (default), "reduce-overhead" (CUDA graphs), ...
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    pad_to_bucket: bool | None = None  # None: pad exactly when compiling
 
 
 class FastDenoiser(nn.Module):
@@ -65,7 +66,8 @@ class FastDenoiser(nn.Module):
     ) -> torch.Tensor:
         opts = self.options
         n = x.shape[0]
-        if opts.compile:
+        pad = opts.compile if opts.pad_to_bucket is None else opts.pad_to_bucket
+        if pad:
             size = bucket_for(n, opts.buckets)
             if size != n:
                 pad = size - n
@@ -77,4 +79,46 @@ class FastDenoiser(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         out = self._call(x, t, labels)
         # Compiled (CUDA-graph) outputs live in buffers that the next call overwrites.
-        return out[:n].clone() if opts.compile else out
+        return out[:n].clone() if opts.compile else out[:n]
+
+
+_MAX_BATCH_CACHE: dict[tuple, int] = {}
+
+
+def probe_max_batch(
+    model: nn.Module,
+    shape: Sequence[int],
+    device: torch.device,
+    limit: int,
+    key: str = "",
+    guided: bool = False,
+) -> int:
+    """The largest batch (a power of two, at most ``limit``) whose forward fits in memory.
+
+    On CUDA it runs forwards of doubling size under inference mode until one
+    runs out of memory, keeps 1/2 of the last fitting size as headroom for the
+    sampler's own tensors when that size hit the memory ceiling, and caches the
+    figure per (key, shape, device). Elsewhere memory is not probed: ``limit``.
+    ``guided`` halves the result (classifier-free guidance doubles the batch).
+    """
+    if device.type != "cuda":
+        return limit
+    cache_key = (key, tuple(shape), str(device), limit, guided)
+    if cache_key in _MAX_BATCH_CACHE:
+        return _MAX_BATCH_CACHE[cache_key]
+    fits, batch = 0, 1
+    with torch.inference_mode():
+        while batch <= limit * (2 if guided else 1):
+            try:
+                x = torch.randn(batch, *shape, device=device)
+                model(x, torch.zeros(batch, dtype=torch.long, device=device))
+                fits = batch
+                batch *= 2
+            except torch.cuda.OutOfMemoryError:
+                break
+            finally:
+                torch.cuda.empty_cache()
+    ran_out = batch <= limit * (2 if guided else 1)
+    best = max(1, (fits // 2 if ran_out else fits) // (2 if guided else 1))
+    _MAX_BATCH_CACHE[cache_key] = min(best, limit)
+    return _MAX_BATCH_CACHE[cache_key]
