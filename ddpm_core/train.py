@@ -427,6 +427,7 @@ def train(
             "device": str(device)
             + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
             "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
             "training_time_s": round(elapsed, 1),
             "parameters": sum(p.numel() for p in model.parameters()),
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -206,7 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         resolve_device(cfg.device)
         build_unet_config(cfg, 10 if cfg.class_cond else None)
-    except (ValueError, RuntimeError) as exc:
+    except (ValueError, TypeError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
     if cfg.precision == "fp16" and resolve_device(cfg.device).type != "cuda":
         raise UsageError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
@@ -234,7 +235,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if p.sample_path:
             bar.write(f"step {p.step}: preview {p.sample_path}")
 
-    command = " ".join(["ddpm", *sys.argv[1:]]) if sys.argv else "ddpm train"
+    # shlex quoting, so that the recorded command can be pasted back into a shell.
+    command = shlex.join(["ddpm", *sys.argv[1:]]) if len(sys.argv) > 1 else "ddpm train"
     try:
         result = train(
             cfg,

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+import torch
+
+from ddpm_core.data import load_digits
+from ddpm_core.metrics import (
+    digits_score,
+    noise_reference,
+    real_digits_reference,
+    to_digit_features,
+)
+
+
+def test_real_digits_score_high_and_noise_low() -> None:
+    real = real_digits_reference(16)
+    noise = noise_reference(16)
+    assert real.inception_score > 8.0  # at most 10 for 10 classes
+    assert real.label_accuracy > 0.95 and real.confidence > 0.9
+    assert set(real.per_label_accuracy) == set(range(10))
+    assert noise.inception_score < 2.5
+    assert noise.label_accuracy is None
+    assert sum(real.class_frequencies) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_one_repeated_digit_has_an_inception_score_near_one() -> None:
+    ds = load_digits(image_size=16)
+    zeros = ds.pixels[ds.labels == 0][:50]
+    score = digits_score(zeros, [0] * len(zeros))
+    assert score.inception_score < 1.3  # confident, but p(y) is one class: KL ~ 0
+    assert score.confidence > 0.9 and score.label_accuracy > 0.9
+    wrong = digits_score(zeros, [1] * len(zeros))
+    assert wrong.label_accuracy < 0.1
+
+
+def test_features_undo_the_training_upscale() -> None:
+    ds = load_digits(image_size=16)
+    feats = to_digit_features(ds.pixels[:20])
+    assert feats.shape == (20, 64)
+    assert feats.min() >= 0.0 and feats.max() <= 16.0
+    from ddpm_core.data import digits_arrays
+
+    original = digits_arrays()[0][:20].reshape(20, 64)
+    assert np.abs(feats - original).mean() < 1.5  # on the 0..16 scale
+    rgb = to_digit_features(ds.pixels[:3].expand(-1, 3, -1, -1))
+    assert np.allclose(rgb, feats[:3], atol=1e-5)
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ValueError):
+        digits_score(torch.zeros(0, 1, 8, 8))
+    with pytest.raises(ValueError):
+        digits_score(torch.zeros(4, 1, 8, 8), [0, 1])
+    with pytest.raises(ValueError):
+        to_digit_features(torch.zeros(8, 8))
+    d = digits_score(torch.zeros(4, 1, 8, 8), [0, 1, 2, 3]).to_dict()
+    assert set(d["per_label_accuracy"]) == {"0", "1", "2", "3"}

@@ -1,0 +1,206 @@
+import dataclasses
+import io
+import json
+import math
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ddpm_core import train_cli
+from ddpm_core.checkpoint import load_checkpoint
+from ddpm_core.data import load_digits
+from ddpm_core.train import STATE_DIR, TrainConfig, batch_indices, lr_at, train
+
+
+def _cfg(out: Path, **kw) -> TrainConfig:
+    base = dict(
+        dataset="digits",
+        out=str(out),
+        preset="tiny",
+        image_size=8,
+        channels=1,
+        unet_overrides={"base_channels": 16, "norm_groups": 4},
+        steps=8,
+        batch_size=16,
+        lr=2e-3,
+        warmup=2,
+        sample_count=4,
+        default_steps=4,
+        device="cpu",
+    )
+    return TrainConfig(**(base | kw))
+
+
+def test_loss_decreases_on_digits(tmp_path: Path) -> None:
+    result = train(_cfg(tmp_path / "ck", steps=80, batch_size=32, warmup=5))
+    first, last = sum(result.losses[:8]) / 8, sum(result.losses[-8:]) / 8
+    assert last < 0.6 * first, (first, last)
+    assert result.step == 80 and not result.stopped and result.skipped_steps == 0
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
+    # Dropout and label dropout make the run depend on every RNG that is saved.
+    kw = dict(
+        class_cond=True, unet_overrides={"base_channels": 16, "norm_groups": 4, "dropout": 0.1}
+    )
+    full = train(_cfg(tmp_path / "full", **kw))
+    part = train(_cfg(tmp_path / "part", **kw), progress=lambda p: p.step == 3)
+    assert part.stopped and part.step == 3
+    assert (tmp_path / "part" / STATE_DIR / "state.json").exists()
+    rest = train(_cfg(tmp_path / "part", resume_from=str(tmp_path / "part"), **kw))
+    assert rest.step == 8
+    assert part.losses + rest.losses == pytest.approx(full.losses, abs=1e-6)
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(tmp_path / "full" / name), load_file(tmp_path / "part" / name)
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    meta = json.loads((tmp_path / "part" / "meta.json").read_text())
+    assert meta["training_steps"] == 8
+
+
+def test_accumulation_matches_one_large_batch(tmp_path: Path) -> None:
+    # Same images, t and noise per optimizer step: the losses agree up to float rounding
+    # (the second step's loss also checks that the update was the same).
+    big = train(_cfg(tmp_path / "big", steps=3, batch_size=16, warmup=0))
+    acc = train(_cfg(tmp_path / "acc", steps=3, batch_size=8, accumulate=2, warmup=0))
+    assert acc.losses == pytest.approx(big.losses, rel=1e-3)
+    assert acc.losses[0] == pytest.approx(big.losses[0], rel=1e-5)
+
+
+def test_checkpoint_contents_and_provenance(tmp_path: Path) -> None:
+    out = tmp_path / "ck"
+    seen = []
+    result = train(
+        _cfg(out, class_cond=True, steps=4, sample_every=2),
+        progress=seen.append,
+        command="ddpm train --test",
+        job_id="job-123",
+    )
+    ck = load_checkpoint(out)
+    assert ck.config.num_classes == 10 and ck.config.default_sampler == "ddim"
+    assert ck.config.class_names == [str(i) for i in range(10)]
+    assert ck.meta["command"] == "ddpm train --test" and ck.meta["job_id"] == "job-123"
+    assert ck.meta["training_steps"] == 4 and math.isfinite(ck.meta["loss"])
+    assert TrainConfig.from_dict(ck.meta["train_config"]) == _cfg(
+        out, class_cond=True, steps=4, sample_every=2
+    )
+    assert (out / "samples.png").read_bytes().startswith(b"\x89PNG")
+    assert [p.step for p in seen] == [1, 2, 3, 4]
+    assert seen[1].sample_png is not None and Path(seen[1].sample_path).exists()
+    assert all(p.lr > 0 and p.images_per_sec > 0 for p in seen)
+    assert result.final_loss == pytest.approx(seen[-1].loss)
+    # The resumable state loads without unrestricted pickle.
+    torch.load(out / STATE_DIR / "tensors.pt", weights_only=True)
+
+
+def test_should_stop_hook_saves_the_last_state(tmp_path: Path) -> None:
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) >= 2
+
+    result = train(_cfg(tmp_path / "ck", steps=50), should_stop=stop)
+    assert result.stopped and result.step == 2
+    assert json.loads((tmp_path / "ck" / "meta.json").read_text())["training_steps"] == 2
+
+
+def test_non_finite_losses_are_skipped_and_counted(tmp_path: Path) -> None:
+    ds = load_digits(image_size=8)
+    ds.pixels = torch.full_like(ds.pixels, float("nan"))
+    result = train(_cfg(tmp_path / "ck", steps=3), dataset=ds)
+    assert result.skipped_steps == 3 and all(math.isnan(v) for v in result.losses)
+    load_checkpoint(tmp_path / "ck")  # weights untouched, still finite
+
+
+def test_precision_options(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="fp16"):
+        train(_cfg(tmp_path / "fp16", precision="fp16"))
+    result = train(_cfg(tmp_path / "bf16", precision="bf16", steps=2))
+    assert all(math.isfinite(v) for v in result.losses)
+
+
+def test_lr_schedule_and_data_order() -> None:
+    cfg = TrainConfig(lr=1.0, warmup=10, steps=110, lr_schedule="cosine")
+    assert lr_at(cfg, 0) == pytest.approx(0.1)
+    assert lr_at(cfg, 9) == pytest.approx(1.0)
+    assert lr_at(cfg, 60) == pytest.approx(0.5)  # halfway through the cosine
+    assert lr_at(cfg, 110) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(dataclasses.replace(cfg, lr_schedule="constant"), 100) == 1.0
+    # Two epochs of 10 images, 5 per step: each epoch is a permutation.
+    order = torch.cat([batch_indices(7, s, 5, 10) for s in range(4)])
+    assert sorted(order[:10].tolist()) == list(range(10))
+    assert sorted(order[10:].tolist()) == list(range(10))
+    assert torch.equal(batch_indices(7, 3, 5, 10), order[15:])
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="p_uncond"):
+        TrainConfig(p_uncond=1.5)
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig.from_dict({"stepz": 3})
+    cfg = TrainConfig(adam_betas=(0.9, 0.99))
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--out", "{tmp}/a", "--precision", "fp16", "--device", "cpu"],
+        ["train", "--out", "{tmp}/a", "--dataset", "{tmp}/no_such_folder"],
+        ["train", "--out", "{tmp}/a", "--steps", "0"],
+        ["train", "--out", "{tmp}/a", "--unet", "nonsense"],
+        ["train", "--out", "{tmp}/a", "--unet", "bogus_field=1"],
+        ["train", "--out", "{tmp}/a", "--resume"],
+        ["eval", "{tmp}/not_a_checkpoint"],
+    ],
+)
+def test_cli_bad_input_exits_with_code_2(tmp_path: Path, argv: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        train_cli.main([a.format(tmp=tmp_path) for a in argv])
+    assert info.value.code == 2
+    assert "ddpm: error:" in capsys.readouterr().err
+
+
+def test_cli_train_then_eval(tmp_path: Path) -> None:
+    out = tmp_path / "ck"
+    args = [
+        "train",
+        "--out",
+        str(out),
+        "--image-size",
+        "8",
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--class-cond",
+        "--unet",
+        "base_channels=16",
+        "--unet",
+        "norm_groups=4",
+        "--default-steps",
+        "3",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    with redirect_stdout(io.StringIO()):
+        assert train_cli.main(args) == 0
+    with pytest.raises(SystemExit) as info:  # the directory exists now
+        train_cli.main(args)
+    assert info.value.code == 2
+    with redirect_stdout(io.StringIO()):
+        assert train_cli.main([*args[:6], "5", "--resume", "--no-progress"]) == 0
+    assert json.loads((out / "meta.json").read_text())["training_steps"] == 5
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert train_cli.main(["eval", str(out), "-n", "20", "--guidance", "2", "--json"]) == 0
+    report = json.loads(buf.getvalue())
+    assert report["generated"]["n"] == 20 and report["guidance"] == 2.0
+    assert 0.0 <= report["generated"]["label_accuracy"] <= 1.0
+    assert report["real"]["inception_score"] > report["noise"]["inception_score"]
