@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -123,7 +123,8 @@ def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> n
     ``image_size`` with antialiasing, then a centre crop. Raises on unreadable files."""
     with Image.open(path) as im:
         im.load()  # decode now, so that a truncated file fails here
-        img = _to_mode(im, channels)
+        # Camera JPEGs store their orientation in EXIF; apply it as viewers do.
+        img = _to_mode(ImageOps.exif_transpose(im), channels)
     w, h = img.size
     scale = image_size / min(w, h)
     nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))

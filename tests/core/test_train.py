@@ -204,3 +204,27 @@ def test_cli_train_then_eval(tmp_path: Path) -> None:
     assert report["generated"]["n"] == 20 and report["guidance"] == 2.0
     assert 0.0 <= report["generated"]["label_accuracy"] <= 1.0
     assert report["real"]["inception_score"] > report["noise"]["inception_score"]
+
+
+def test_class_conditional_training_on_an_image_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for name, value in (("dark", 20), ("light", 230)):
+        for i in range(3):
+            folder = tmp_path / "data" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (12 + i, 10), (value, value, value)).save(folder / f"{i}.png")
+    (tmp_path / "data" / "light" / "broken.png").write_bytes(b"\x89PNG broken")
+    cfg = _cfg(
+        tmp_path / "ck",
+        dataset=str(tmp_path / "data"),
+        channels=3,
+        class_cond=True,
+        random_flip=True,
+        steps=2,
+        batch_size=4,
+    )
+    train(cfg)
+    ck = load_checkpoint(tmp_path / "ck")
+    assert ck.config.class_names == ["dark", "light"] and ck.config.channels == 3
+    assert ck.meta["dataset"]["size"] == 6 and ck.meta["dataset"]["skipped_files"] == 1
