@@ -1,0 +1,54 @@
+"""Structured logs: one line per event, key=value (default) or JSON, naming the job id."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+__all__ = ["configure_logging", "log_event"]
+
+_STD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+def _fmt_value(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str)
+    return json.dumps(s) if (not s or any(c in s for c in ' ="')) else s
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, fmt: str) -> None:
+        super().__init__()
+        self.kind = fmt
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields |= {k: v for k, v in record.__dict__.items() if k not in _STD}
+        if record.exc_info:
+            fields["exc"] = self.formatException(record.exc_info)
+        if self.kind == "json":
+            return json.dumps(fields, default=str)
+        return " ".join(f"{k}={_fmt_value(v)}" for k, v in fields.items())
+
+
+def configure_logging(level: str = "INFO", fmt: str = "kv") -> None:
+    """Send our loggers (``ddpm.*``) to stderr as structured lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(fmt))
+    root = logging.getLogger("ddpm")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def log_event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log ``msg`` with ``fields`` (e.g. job_id=...) as structured keys."""
+    logger.log(level, msg, extra=fields)

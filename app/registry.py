@@ -1,0 +1,199 @@
+"""The checkpoint registry: versions under DATA_DIR/checkpoints/{name}/{version}/.
+
+Published versions are numbered 1, 2, ...; built-in checkpoints shipped in
+``ddpm_core/builtin`` appear as version ``builtin`` and are read-only. Only
+JSON is read here (config.json, meta.json), so the API process needs no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "NAME_RE",
+    "RegistryError",
+    "NotFound",
+    "ReadOnly",
+    "InvalidName",
+    "ResolvedCheckpoint",
+    "Registry",
+    "parse_ref",
+]
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+VERSION_RE = re.compile(r"^(builtin|[1-9][0-9]{0,8})$")
+BUILTIN = "builtin"
+
+
+class RegistryError(Exception):
+    """Base of registry errors."""
+
+
+class NotFound(RegistryError):
+    """No such checkpoint or version."""
+
+
+class ReadOnly(RegistryError):
+    """The checkpoint version cannot be changed (a built-in)."""
+
+
+class InvalidName(RegistryError):
+    """A name or version that does not match the allowed patterns."""
+
+
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    """A concrete checkpoint version with its config (parsed JSON, no torch)."""
+
+    name: str
+    version: str
+    path: Path
+    builtin: bool
+    config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    """``name`` or ``name@version`` -> (name, version or None); InvalidName when malformed."""
+    name, _, version = ref.partition("@")
+    if not NAME_RE.match(name) or name in (".", ".."):
+        raise InvalidName(f"invalid checkpoint name {name!r} (must match {NAME_RE.pattern})")
+    if _ and not VERSION_RE.match(version):
+        raise InvalidName(f"invalid checkpoint version {version!r}")
+    return name, (version or None)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _builtins() -> dict[str, Path]:
+    try:
+        from ddpm_core import builtin  # no torch in that package
+    except ImportError:
+        return {}
+    names = getattr(builtin, "list_builtin", lambda: [])()
+    out = {}
+    for n in names:
+        p = Path(builtin.builtin_path(n))
+        if NAME_RE.match(n) and (p / "config.json").is_file():
+            out[n] = p
+    return out
+
+
+class Registry:
+    """Checkpoints under ``root`` plus the read-only built-ins."""
+
+    def __init__(self, data_dir: Path | str) -> None:
+        self.root = Path(data_dir).resolve() / "checkpoints"
+
+    def _versions(self, name: str) -> list[str]:
+        d = self.root / name
+        if not d.is_dir():
+            return []
+        vs = [
+            p.name
+            for p in d.iterdir()
+            if p.is_dir() and VERSION_RE.match(p.name) and (p / "config.json").is_file()
+        ]
+        return sorted(vs, key=int)
+
+    def names(self) -> list[str]:
+        local = (
+            {p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name)}
+            if self.root.is_dir()
+            else set()
+        )
+        return sorted(n for n in local | set(_builtins()) if self.versions(n))
+
+    def versions(self, name: str) -> list[str]:
+        """All versions of ``name``, oldest first; ``builtin`` comes first when present."""
+        vs = self._versions(name)
+        return ([BUILTIN] if name in _builtins() else []) + vs
+
+    def resolve(self, ref: str) -> ResolvedCheckpoint:
+        """``name`` (latest version) or ``name@version`` -> the checkpoint; NotFound."""
+        name, version = parse_ref(ref)
+        versions = self.versions(name)
+        if not versions:
+            raise NotFound(f"unknown checkpoint {name!r}")
+        version = version or versions[-1]
+        if version not in versions:
+            raise NotFound(f"checkpoint {name!r} has no version {version!r}")
+        path = _builtins()[name] if version == BUILTIN else self.root / name / version
+        return ResolvedCheckpoint(
+            name, version, path, version == BUILTIN, _read_json(path / "config.json")
+        )
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """name, latest and every version with its config and meta (JSON only)."""
+        parse_ref(name)
+        versions = self.versions(name)
+        if not versions:
+            raise NotFound(f"unknown checkpoint {name!r}")
+        out = []
+        for v in versions:
+            c = self.resolve(f"{name}@{v}")
+            out.append(
+                {
+                    "version": v,
+                    "builtin": c.builtin,
+                    "config": c.config,
+                    "meta": _read_json(c.path / "meta.json"),
+                }
+            )
+        return {"name": name, "latest": versions[-1], "versions": out}
+
+    def publish(self, source: Path | str, name: str, move: bool = False) -> ResolvedCheckpoint:
+        """Copy (or move) checkpoint directory ``source`` in as the next version of ``name``,
+        atomically: a temporary directory in the same parent, then a rename."""
+        parse_ref(name)
+        source = Path(source)
+        if not (source / "config.json").is_file():
+            raise RegistryError(f"{source} is not a checkpoint directory (no config.json)")
+        parent = self.root / name
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=parent))
+        try:
+            staged = tmp / "ckpt"
+            if move:
+                shutil.move(str(source), staged)
+            else:
+                shutil.copytree(source, staged)
+            for _ in range(1000):
+                nums = [int(v) for v in self._versions(name)]
+                version = str(max(nums, default=0) + 1)
+                try:
+                    os.rename(staged, parent / version)  # fails if another publish took it
+                except OSError:
+                    continue
+                return self.resolve(f"{name}@{version}")
+            raise RegistryError(f"could not allocate a version of {name!r}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def delete(self, name: str, version: str) -> None:
+        """Remove one published version; built-ins are read-only."""
+        parse_ref(f"{name}@{version}")
+        if version == BUILTIN:
+            raise ReadOnly(f"{name}@{version} is built in and read-only")
+        path = self.root / name / version
+        if not path.is_dir() or version not in self._versions(name):
+            raise NotFound(f"checkpoint {name}@{version} not found")
+        trash = Path(tempfile.mkdtemp(prefix=".delete-", dir=self.root / name))
+        os.rename(path, trash / "ckpt")
+        shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,100 @@
+"""Where finished images live: on disk under DATA_DIR/results/{job}/ or in Redis."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+import redis
+
+__all__ = ["ResultStore", "DiskResults", "RedisResults", "make_result_store", "RESULT_NAME_RE"]
+
+RESULT_NAME_RE = re.compile(r"^([0-9]{1,5}\.png|grid\.png|trajectory\.gif)$")
+_JOB_RE = re.compile(r"^[0-9a-f-]{36}$")
+
+
+def _check(job_id: str, name: str) -> None:
+    if not _JOB_RE.match(job_id) or not RESULT_NAME_RE.match(name):
+        raise ValueError(f"bad result reference {job_id!r}/{name!r}")
+
+
+class ResultStore(Protocol):
+    """Bytes of a job's result files by name (``0.png``, ``grid.png``, ``trajectory.gif``)."""
+
+    kind: str
+
+    def put(self, job_id: str, name: str, data: bytes) -> None: ...
+
+    def get(self, job_id: str, name: str) -> bytes | None: ...
+
+    def delete(self, job_id: str) -> None: ...
+
+
+class DiskResults:
+    """Files under ``root/{job}/``, each written atomically."""
+
+    kind = "disk"
+
+    def __init__(self, data_dir: Path | str) -> None:
+        self.root = Path(data_dir).resolve() / "results"
+
+    def put(self, job_id: str, name: str, data: bytes) -> None:
+        _check(job_id, name)
+        d = self.root / job_id
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, d / name)
+
+    def get(self, job_id: str, name: str) -> bytes | None:
+        _check(job_id, name)
+        try:
+            return (self.root / job_id / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def delete(self, job_id: str) -> None:
+        if _JOB_RE.match(job_id):
+            shutil.rmtree(self.root / job_id, ignore_errors=True)
+
+
+class RedisResults:
+    """Bytes in Redis under ``{prefix}result:{job}:{name}``, with the job TTL."""
+
+    kind = "redis"
+
+    def __init__(self, client: redis.Redis, prefix: str = "ddpm:", ttl: int = 86400) -> None:
+        self.r = client  # a client without decode_responses
+        self.prefix = prefix
+        self.ttl = ttl
+
+    def _key(self, job_id: str, name: str) -> str:
+        _check(job_id, name)
+        return f"{self.prefix}result:{job_id}:{name}"
+
+    def put(self, job_id: str, name: str, data: bytes) -> None:
+        self.r.set(self._key(job_id, name), data, ex=self.ttl)
+
+    def get(self, job_id: str, name: str) -> bytes | None:
+        return self.r.get(self._key(job_id, name))
+
+    def delete(self, job_id: str) -> None:
+        keys = list(self.r.scan_iter(match=f"{self.prefix}result:{job_id}:*"))
+        if keys:
+            self.r.delete(*keys)
+
+
+def make_result_store(
+    kind: str, data_dir: Path | str, client: redis.Redis, prefix: str, ttl: int
+) -> ResultStore:
+    """The result store named ``kind`` (``disk`` or ``redis``)."""
+    if kind == "disk":
+        return DiskResults(data_dir)
+    if kind == "redis":
+        return RedisResults(client, prefix, ttl)
+    raise ValueError(f"unknown result store {kind!r}")

@@ -1,0 +1,32 @@
+"""Admin: start a training run."""
+
+from __future__ import annotations
+
+from celery import Celery
+from fastapi import APIRouter, Depends, Header, Response
+
+from ..deps import get_celery, get_registry, get_settings_dep, get_store, require_admin
+from ..jobs import job_document, normalise_train, submit_job
+from ..registry import Registry
+from ..schemas import JobDocument, TrainRequest
+from ..settings import Settings
+from ..store import JobStore
+
+router = APIRouter(dependencies=[Depends(require_admin)], tags=["admin"])
+
+
+@router.post("/train", status_code=202, response_model=JobDocument)
+def train(
+    body: TrainRequest,
+    response: Response,
+    idempotency_key: str | None = Header(None, pattern=r"^[A-Za-z0-9._:-]{1,128}$"),
+    settings: Settings = Depends(get_settings_dep),
+    store: JobStore = Depends(get_store),
+    registry: Registry = Depends(get_registry),
+    celery: Celery = Depends(get_celery),
+) -> JobDocument:
+    """Queue a training job (kind ``train``) that publishes a new checkpoint version."""
+    request = normalise_train(body, registry)
+    job_id, _ = submit_job("train", request, settings, store, celery, idempotency_key)
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return job_document(store, job_id)

@@ -1,0 +1,59 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..deps import get_settings_dep, get_store
+from ..settings import Settings
+from ..store import JobStore
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(
+    store: JobStore = Depends(get_store), settings: Settings = Depends(get_settings_dep)
+) -> JSONResponse:
+    """Ready when Redis answers and a generation worker's heartbeat is present; 503 with
+    the reason otherwise."""
+    try:
+        store.ping()
+        workers = store.workers()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        return JSONResponse({"status": "unavailable", "reason": f"redis unreachable: {exc}"}, 503)
+    gen = [w for w in workers if "gen" in (w.get("queues") or [])]
+    if not gen:
+        return JSONResponse(
+            {"status": "unavailable", "reason": "no generation worker heartbeat"}, 503
+        )
+    return JSONResponse(
+        {
+            "status": "ok",
+            "workers": [
+                {
+                    "name": w["name"],
+                    "device": w.get("device"),
+                    "age_s": round(time.time() - w.get("time", 0), 2),
+                }
+                for w in workers
+            ],
+        }
+    )
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    """Prometheus text format: jobs by status, queue/run times, images, batch sizes."""
+    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)

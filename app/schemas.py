@@ -1,0 +1,156 @@
+"""Request and response models of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "GenerateRequest",
+    "TrainRequest",
+    "Progress",
+    "ImageRef",
+    "JobResult",
+    "JobError",
+    "JobMetrics",
+    "JobDocument",
+    "CheckpointVersion",
+    "CheckpointInfo",
+    "ErrorBody",
+    "JOB_STATUSES",
+    "TERMINAL",
+]
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+JOB_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "canceled")
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+
+
+class GenerateRequest(BaseModel):
+    """A generation request; unset fields take the checkpoint's defaults."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"count": 4, "seed": 42, "steps": 50, "sampler": "ddim"},
+                {"count": 8, "checkpoint": "digits", "label": 3, "guidance_scale": 2.0},
+            ]
+        },
+    )
+
+    count: int = Field(1, ge=1, description="number of images (1..DDPM_MAX_COUNT)")
+    seed: int | None = Field(
+        None, ge=0, le=2**62, description="image i uses seed+i; null = random (echoed back)"
+    )
+    steps: int | None = Field(None, ge=1, description="sampling steps (1..T)")
+    sampler: Literal["ddpm", "ddim"] | None = None
+    eta: float | None = Field(None, ge=0.0, le=1.0, description="DDIM stochasticity (ddim only)")
+    checkpoint: str | None = Field(None, description="name or name@version", max_length=140)
+    label: int | None = Field(None, ge=0, description="class (class-conditional checkpoints)")
+    guidance_scale: float | None = Field(None, ge=0.0, le=50.0)
+    use_ema: bool = True
+    trajectory_frames: int = Field(0, ge=0, description="0 = no GIF of the denoising")
+
+
+class TrainRequest(BaseModel):
+    """A training run that publishes a new version of checkpoint ``name``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "digits", "options": {"steps": 2000}}]},
+    )
+
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    resume_from: str | None = Field(None, description="checkpoint name@version to fine-tune")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="training options passed to ddpm_core.train"
+    )
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total: int = 0
+    fraction: float = 0.0
+
+
+class ImageRef(BaseModel):
+    index: int
+    seed: int
+    url: str
+
+
+class JobResult(BaseModel):
+    images: list[ImageRef] | None = None
+    grid_url: str | None = None
+    trajectory_url: str | None = None
+    checkpoint: str | None = None
+    final_loss: float | None = None
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class JobMetrics(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    queue_seconds: float | None = None
+    run_seconds: float | None = None
+
+
+class JobDocument(BaseModel):
+    """The state of one job, as ``GET /jobs/{id}`` returns it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0b7c6f0e-6a51-4c55-9d1b-3f2a3c1e8d11",
+                    "kind": "generate",
+                    "status": "succeeded",
+                    "created_at": "2026-01-01T12:00:00+00:00",
+                    "progress": {"step": 50, "total": 50, "fraction": 1.0},
+                    "request": {"count": 1, "seed": 42, "checkpoint": "digits@1"},
+                    "result": {
+                        "images": [{"index": 0, "seed": 42, "url": "/jobs/0b7c.../images/0.png"}],
+                        "grid_url": "/jobs/0b7c.../grid.png",
+                    },
+                }
+            ]
+        }
+    )
+
+    id: str
+    kind: Literal["generate", "train"]
+    status: JobStatus
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    queue_position: int | None = None
+    progress: Progress = Field(default_factory=Progress)
+    eta_seconds: float | None = None
+    request: dict[str, Any] = Field(default_factory=dict)
+    result: JobResult | None = None
+    error: JobError | None = None
+    metrics: JobMetrics = Field(default_factory=JobMetrics)
+    attempts: int = 0
+
+
+class CheckpointVersion(BaseModel):
+    version: str
+    builtin: bool = False
+    config: dict[str, Any] = Field(default_factory=dict)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class CheckpointInfo(BaseModel):
+    name: str
+    latest: str
+    versions: list[CheckpointVersion]
+
+
+class ErrorBody(BaseModel):
+    detail: Any

@@ -1,0 +1,77 @@
+"""All service settings in one place, from ``DDPM_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings", "redis_url_file"]
+
+
+class Settings(BaseSettings):
+    """Service configuration. ``redis_url`` None means the embedded Redis of ``ddpm serve``."""
+
+    model_config = SettingsConfigDict(env_prefix="DDPM_", extra="ignore")
+
+    redis_url: str | None = None
+    data_dir: Path = Path("data")
+    device: str = "auto"
+    max_count: int = Field(64, ge=1)
+    max_steps: int = Field(1000, ge=1)
+    max_batch: int = Field(64, ge=1)
+    queue_limit: int = Field(256, ge=0)
+    job_ttl: int = Field(7 * 24 * 3600, ge=60, description="seconds every job key lives")
+    default_checkpoint: str = "digits"
+    result_store: Literal["disk", "redis"] = "disk"
+    api_keys: str = Field("", description="comma-separated keys; empty = no key needed")
+    admin_token: str | None = None
+    log_level: str = "INFO"
+    log_format: Literal["kv", "json"] = "kv"
+    max_body_bytes: int = Field(64 * 1024, ge=256)
+    key_prefix: str = "ddpm:"
+    visibility_timeout: int = Field(3600, ge=1, description="broker redelivery timeout (s)")
+    restore_interval: int | None = Field(
+        None, ge=1, description="seconds between scans for unacked messages to redeliver"
+    )
+    lease_ttl: float = Field(30.0, gt=0, description="seconds a running job's lease lives")
+    heartbeat_ttl: float = Field(30.0, gt=0)
+    gen_concurrency: int = Field(16, ge=1, description="job threads of a gen worker")
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads of the engine")
+    model_cache_size: int = Field(2, ge=1)
+    progress_interval: float = Field(0.25, ge=0.0, description="min seconds between updates")
+    max_trajectory_frames: int = Field(64, ge=0)
+    events_maxlen: int = Field(1000, ge=10)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        return v if v.endswith(":") else v + ":"
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def broker_url(self) -> str:
+        """The Redis URL to use: the configured one, else the embedded server's, if running."""
+        if self.redis_url:
+            return self.redis_url
+        f = redis_url_file(self.data_dir)
+        if f.exists():
+            return f.read_text().strip()
+        return "redis://127.0.0.1:6379/0"
+
+
+def redis_url_file(data_dir: Path) -> Path:
+    """Where ``ddpm serve`` records the URL of its embedded Redis."""
+    return Path(data_dir) / "redis" / "url"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (read once from the environment)."""
+    return Settings()

@@ -1,0 +1,441 @@
+"""The generation engine: one thread that owns the device and batches continuously.
+
+Job threads (Celery's thread pool) hand jobs to :meth:`Engine.submit` and wait on
+them. The engine thread keeps a model cache (LRU by checkpoint) and, at every
+step boundary, admits waiting rows of the same checkpoint up to ``max_batch``,
+runs ONE network call for all of them (each row with its own timestep, sampler,
+step count and guidance), applies each row's own step, and retires finished
+rows. Every row draws its x_T and step noise from its own generator seeded
+``seed + i`` and only on the steps where its own table draws noise, so an image
+equals the one ``ddpm_core.pipeline.generate`` makes alone (to float tolerance).
+CUDA is touched only in the engine thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.logs import log_event
+from ddpm_core.checkpoint import Checkpoint, load_checkpoint
+from ddpm_core.pipeline import resolve_device
+from ddpm_core.samplers import StepTable, denoise_step, stack_coefs, step_table
+from ddpm_core.seeding import ImageRNG
+
+__all__ = ["GenSpec", "EngineJob", "Engine", "JobFailed"]
+
+log = logging.getLogger("ddpm.engine")
+
+ProgressFn = Callable[[int, int, float], None]
+
+
+class JobFailed(Exception):
+    """A job could not run; ``type`` names the cause (CheckpointError, NonFinite, ...)."""
+
+    def __init__(self, type_: str, message: str) -> None:
+        super().__init__(message)
+        self.type = type_
+        self.message = message
+
+
+@dataclass(frozen=True)
+class GenSpec:
+    """What to generate: the normalised request plus the checkpoint's directory."""
+
+    job_id: str
+    checkpoint_path: str
+    checkpoint_ref: str
+    count: int = 1
+    seed: int = 0
+    steps: int | None = None
+    sampler: str | None = None
+    eta: float | None = None
+    label: int | None = None
+    guidance_scale: float | None = None
+    use_ema: bool = True
+    trajectory_frames: int = 0
+
+
+@dataclass(eq=False)
+class EngineJob:
+    """A job inside the engine; the submitting thread waits on ``done``."""
+
+    spec: GenSpec
+    on_progress: ProgressFn | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    status: str = "pending"  # -> succeeded | failed | canceled
+    error: JobFailed | None = None
+    images: torch.Tensor | None = None  # (count, C, H, W) on CPU, in [-1, 1]
+    frames: list[torch.Tensor] = field(default_factory=list)  # grids' sources, (count, C, H, W)
+    network_calls: int = 0
+    shared_calls: int = 0
+    max_batch: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    submitted: float = field(default_factory=time.monotonic)
+    # engine-side state
+    _ckpt: Checkpoint | None = None
+    _key: tuple | None = None
+    _outputs: list[torch.Tensor | None] = field(default_factory=list)
+    _frames: list[list[torch.Tensor]] = field(default_factory=list)
+    _frame_steps: frozenset[int] = frozenset()
+    _total_steps: int = 0
+    _steps_done: int = 0
+    _rows_left: int = 0
+    _last_progress: float = 0.0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
+
+@dataclass(eq=False)
+class _Row:
+    job: EngineJob
+    index: int
+    rng: ImageRNG
+    table: StepTable
+    x: torch.Tensor  # (C, H, W) on the device
+    label: int | None
+    scale: float
+    k: int = 0
+
+
+class Engine:
+    """Continuous batching over one device. Thread-safe :meth:`submit`; one worker thread."""
+
+    def __init__(
+        self,
+        device: str = "auto",
+        max_batch: int = 64,
+        cache_size: int = 2,
+        progress_interval: float = 0.25,
+        max_batch_log: int = 10000,
+        threads: int | None = None,
+    ) -> None:
+        self.threads = threads
+        self.device_spec = device
+        self.device: torch.device | None = None
+        self.max_batch = max_batch
+        self.cache_size = cache_size
+        self.progress_interval = progress_interval
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=max_batch_log)
+        self._unflushed: list[int] = []
+        self._cache: collections.OrderedDict[tuple, Checkpoint] = collections.OrderedDict()
+        self._loaded_refs: dict[tuple, str] = {}
+        self._pending: list[EngineJob] = []
+        self._rows: list[_Row] = []
+        self._active: list[EngineJob] = []
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+
+    # -- public, any thread -----------------------------------------------------------------
+    def start(self) -> Engine:
+        """Start the engine thread (idempotent); raises if the device cannot be used."""
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._main, name="ddpm-engine", daemon=True)
+                self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            raise RuntimeError(f"engine failed to start: {self._startup_error}")
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, spec: GenSpec, on_progress: ProgressFn | None = None) -> EngineJob:
+        """Queue ``spec``; the returned job's ``done`` is set when it has finished."""
+        job = EngineJob(spec, on_progress)
+        with self._cond:
+            if self._stop:
+                raise RuntimeError("engine stopped")
+            self._pending.append(job)
+            self._cond.notify_all()
+        return job
+
+    def loaded(self) -> list[str]:
+        """The checkpoints in the model cache (``name@version/ema|model``)."""
+        return list(self._loaded_refs.values())
+
+    def active_jobs(self) -> int:
+        return len(self._active) + len(self._pending)
+
+    def take_batch_sizes(self) -> list[int]:
+        """Batch sizes recorded since the last call (for the shared metrics)."""
+        with self._cond:
+            out, self._unflushed = self._unflushed, []
+        return out
+
+    # -- engine thread ----------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            self.device = resolve_device(self.device_spec)
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+        except BaseException as exc:  # noqa: BLE001 - reported to start()
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        log_event(log, "engine started", device=str(self.device), max_batch=self.max_batch)
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not self._pending and not self._rows and not self._stop:
+                        self._cond.wait()
+                    if self._stop:
+                        break
+                    new, self._pending = self._pending, []
+                try:
+                    for job in new:
+                        self._admit(job)
+                    self._reap_canceled()
+                    if self._rows:
+                        self._step_once()
+                except Exception as exc:  # noqa: BLE001 - never let the engine thread die
+                    log_event(log, "engine error", logging.ERROR, error=repr(exc))
+                    for job in list(self._active):
+                        self._finish(job, "failed", JobFailed("EngineError", repr(exc)))
+        for job in self._active + self._pending:
+            self._finish(job, "failed", JobFailed("WorkerShutdown", "the worker is shutting down"))
+
+    def _model(self, spec: GenSpec) -> tuple[tuple, Checkpoint]:
+        key = (str(Path(spec.checkpoint_path).resolve()), spec.use_ema)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return key, self._cache[key]
+        ckpt = load_checkpoint(spec.checkpoint_path, use_ema=spec.use_ema, device=self.device)
+        self._cache[key] = ckpt
+        self._loaded_refs[key] = f"{spec.checkpoint_ref}/{'ema' if spec.use_ema else 'model'}"
+        in_use = {r.job._key for r in self._rows}
+        while len(self._cache) > self.cache_size:
+            old = next((k for k in self._cache if k not in in_use and k != key), None)
+            if old is None:
+                break
+            del self._cache[old]
+            self._loaded_refs.pop(old, None)
+        return key, ckpt
+
+    def _admit(self, job: EngineJob) -> None:
+        spec = job.spec
+        if job.cancel.is_set():
+            self._finish(job, "canceled")
+            return
+        try:
+            key, ckpt = self._model(spec)
+            cfg = ckpt.config
+            table = step_table(
+                ckpt.schedule,
+                cfg.default_steps if spec.steps is None else spec.steps,
+                spec.sampler or cfg.default_sampler,
+                cfg.variance_type,
+                cfg.default_eta if spec.eta is None else spec.eta,
+                cfg.clip_denoised,
+            )
+            if spec.label is not None:
+                if cfg.num_classes is None:
+                    raise ValueError("this checkpoint is unconditional: labels are not accepted")
+                if not 0 <= spec.label < cfg.num_classes:
+                    raise ValueError(f"label must lie in [0, {cfg.num_classes - 1}]")
+            scale = (
+                cfg.default_guidance_scale if spec.guidance_scale is None else spec.guidance_scale
+            )
+            shape = (cfg.channels, cfg.image_size, cfg.image_size)
+            rows = []
+            for i in range(spec.count):
+                rng = ImageRNG(spec.seed + i, self.device)
+                rows.append(_Row(job, i, rng, table, rng.randn(shape), spec.label, float(scale)))
+        except Exception as exc:  # noqa: BLE001 - the job fails alone
+            self._finish(job, "failed", JobFailed(type(exc).__name__, str(exc)))
+            return
+        total = len(table)
+        job._ckpt, job._key = ckpt, key
+        job._outputs = [None] * spec.count
+        job._frames = [[] for _ in range(spec.count)]
+        if spec.trajectory_frames > 0:
+            n = min(spec.trajectory_frames, total)
+            job._frame_steps = (
+                frozenset(int(round(1 + j * (total - 1) / (n - 1))) for j in range(n))
+                if n > 1
+                else frozenset({total})
+            )
+        job._total_steps = total * spec.count
+        job._rows_left = spec.count
+        job.status = "running"
+        self._active.append(job)
+        self._rows.extend(rows)
+
+    def _reap_canceled(self) -> None:
+        for job in [j for j in self._active if j.cancel.is_set()]:
+            self._finish(job, "canceled")
+
+    def _finish(self, job: EngineJob, status: str, error: JobFailed | None = None) -> None:
+        if job.done.is_set():
+            return
+        self._rows = [r for r in self._rows if r.job is not job]
+        if job in self._active:
+            self._active.remove(job)
+        job.status = status
+        job.error = error
+        if status == "succeeded":
+            job.images = torch.stack(job._outputs)  # type: ignore[arg-type]
+            if job._frame_steps:
+                n = len(job._frames[0])
+                job.frames = [torch.stack([fr[j] for fr in job._frames]) for j in range(n)]
+        job._ckpt = None
+        job._outputs, job._frames = [], []
+        job.done.set()
+
+    def _step_once(self) -> None:
+        key = self._rows[0].job._key
+        batch = [r for r in self._rows if r.job._key == key][: self.max_batch]
+        try:
+            self._run(batch)
+        except Exception as exc:  # noqa: BLE001
+            jobs = list(dict.fromkeys(r.job for r in batch))
+            if len(jobs) == 1:
+                self._fail_from(jobs[0], exc)
+                return
+            # Retry job by job, so that only the job that cannot run fails.
+            for job in jobs:
+                try:
+                    self._run([r for r in batch if r.job is job])
+                except Exception as exc2:  # noqa: BLE001
+                    self._fail_from(job, exc2)
+
+    def _fail_from(self, job: EngineJob, exc: Exception) -> None:
+        kind = type(exc).__name__
+        if isinstance(exc, torch.OutOfMemoryError):
+            kind = "OutOfMemory"
+            if self.device is not None and self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        log_event(
+            log,
+            "job failed in the engine",
+            logging.WARNING,
+            job_id=job.spec.job_id,
+            error=f"{kind}: {exc}",
+            trace=traceback.format_exc(limit=3),
+        )
+        self._finish(job, "failed", JobFailed(kind, str(exc)))
+
+    def _run(self, batch: list[_Row]) -> None:
+        """One network call for ``batch`` and each row's own update."""
+        model = batch[0].job._ckpt.model  # type: ignore[union-attr]
+        dev = self.device
+        x = torch.stack([r.x for r in batch])
+        t = torch.stack([r.table.timesteps[r.k] for r in batch]).to(dev)
+        null = getattr(model, "null_label", None)
+        if null is None:
+            eps = model(x, t).float()
+        else:
+            y = torch.tensor([null if r.label is None else r.label for r in batch], device=dev)
+            guided = [i for i, r in enumerate(batch) if r.label is not None and r.scale != 1.0]
+            if guided:
+                g = torch.tensor(guided, device=dev)
+                out = model(
+                    torch.cat([x, x[g]]),
+                    torch.cat([t, t[g]]),
+                    torch.cat([y, torch.full_like(g, null)]),
+                ).float()
+                eps = out[: len(batch)].clone()
+                eps_u = out[len(batch) :]
+                w = torch.tensor([batch[i].scale for i in guided], device=dev).view(-1, 1, 1, 1)
+                eps[g] = eps_u + w * (eps[g] - eps_u)
+            else:
+                eps = model(x, t, y).float()
+        coefs = stack_coefs([r.table.coefs[r.k] for r in batch])
+        noisy = [r.table.has_noise(r.k) for r in batch]
+        noise = None
+        if any(noisy):
+            zeros = torch.zeros_like(batch[0].x)
+            noise = torch.stack(
+                [r.rng.randn(r.x.shape) if n else zeros for r, n in zip(batch, noisy, strict=True)]
+            )
+        x_new, _ = denoise_step(x, eps, coefs, noise)
+        finite = torch.isfinite(x_new).flatten(1).all(1).tolist()
+        # Bookkeeping after the call succeeded.
+        size = len(batch)
+        self.batch_sizes.append(size)
+        with self._cond:
+            self._unflushed.append(size)
+        jobs_in = list(dict.fromkeys(r.job for r in batch))
+        for job in jobs_in:
+            job.network_calls += 1
+            job.max_batch = max(job.max_batch, size)
+            if len(jobs_in) > 1:
+                job.shared_calls += 1
+            if len(job.batch_sizes) < 4096:
+                job.batch_sizes.append(size)
+        failed: set[int] = set()
+        for i, r in enumerate(batch):
+            job = r.job
+            if id(job) in failed or job.done.is_set():
+                continue
+            if not finite[i]:
+                failed.add(id(job))
+                self._finish(
+                    job,
+                    "failed",
+                    JobFailed("NonFinite", f"image {r.index} became NaN/inf at step {r.k + 1}"),
+                )
+                continue
+            r.x = x_new[i]
+            r.k += 1
+            job._steps_done += 1
+            if r.k in job._frame_steps:
+                job._frames[r.index].append(x_new[i].cpu())
+            if r.k == len(r.table):
+                job._outputs[r.index] = x_new[i].cpu()
+                job._rows_left -= 1
+                self._rows.remove(r)
+        now = time.monotonic()
+        for job in jobs_in:
+            if job.done.is_set():
+                continue
+            finished = job._rows_left == 0
+            if job.on_progress is not None and (
+                finished or now - job._last_progress >= self.progress_interval
+            ):
+                job._last_progress = now
+                steps = job._total_steps // max(job.spec.count, 1)
+                frac = job._steps_done / max(job._total_steps, 1)
+                try:
+                    job.on_progress(math.floor(frac * steps + 1e-9), steps, round(frac, 4))
+                except Exception as exc:  # noqa: BLE001 - progress is best effort
+                    log_event(
+                        log,
+                        "progress update failed",
+                        logging.WARNING,
+                        job_id=job.spec.job_id,
+                        error=str(exc),
+                    )
+            if finished:
+                self._finish(job, "succeeded")
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "device": str(self.device) if self.device else self.device_spec,
+            "loaded": self.loaded(),
+            "active_jobs": self.active_jobs(),
+            "rows": len(self._rows),
+        }
