@@ -51,4 +51,4 @@ def configure_logging(level: str = "INFO", fmt: str = "kv") -> None:
 
 def log_event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log ``msg`` with ``fields`` (e.g. job_id=...) as structured keys."""
-    logger.log(level, msg, extra=fields)
+    logger.log(level, msg, extra={(f"{k}_" if k in _STD else k): v for k, v in fields.items()})

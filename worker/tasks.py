@@ -108,6 +108,9 @@ def generate(job_id: str) -> str | None:
         return None
     try:
         return _generate(rt, job_id)
+    except Exception as exc:
+        _fail(rt, job_id, "generate", type(exc).__name__, str(exc))
+        raise
     finally:
         lease.release()
 
@@ -236,6 +239,9 @@ def train(job_id: str) -> str | None:
         return None
     try:
         return _train(rt, job_id)
+    except Exception as exc:
+        _fail(rt, job_id, "train", type(exc).__name__, str(exc))
+        raise
     finally:
         lease.release()
 
@@ -248,7 +254,7 @@ def _train(rt: Runtime, job_id: str) -> str | None:
     started_ts = time.time()
     store.update(job_id, started_ts=started_ts)
     req = doc["request"]
-    log_event(log, "training started", job_id=job_id, name=req["name"])
+    log_event(log, "training started", job_id=job_id, checkpoint=req["name"])
     try:
         from ddpm_core.train import STATE_DIR, TrainConfig
         from ddpm_core.train import train as run_training

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import socket
 import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "canceled"}
 
 
@@ -89,3 +94,91 @@ def submit(client: Any, body: dict, headers: dict | None = None) -> dict:
     assert r.status_code == 202, r.text
     assert r.headers["location"] == f"/jobs/{r.json()['id']}"
     return r.json()
+
+
+def service_env(settings) -> dict[str, str]:
+    """Environment variables that make a child process use ``settings``."""
+    env = dict(os.environ)
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        key = "DDPM_" + name.upper()
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["OMP_NUM_THREADS"] = "1"  # the machine is small and shared: no spinning threads
+    return env
+
+
+def make_settings(redis_url: str, data_dir: Path, **over):
+    from app.settings import Settings
+
+    base = dict(
+        redis_url=redis_url,
+        data_dir=data_dir,
+        key_prefix=f"ddpm-test-{uuid.uuid4().hex[:10]}:",
+        device="cpu",
+        max_count=16,
+        max_batch=64,
+        queue_limit=100,
+        default_checkpoint="tiny",
+        admin_token="admin-secret",
+        visibility_timeout=120,
+        restore_interval=1,
+        lease_ttl=2.0,
+        heartbeat_ttl=4.0,
+        progress_interval=0.05,
+        job_ttl=3600,
+        torch_threads=1,
+    )
+    return Settings(**(base | over))
+
+
+class WorkerProcess:
+    """A ``celery -A app.queue worker -P threads`` child process."""
+
+    def __init__(self, settings, log: Path, queues: str = "gen,train", concurrency: int = 8):
+        self.settings = settings
+        self.log = log
+        self.name = f"w{uuid.uuid4().hex[:6]}@test"
+        cmd = [
+            sys.executable, "-m", "celery", "-A", "app.queue", "worker",
+            "-P", "threads", "-c", str(concurrency), "-Q", queues, "-n", self.name,
+            "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "WARNING",
+        ]  # fmt: skip
+        self._out = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=service_env(settings), stdout=self._out, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, store, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log.read_text()[-3000:]}")
+            if any(w["name"].startswith(self.name) for w in store.workers()):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready: {self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._out.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._out.close()
+
+
+def store_for(settings):
+    from app.store import JobStore, connect
+
+    return JobStore(connect(settings.redis_url), settings.key_prefix, settings.job_ttl)

@@ -1,0 +1,121 @@
+"""``ddpm serve`` end to end: embedded Redis, API, gen and train workers as children."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from svc_helpers import ROOT, decode_png, make_tiny_checkpoint, wait_job
+
+RUN_CLI = (
+    "import argparse, sys\n"
+    "from app import service_cli\n"
+    "p = argparse.ArgumentParser(prog='ddpm')\n"
+    "service_cli.add_commands(p.add_subparsers(dest='command', required=True))\n"
+    "a = p.parse_args(sys.argv[1:])\n"
+    "sys.exit(a.func(a))\n"
+)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(tmp_path):
+    from app.registry import Registry
+
+    data = tmp_path / "data"
+    Registry(data).publish(make_tiny_checkpoint(tmp_path / "src"), "tiny")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DDPM_")}
+    env |= {
+        "DDPM_DATA_DIR": str(data),
+        "DDPM_DEFAULT_CHECKPOINT": "tiny",
+        "DDPM_DEVICE": "cpu",
+        "DDPM_TORCH_THREADS": "1",
+        "DDPM_GEN_CONCURRENCY": "4",
+        "DDPM_PROGRESS_INTERVAL": "0.1",
+        "OMP_NUM_THREADS": "1",
+    }
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN_CLI, "serve", "--port", str(port), "--concurrency", "4"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if client.get("/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError((tmp_path / "serve.log").read_text()[-4000:])
+        time.sleep(0.3)
+    yield client, data, proc, tmp_path / "serve.log"
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    log.close()
+
+
+def test_serve_generate_train_and_stop(served):
+    client, data, proc, log = served
+    token_file = data / "admin_token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert (data / "redis" / "appendonlydir").exists() or (data / "redis").is_dir()
+
+    r = client.post("/generate", json={"count": 4, "seed": 1, "steps": 10})
+    assert r.status_code == 202, r.text
+    doc = wait_job(client, r.json()["id"], timeout=120)
+    assert doc["status"] == "succeeded", doc
+    for img in doc["result"]["images"]:
+        assert decode_png(client.get(img["url"]).content).shape == (16, 16)
+
+    # Training through the admin API publishes a new checkpoint version.
+    token = token_file.read_text().strip()
+    body = {
+        "name": "digits-e2e",
+        "options": {
+            "steps": 3,
+            "batch_size": 8,
+            "warmup": 1,
+            "timesteps": 50,
+            "default_steps": 5,
+            "sample_count": 4,
+        },
+    }
+    assert client.post("/train", json=body).status_code == 401
+    r = client.post("/train", json=body, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 202, r.text
+    assert r.json()["kind"] == "train"
+    tdoc = wait_job(client, r.json()["id"], timeout=180)
+    assert tdoc["status"] == "succeeded", tdoc
+    assert tdoc["result"]["checkpoint"] == "digits-e2e@1"
+    info = client.get("/checkpoints/digits-e2e").json()
+    assert info["latest"] == "1" and info["versions"][0]["meta"]["training_steps"] == 3
+    r = client.post("/generate", json={"checkpoint": "digits-e2e", "count": 1, "steps": 5})
+    assert wait_job(client, r.json()["id"], timeout=120)["status"] == "succeeded"
+
+    # SIGTERM stops every child and the embedded Redis.
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0, log.read_text()[-3000:]
+    with pytest.raises(httpx.TransportError):
+        client.get("/healthz", timeout=2)
+    assert not (data / "redis" / "url").exists()
