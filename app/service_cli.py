@@ -145,7 +145,13 @@ def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
         "--appendonly", "yes", "--save", "", "--protected-mode", "yes",
     ]  # fmt: skip
     log = open(rdir / "redis.log", "ab")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     for _ in range(200):
         if proc.poll() is not None:
@@ -170,6 +176,16 @@ def admin_token_for(data_dir: Path) -> tuple[str, Path]:
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token, path
+
+
+def _die_with_parent() -> None:
+    """In a child: get SIGTERM when ``ddpm serve`` dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _stop(procs: list[tuple[str, subprocess.Popen]], timeout: float = 20.0) -> None:
@@ -228,7 +244,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         for name, cmd in children:
             child_env = env | ({"DDPM_WORKER_QUEUES": name} if name != "api" else {})
-            procs.append((name, subprocess.Popen(cmd, env=child_env, start_new_session=True)))
+            child = subprocess.Popen(
+                cmd,
+                env=child_env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+            procs.append((name, child))
         print(f"ddpm: serving on http://{args.host}:{args.port} (docs at /docs)", flush=True)
         while not stopping:
             dead = [(n, p.returncode) for n, p in procs if p.poll() is not None]

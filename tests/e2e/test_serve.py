@@ -70,8 +70,12 @@ def served(tmp_path):
         time.sleep(0.3)
     yield client, data, proc, tmp_path / "serve.log"
     if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
+        proc.send_signal(signal.SIGTERM)  # serve stops its children
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
     log.close()
 
 

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from svc_helpers import (  # noqa: E402
     WorkerProcess,
+    make_client,
     make_settings,
     make_tiny_checkpoint,
     start_redis_server,
@@ -32,6 +33,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    """One intra-op thread in this process (OpenMP's setting is per thread: the engine
+    thread sets its own). A small shared machine otherwise loses most time spinning."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -73,14 +83,6 @@ def worker(settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worke
         yield w
     finally:
         w.stop()
-
-
-def make_client(settings):
-    from fastapi.testclient import TestClient
-
-    from app.main import create_app
-
-    return TestClient(create_app(settings))
 
 
 @pytest.fixture(scope="session")

@@ -182,3 +182,11 @@ def store_for(settings):
     from app.store import JobStore, connect
 
     return JobStore(connect(settings.redis_url), settings.key_prefix, settings.job_ttl)
+
+
+def make_client(settings):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    return TestClient(create_app(settings))

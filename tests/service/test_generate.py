@@ -6,14 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from svc_helpers import decode_png, submit, to_uint8, wait_job
+from svc_helpers import decode_png, make_client, submit, to_uint8, wait_job
 
 
 @pytest.fixture(params=["disk", "redis"])
 def store_client(request, settings, worker):
     """The API with each result store; the job records where its results went."""
-    from conftest import make_client
-
     s = settings.model_copy(update={"result_store": request.param})
     with make_client(s) as c:
         yield c

@@ -1,0 +1,122 @@
+"""The continuous-batching engine in process (no Redis): equality, isolation, cancel."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from svc_helpers import make_tiny_checkpoint
+
+from ddpm_core.checkpoint import load_checkpoint
+from ddpm_core.pipeline import generate
+from worker.engine import Engine, GenSpec
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ck")
+    return {
+        "u": str(make_tiny_checkpoint(d / "u")),
+        "c": str(make_tiny_checkpoint(d / "c", num_classes=10, seed=1)),
+    }
+
+
+@pytest.fixture
+def engine():
+    e = Engine("cpu", max_batch=64, progress_interval=0.0, threads=1).start()
+    yield e
+    e.stop()
+
+
+def _run(engine, specs):
+    jobs = [engine.submit(s) for s in specs]
+    for j in jobs:
+        assert j.wait(120)
+    return jobs
+
+
+def test_mixed_rows_equal_library_alone(engine, ckpts):
+    specs = [
+        GenSpec("a", ckpts["u"], "u", count=3, seed=5, steps=30, sampler="ddpm"),
+        GenSpec("b", ckpts["u"], "u", count=2, seed=9, steps=17, sampler="ddim", eta=0.5),
+        GenSpec("c", ckpts["c"], "c", count=2, seed=1, steps=10, sampler="ddim", label=3,
+                guidance_scale=2.0),
+        GenSpec("d", ckpts["c"], "c", count=2, seed=1, steps=12, sampler="ddpm"),
+        GenSpec("e", ckpts["c"], "c", count=1, seed=2, steps=12, sampler="ddpm", label=4,
+                guidance_scale=1.0),
+    ]  # fmt: skip
+    jobs = _run(engine, specs)
+    assert [j.status for j in jobs] == ["succeeded"] * 5
+    assert max(engine.batch_sizes) > 3  # several jobs in one call
+    for s, j in zip(specs, jobs, strict=True):
+        ck = load_checkpoint(s.checkpoint_path)
+        ref = generate(ck, s.count, s.seed, s.steps, s.sampler, s.eta, s.label, s.guidance_scale)
+        torch.testing.assert_close(j.images, ref, atol=2e-4, rtol=0)
+
+
+def test_max_batch_is_respected(ckpts):
+    e = Engine("cpu", max_batch=3, threads=1).start()
+    try:
+        jobs = _run(
+            e, [GenSpec(str(i), ckpts["u"], "u", count=2, seed=i, steps=5) for i in range(3)]
+        )
+        assert all(j.status == "succeeded" for j in jobs)
+        assert max(e.batch_sizes) == 3
+    finally:
+        e.stop()
+
+
+def test_failing_jobs_fail_alone(engine, ckpts, tmp_path):
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    (bad_dir / "config.json").write_text("{}")
+    # Weights that overflow to inf: the image turns non-finite during sampling.
+    import json
+
+    from ddpm_core.checkpoint import CheckpointConfig, save_checkpoint
+    from ddpm_core.unet import UNet
+
+    cfg = CheckpointConfig.from_dict(json.loads((Path(ckpts["u"]) / "config.json").read_text()))
+    model = UNet(cfg.unet)
+    with torch.no_grad():
+        model.conv_out.weight.fill_(3e38)
+    nan_dir = save_checkpoint(tmp_path / "nan", cfg, model)
+    specs = [
+        GenSpec("ok", ckpts["u"], "u", count=2, seed=1, steps=15, sampler="ddpm"),
+        GenSpec("bad", str(bad_dir), "bad", count=1, seed=1, steps=5),
+        GenSpec("nan", str(nan_dir), "nan", count=1, seed=1, steps=5, sampler="ddim"),
+        GenSpec("label", ckpts["u"], "u", count=1, seed=1, steps=5, label=2),
+    ]
+    ok, bad, nan, label = _run(engine, specs)
+    assert ok.status == "succeeded"
+    assert bad.status == "failed" and bad.error.type == "CheckpointError"
+    assert nan.status == "failed" and nan.error.type == "NonFinite"
+    assert label.status == "failed" and "unconditional" in label.error.message
+
+
+def test_cancel_mid_run_leaves_others_running(engine, ckpts):
+    seen = threading.Event()
+
+    def progress(step, total, frac):
+        if step >= 5:
+            seen.set()
+
+    long = engine.submit(GenSpec("long", ckpts["u"], "u", count=1, seed=1, steps=1000,
+                                 sampler="ddpm"), progress)  # fmt: skip
+    other = engine.submit(GenSpec("other", ckpts["u"], "u", count=1, seed=2, steps=40,
+                                  sampler="ddpm"))  # fmt: skip
+    assert seen.wait(60)
+    long.cancel.set()
+    assert long.wait(30) and other.wait(60)
+    assert long.status == "canceled" and other.status == "succeeded"
+    ref = generate(load_checkpoint(ckpts["u"]), 1, 2, 40, "ddpm")
+    torch.testing.assert_close(other.images, ref, atol=2e-4, rtol=0)
+
+
+def test_trajectory_frames(engine, ckpts):
+    (job,) = _run(engine, [GenSpec("t", ckpts["u"], "u", count=2, seed=1, steps=10,
+                                   trajectory_frames=4)])  # fmt: skip
+    assert len(job.frames) == 4 and job.frames[0].shape == (2, 1, 16, 16)
+    torch.testing.assert_close(job.frames[-1], job.images)
