@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from ddpm_core import cli as core_cli
 from ddpm_core import train_cli
 
+from . import service_cli
+
 __all__ = ["build_parser", "main"]
 
 
@@ -19,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     core_cli.add_commands(sub)
     train_cli.add_commands(sub)
+    service_cli.add_commands(sub)
     return parser
 
 
