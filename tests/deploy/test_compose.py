@@ -41,7 +41,9 @@ def test_every_long_running_service_has_a_healthcheck(gpu: dict) -> None:
     for name in ("redis", "api", "worker-gen", "worker-train"):
         assert gpu["services"][name]["healthcheck"]["test"], name
     assert "/healthz" in " ".join(gpu["services"]["api"]["healthcheck"]["test"])
-    assert "inspect ping" in " ".join(gpu["services"]["worker-gen"]["healthcheck"]["test"])
+    for name, node in (("worker-gen", "gen@$HOSTNAME"), ("worker-train", "train@$HOSTNAME")):
+        check = " ".join(gpu["services"][name]["healthcheck"]["test"])
+        assert "inspect ping" in check and node in check, check
 
 
 def test_api_waits_for_a_healthy_redis_and_publishes_8000(gpu: dict) -> None:
