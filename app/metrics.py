@@ -49,6 +49,10 @@ class StoreCollector(Collector):
         depth.add_metric(["gen"], self.store.queue_depth("generate"))
         depth.add_metric(["train"], self.store.queue_depth("train"))
         yield depth
+        running = GaugeMetricFamily("ddpm_jobs_running", "jobs running", labels=["queue"])
+        running.add_metric(["gen"], len(self.store.running("generate")))
+        running.add_metric(["train"], len(self.store.running("train")))
+        yield running
         workers = GaugeMetricFamily("ddpm_workers", "live workers (heartbeats)")
         workers.add_metric([], len(self.store.workers()))
         yield workers

@@ -6,7 +6,8 @@ Keys (all under the configured prefix, ``ddpm:`` by default)::
     job:{id}:events     stream (capped with MAXLEN), the SSE source
     job:{id}:cancel     cancel flag
     job:{id}:lease      the worker currently running the job (short TTL)
-    queue:{kind}        sorted set by submit time, for queue positions
+    queue:{kind}        sorted set by submit time, for queue positions (gen, train)
+    active:{kind}       sorted set of running jobs by start time
     idem:{key}          Idempotency-Key -> job id
     worker:{name}       heartbeat (JSON) with a TTL
     stats               counters and histogram buckets for /metrics
@@ -105,6 +106,17 @@ class JobStore:
         """The queue sorted set of a job kind (``generate`` -> ``queue:gen``)."""
         return self.key("queue", QUEUE_OF.get(kind, kind))
 
+    def akey(self, kind: str) -> str:
+        """The sorted set of running jobs of a kind (``active:gen``), by start time."""
+        return self.key("active", QUEUE_OF.get(kind, kind))
+
+    def running(self, kind: str = "generate") -> list[str]:
+        """Ids of jobs of ``kind`` that are (or were, if their worker died) running."""
+        return list(self.r.zrange(self.akey(kind), 0, -1))
+
+    def lease_held(self, job_id: str) -> bool:
+        return bool(self.r.exists(self.job_key(job_id, "lease")))
+
     def queue_depth(self, kind: str = "generate") -> int:
         return int(self.r.zcard(self.qkey(kind)))
 
@@ -143,6 +155,8 @@ class JobStore:
         pipe.hset(self.job_key(job_id), mapping={k: json.dumps(v) for k, v in doc.items()})
         pipe.expire(self.job_key(job_id), self.ttl)
         pipe.zadd(self.qkey(kind), {job_id: doc["created_ts"]})
+        # Jobs that expired while queued leave the queue (their keys are gone).
+        pipe.zremrangebyscore(self.qkey(kind), 0, doc["created_ts"] - self.ttl)
         pipe.execute()
         self.add_event(job_id, "status", {"status": "queued"})
         self.incr_stat(f"jobs_submitted:{kind}")
@@ -195,6 +209,9 @@ class JobStore:
         )
         if ok:
             self.r.zrem(self.qkey(kind), job_id)
+            now = time.time()
+            self.r.zadd(self.akey(kind), {job_id: now})
+            self.r.zremrangebyscore(self.akey(kind), 0, now - self.ttl)
             self.r.hincrby(self.job_key(job_id), "attempts", 1)
             self.add_event(job_id, "status", {"status": "running"})
         return ok, self.get(job_id)
@@ -212,6 +229,7 @@ class JobStore:
         if not ok:
             return False
         self.r.zrem(self.qkey(kind), job_id)
+        self.r.zrem(self.akey(kind), job_id)
         done = {"status": status} | {k: fields[k] for k in ("result", "error") if k in fields}
         self.add_event(job_id, "status", {"status": status})
         self.add_event(job_id, "done", done)

@@ -38,6 +38,7 @@ class Runtime:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _hb: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
+    hooks: list = field(default_factory=list)  # called from the heartbeat thread
 
     def results(self, kind: str) -> ResultStore:
         s = self.settings
@@ -85,6 +86,8 @@ class Runtime:
         while not self._stop.is_set():
             try:
                 self.heartbeat_once()
+                for hook in self.hooks:
+                    hook(self)
             except Exception as exc:  # noqa: BLE001 - keep beating through Redis hiccups
                 log_event(log, "heartbeat failed", logging.WARNING, error=str(exc))
             self._stop.wait(interval)

@@ -42,8 +42,26 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     except Exception:  # noqa: BLE001 - best effort
         queues = [q for q in os.environ.get("DDPM_WORKER_QUEUES", "").split(",") if q]
     rt = get_runtime(getattr(sender, "hostname", None), queues)
+    if "train" in queues:
+        rt.hooks.append(_recover_training)
     rt.start_heartbeat()
     log_event(log, "worker ready", worker=rt.name, queues=",".join(queues))
+
+
+def _recover_training(rt: Runtime) -> None:
+    """Re-enqueue training jobs whose worker died (running, lease expired): training is
+    acked on start, so nothing else would redeliver them. They resume from saved state."""
+    store = rt.store
+    for job_id in store.running("train"):
+        doc = store.get(job_id)
+        if doc is None or doc["status"] != "running" or store.lease_held(job_id):
+            continue
+        # One re-enqueue per lease period, whichever train worker sees it first.
+        marker = store.job_key(job_id, "recovering")
+        if not store.r.set(marker, rt.name, nx=True, ex=max(10, int(rt.settings.lease_ttl * 3))):
+            continue
+        celery_app.send_task(TRAIN_TASK, args=[job_id], task_id=job_id)
+        log_event(log, "training job re-enqueued after its worker died", job_id=job_id)
 
 
 @worker_shutdown.connect
@@ -266,6 +284,9 @@ def _train(rt: Runtime, job_id: str) -> str | None:
     for forbidden in ("out", "resume_from"):
         options.pop(forbidden, None)
     options.setdefault("device", rt.settings.device)
+    steps = options.get("steps", 1000)
+    if isinstance(steps, int):
+        options.setdefault("save_every", max(100, steps // 10))  # resumable state
     resume = None
     if (out / STATE_DIR / "state.json").exists():
         resume = str(out)  # a previous attempt of this job left resumable state
@@ -277,6 +298,7 @@ def _train(rt: Runtime, job_id: str) -> str | None:
             return "failed"
         if (src / STATE_DIR / "state.json").exists():
             resume = str(src)
+    log_event(log, "training configured", job_id=job_id, resume_from=resume or "")
     try:
         cfg = TrainConfig.from_dict(options | {"out": str(out), "resume_from": resume})
     except (TypeError, ValueError) as exc:
@@ -330,7 +352,11 @@ def _train(rt: Runtime, job_id: str) -> str | None:
         "train",
         "succeeded",
         result={"checkpoint": published.ref, "final_loss": final},
-        metrics={"run_seconds": round(time.time() - started_ts, 3), "steps": result.step},
+        metrics={
+            "run_seconds": round(time.time() - started_ts, 3),
+            "steps": result.step,
+            "resumed_from": resume,
+        },
         finished_ts=time.time(),
     )
     _record_times(rt, doc, started_ts)
