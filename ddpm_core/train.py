@@ -93,7 +93,9 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     sample_every: int = 0  # 0: only the final preview
     sample_count: int = 16
-    default_steps: int = 50  # the checkpoint's default DDIM steps
+    default_steps: int = 50  # the checkpoint's default sampling steps
+    default_sampler: str = "ddim"
+    default_eta: float = 0.0
     guidance_scale: float = 1.0  # the checkpoint's default guidance (conditional models)
     # Execution
     device: str = "auto"
@@ -131,6 +133,10 @@ class TrainConfig:
             problems.append("channels must be 1 or 3")
         if self.save_every < 0 or self.sample_every < 0:
             problems.append("save_every and sample_every must be >= 0")
+        if self.default_sampler not in ("ddim", "ddpm"):
+            problems.append(f"default_sampler must be ddim or ddpm, not {self.default_sampler!r}")
+        if not 0.0 <= self.default_eta <= 1.0:
+            problems.append("default_eta must be in [0, 1]")
         if not 1 <= self.default_steps <= self.timesteps:
             problems.append("default_steps must be in [1, timesteps]")
         if self.seed < 0:
@@ -353,9 +359,11 @@ def train(
     if cfg.resume_from:
         resume = _load_state(Path(cfg.resume_from))
 
-    ds = dataset or load_dataset(
-        cfg.dataset, cfg.image_size, cfg.channels, cfg.class_cond, cfg.random_flip
-    )
+    ds = dataset
+    if ds is None:
+        ds = load_dataset(
+            cfg.dataset, cfg.image_size, cfg.channels, cfg.class_cond, cfg.random_flip
+        )
     if ds.image_size != cfg.image_size or ds.channels != cfg.channels:
         raise ValueError(
             f"dataset images are {ds.channels}x{ds.image_size}px, config says "
@@ -376,7 +384,8 @@ def train(
         schedule=schedule.to_config(),
         variance_type="fixed_small",
         default_steps=cfg.default_steps,
-        default_sampler="ddim",
+        default_sampler=cfg.default_sampler,
+        default_eta=cfg.default_eta,
         default_guidance_scale=cfg.guidance_scale if num_classes else 1.0,
         class_names=ds.class_names if num_classes else None,
     )

@@ -40,6 +40,8 @@ _TRAIN_FIELDS = {
     "sample_every": "sample_every",
     "sample_count": "sample_count",
     "default_steps": "default_steps",
+    "default_sampler": "default_sampler",
+    "default_eta": "default_eta",
     "guidance_scale": "guidance_scale",
     "device": "device",
     "seed": "seed",
@@ -93,7 +95,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every", type=int, help="checkpoint every N steps (0: at the end)")
     p.add_argument("--sample-every", type=int, help="preview grid every N steps (0: never)")
     p.add_argument("--sample-count", type=int)
-    p.add_argument("--default-steps", type=int, help="checkpoint's default DDIM steps (50)")
+    p.add_argument("--default-steps", type=int, help="checkpoint's default sampling steps (50)")
+    p.add_argument("--default-sampler", choices=["ddim", "ddpm"], help="default: ddim")
+    p.add_argument("--default-eta", type=float, help="checkpoint's default DDIM eta (0)")
     p.add_argument("--guidance-scale", type=float, help="checkpoint's default guidance (1)")
     p.add_argument(
         "--resume",
