@@ -112,6 +112,14 @@ class Registry:
         ]
         return sorted(vs, key=int)
 
+    def _next_version(self, name: str) -> int:
+        """One past every version ever published (deleted ones leave a tombstone), so a
+        ``name@version`` never names two different checkpoints."""
+        d = self.root / name
+        used = [int(v) for v in self._versions(name)]
+        used += [int(p.name[9:]) for p in d.glob(".deleted-*") if p.name[9:].isdigit()]
+        return max(used, default=0) + 1
+
     def names(self) -> list[str]:
         local = (
             {p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name)}
@@ -175,8 +183,7 @@ class Registry:
             else:
                 shutil.copytree(source, staged)
             for _ in range(1000):
-                nums = [int(v) for v in self._versions(name)]
-                version = str(max(nums, default=0) + 1)
+                version = str(self._next_version(name))
                 try:
                     os.rename(staged, parent / version)  # fails if another publish took it
                 except OSError:
@@ -194,6 +201,7 @@ class Registry:
         path = self.root / name / version
         if not path.is_dir() or version not in self._versions(name):
             raise NotFound(f"checkpoint {name}@{version} not found")
+        (self.root / name / f".deleted-{version}").touch()
         trash = Path(tempfile.mkdtemp(prefix=".delete-", dir=self.root / name))
         os.rename(path, trash / "ckpt")
         shutil.rmtree(trash, ignore_errors=True)

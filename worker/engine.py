@@ -219,7 +219,9 @@ class Engine:
             self._finish(job, "failed", JobFailed("WorkerShutdown", "the worker is shutting down"))
 
     def _model(self, spec: GenSpec) -> tuple[tuple, Checkpoint]:
-        key = (str(Path(spec.checkpoint_path).resolve()), spec.use_ema)
+        path = Path(spec.checkpoint_path).resolve()
+        st = path.stat()  # a re-created directory is a different checkpoint
+        key = (str(path), st.st_ino, st.st_mtime_ns, spec.use_ema)
         if key in self._cache:
             self._cache.move_to_end(key)
             return key, self._cache[key]

@@ -44,6 +44,8 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     rt = get_runtime(getattr(sender, "hostname", None), queues)
     if "train" in queues:
         rt.hooks.append(_recover_training)
+    if "gen" in queues:
+        rt.engine()  # import torch and claim the device now, not in the first job
     rt.start_heartbeat()
     log_event(log, "worker ready", worker=rt.name, queues=",".join(queues))
 

@@ -65,6 +65,8 @@ def test_registry_versions_publish_delete(tmp_path):
     assert reg.names() == ["m"]
     reg.delete("m", "2")
     assert reg.resolve("m").ref == "m@1"
+    assert reg.publish(src, "m").version == "3"  # version numbers are never reused
+    reg.delete("m", "3")
     with pytest.raises(NotFound):
         reg.delete("m", "2")
     with pytest.raises(ReadOnly):
@@ -87,3 +89,20 @@ def test_disk_results_reject_escapes(tmp_path):
             r.put(job, name, b"x")
     with pytest.raises(ValueError):
         r.get("../../etc", "0.png")
+
+
+def test_builtin_checkpoints_are_listed_and_read_only(tmp_path):
+    from ddpm_core.builtin import list_builtin
+
+    if not list_builtin():
+        pytest.skip("no built-in checkpoint shipped yet")
+    name = list_builtin()[0]
+    reg = Registry(tmp_path)
+    assert name in reg.names()
+    c = reg.resolve(name)
+    assert c.builtin and c.version == "builtin" and c.config["image_size"] > 0
+    with pytest.raises(ReadOnly):
+        reg.delete(name, "builtin")
+    mine = reg.publish(make_tiny_checkpoint(tmp_path / "src"), name)
+    assert reg.resolve(name).ref == f"{name}@1" == mine.ref  # a published version wins
+    assert reg.versions(name) == ["builtin", "1"]
