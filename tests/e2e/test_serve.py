@@ -91,6 +91,8 @@ def test_serve_generate_train_and_stop(served):
     assert doc["status"] == "succeeded", doc
     for img in doc["result"]["images"]:
         assert decode_png(client.get(img["url"]).content).shape == (16, 16)
+    # Structured log lines name the job (API and worker alike).
+    assert log.read_text().count(f"job_id={doc['id']}") >= 3
 
     # Training through the admin API publishes a new checkpoint version.
     token = token_file.read_text().strip()
