@@ -42,6 +42,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # On SIGTERM, running jobs get this long to finish before the worker stops
+        # (docker-compose's stop_grace_period must be longer).
+        worker_soft_shutdown_timeout=s.soft_shutdown_timeout,
+        worker_enable_soft_shutdown_on_idle=True,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         worker_send_task_events=False,

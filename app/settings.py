@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     heartbeat_ttl: float = Field(30.0, gt=0)
     gen_concurrency: int = Field(16, ge=1, description="job threads of a gen worker")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads of the engine")
+    soft_shutdown_timeout: float = Field(
+        300.0, ge=0, description="seconds a stopping worker lets running jobs finish"
+    )
     model_cache_size: int = Field(2, ge=1)
     progress_interval: float = Field(0.25, ge=0.0, description="min seconds between updates")
     max_trajectory_frames: int = Field(64, ge=0)

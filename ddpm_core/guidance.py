@@ -1,7 +1,13 @@
-"""Wrapping a network as a :data:`~ddpm_core.samplers.Denoiser`, with classifier-free guidance."""
+"""Wrapping a network as a :data:`~ddpm_core.samplers.Denoiser`, with classifier-free guidance.
+
+Classifier-free guidance (Ho & Salimans 2022, Eq. 6):
+eps = eps(x, null) + w (eps(x, y) - eps(x, null)); w = 1 is the conditional
+model alone, w = 0 the unconditional one.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 
 import torch
@@ -9,48 +15,63 @@ from torch import nn
 
 from .samplers import Denoiser
 
-__all__ = ["make_denoiser"]
+__all__ = ["guided_eps", "make_denoiser"]
+
+
+def guided_eps(
+    model: nn.Module,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    scales: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """eps for a batch in one network call, each row with its own guidance scale.
+
+    Only rows whose scale is not 1 need the unconditional prediction, so only
+    they are appended a second time with the null class. ``scales`` is a host
+    list (no device sync to decide which rows are guided); rows without a label
+    should carry the model's null class and scale 1. Returns float32.
+    """
+    null = getattr(model, "null_label", None)
+    rows = [i for i, w in enumerate(scales or ()) if w != 1.0]
+    if labels is None or null is None or not rows:
+        return model(x, t, labels).float()
+    n = x.shape[0]
+    g = torch.tensor(rows, device=x.device)
+    out = model(
+        torch.cat([x, x[g]]), torch.cat([t, t[g]]), torch.cat([labels, torch.full_like(g, null)])
+    ).float()
+    eps, eps_uncond = out[:n].clone(), out[n:]
+    w = torch.tensor([scales[i] for i in rows], device=x.device).view(-1, *([1] * (x.ndim - 1)))
+    eps[g] = eps_uncond + w * (eps[g] - eps_uncond)
+    return eps
 
 
 def make_denoiser(
     model: nn.Module,
     labels: torch.Tensor | None = None,
-    guidance_scale: float | torch.Tensor = 1.0,
+    guidance_scale: float | Sequence[float] = 1.0,
     autocast_dtype: torch.dtype | None = None,
 ) -> Denoiser:
-    """eps(x_t, t) of ``model`` for fixed ``labels``, guided when the scale is not 1.
+    """eps(x_t, t) of ``model`` for fixed ``labels``, guided where the scale is not 1.
 
-    Classifier-free guidance (Ho & Salimans 2022, Eq. 6):
-    eps = eps(x, null) + w (eps(x, y) - eps(x, null)); w = 1 is the conditional
-    model alone, w = 0 the unconditional one. ``guidance_scale`` may be one value
-    or one per row. The network may run under autocast (``autocast_dtype``); eps
-    is returned in float32 so that the update itself stays in full precision.
+    ``guidance_scale`` is one value or one per row. The network may run under
+    autocast (``autocast_dtype``); eps comes back in float32 so that the update
+    itself stays in full precision.
     """
-    null = getattr(model, "null_label", None)
-    if labels is not None and null is None:
+    if labels is not None and getattr(model, "null_label", None) is None:
         raise ValueError("labels given, but the model is not class-conditional")
-    scale = torch.as_tensor(guidance_scale, dtype=torch.float32)
-    guided = labels is not None and bool((scale != 1.0).any())
-
-    def autocast(x: torch.Tensor):
-        if autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(x.device.type, dtype=autocast_dtype)
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with autocast(x):
-            if not guided:
-                return model(x, t, labels).float()
-            # One network call for both halves: conditional rows, then null-class rows.
-            y = labels.to(x.device)
-            eps_c, eps_u = (
-                model(
-                    torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null)])
-                )
-                .float()
-                .chunk(2)
-            )
-        w = scale.to(x.device).reshape(-1, *([1] * (x.ndim - 1)))
-        return eps_u + w * (eps_c - eps_u)
+        if isinstance(guidance_scale, int | float):
+            scales = [float(guidance_scale)] * x.shape[0]
+        else:
+            scales = [float(w) for w in guidance_scale]
+        ctx = (
+            torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+        )
+        with ctx:
+            y = None if labels is None else labels.to(x.device)
+            return guided_eps(model, x, t, y, scales)
 
     return denoise

@@ -28,6 +28,7 @@ import torch
 
 from app.logs import log_event
 from ddpm_core.checkpoint import Checkpoint, load_checkpoint
+from ddpm_core.guidance import guided_eps
 from ddpm_core.pipeline import resolve_device
 from ddpm_core.samplers import StepTable, denoise_step, stack_coefs, step_table
 from ddpm_core.seeding import ImageRNG
@@ -265,7 +266,7 @@ class Engine:
             rows = []
             for i in range(spec.count):
                 rng = ImageRNG(spec.seed + i, self.device)
-                rows.append(_Row(job, i, rng, table, rng.randn(shape), spec.label, float(scale)))
+                rows.append(_Row(job, i, rng, table, rng.initial(shape), spec.label, float(scale)))
         except Exception as exc:  # noqa: BLE001 - the job fails alone
             self._finish(job, "failed", JobFailed(type(exc).__name__, str(exc)))
             return
@@ -347,31 +348,18 @@ class Engine:
         x = torch.stack([r.x for r in batch])
         t = torch.stack([r.table.timesteps[r.k] for r in batch]).to(dev)
         null = getattr(model, "null_label", None)
-        if null is None:
-            eps = model(x, t).float()
-        else:
+        y = None
+        if null is not None:
             y = torch.tensor([null if r.label is None else r.label for r in batch], device=dev)
-            guided = [i for i, r in enumerate(batch) if r.label is not None and r.scale != 1.0]
-            if guided:
-                g = torch.tensor(guided, device=dev)
-                out = model(
-                    torch.cat([x, x[g]]),
-                    torch.cat([t, t[g]]),
-                    torch.cat([y, torch.full_like(g, null)]),
-                ).float()
-                eps = out[: len(batch)].clone()
-                eps_u = out[len(batch) :]
-                w = torch.tensor([batch[i].scale for i in guided], device=dev).view(-1, 1, 1, 1)
-                eps[g] = eps_u + w * (eps[g] - eps_u)
-            else:
-                eps = model(x, t, y).float()
+        scales = [1.0 if r.label is None else r.scale for r in batch]
+        eps = guided_eps(model, x, t, y, scales)
         coefs = stack_coefs([r.table.coefs[r.k] for r in batch])
         noisy = [r.table.has_noise(r.k) for r in batch]
         noise = None
         if any(noisy):
             zeros = torch.zeros_like(batch[0].x)
             noise = torch.stack(
-                [r.rng.randn(r.x.shape) if n else zeros for r, n in zip(batch, noisy, strict=True)]
+                [r.rng.noise(r.x.shape) if n else zeros for r, n in zip(batch, noisy, strict=True)]
             )
         x_new, _ = denoise_step(x, eps, coefs, noise)
         finite = torch.isfinite(x_new).flatten(1).all(1).tolist()
