@@ -84,8 +84,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    """Run the API with uvicorn."""
+    """Run the API with uvicorn; without a configured admin token, use (or create) the one
+    stored in the data directory, as ``ddpm serve`` does."""
     import uvicorn
+
+    s = _settings()
+    if not s.admin_token:
+        data_dir = Path(s.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        token, path = admin_token_for(data_dir)
+        os.environ["DDPM_ADMIN_TOKEN"] = token  # read by the app's settings (and uvicorn workers)
+        s.admin_token = token
+        print(f"ddpm: admin token in {path} (mode 0600)", flush=True)
 
     uvicorn.run(
         "app.main:app", host=args.host, port=args.port, workers=args.workers, log_level="info"
