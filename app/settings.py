@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     heartbeat_ttl: float = Field(30.0, gt=0)
     gen_concurrency: int = Field(16, ge=1, description="job threads of a gen worker")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads of the engine")
+    channels_last: bool = Field(True, description="run the network in channels-last layout")
+    compile: bool = Field(False, description="torch.compile the network (batch-size buckets)")
+    compile_mode: str | None = Field(None, description='e.g. "reduce-overhead" (CUDA graphs)')
+    autocast: Literal["auto", "bf16", "none"] = Field(
+        "auto", description="bf16 autocast of the network on CUDA (auto = on)"
+    )
     soft_shutdown_timeout: float = Field(
         300.0, ge=0, description="seconds a stopping worker lets running jobs finish"
     )

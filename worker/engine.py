@@ -14,6 +14,7 @@ CUDA is touched only in the engine thread.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import threading
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from app.logs import log_event
+from ddpm_core.acceleration import FastDenoiser, FastOptions, probe_max_batch
 from ddpm_core.checkpoint import Checkpoint, load_checkpoint
 from ddpm_core.guidance import guided_eps
 from ddpm_core.pipeline import resolve_device
@@ -122,8 +124,15 @@ class Engine:
         progress_interval: float = 0.25,
         max_batch_log: int = 10000,
         threads: int | None = None,
+        fast: FastOptions | None = None,
+        autocast: str = "auto",
+        finite_check_every: int = 16,
     ) -> None:
         self.threads = threads
+        self.fast = fast or FastOptions()
+        self.autocast = autocast
+        self.finite_check_every = finite_check_every
+        self._calls = 0
         self.device_spec = device
         self.device: torch.device | None = None
         self.max_batch = max_batch
@@ -132,6 +141,8 @@ class Engine:
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=max_batch_log)
         self._unflushed: list[int] = []
         self._cache: collections.OrderedDict[tuple, Checkpoint] = collections.OrderedDict()
+        self._nets: dict[tuple, FastDenoiser] = {}  # the cached models, wrapped for speed
+        self._batch_limit: dict[tuple, int] = {}  # largest batch that fits, per model
         self._loaded_refs: dict[tuple, str] = {}
         self._pending: list[EngineJob] = []
         self._rows: list[_Row] = []
@@ -228,6 +239,21 @@ class Engine:
             return key, self._cache[key]
         ckpt = load_checkpoint(spec.checkpoint_path, use_ema=spec.use_ema, device=self.device)
         self._cache[key] = ckpt
+        net = FastDenoiser(ckpt.model, self.fast)
+        self._nets[key] = net
+        shape = (ckpt.config.channels, ckpt.config.image_size, ckpt.config.image_size)
+        self._batch_limit[key] = probe_max_batch(
+            net, shape, self.device, self.max_batch, key=spec.checkpoint_ref
+        )
+        log_event(
+            log,
+            "model loaded",
+            checkpoint=spec.checkpoint_ref,
+            device=str(self.device),
+            batch_limit=self._batch_limit[key],
+            channels_last=self.fast.channels_last,
+            compile=self.fast.compile,
+        )
         self._loaded_refs[key] = f"{spec.checkpoint_ref}/{'ema' if spec.use_ema else 'model'}"
         in_use = {r.job._key for r in self._rows}
         while len(self._cache) > self.cache_size:
@@ -235,6 +261,8 @@ class Engine:
             if old is None:
                 break
             del self._cache[old]
+            self._nets.pop(old, None)
+            self._batch_limit.pop(old, None)
             self._loaded_refs.pop(old, None)
         return key, ckpt
 
@@ -310,7 +338,8 @@ class Engine:
 
     def _step_once(self) -> None:
         key = self._rows[0].job._key
-        batch = [r for r in self._rows if r.job._key == key][: self.max_batch]
+        limit = self._batch_limit.get(key, self.max_batch)
+        batch = [r for r in self._rows if r.job._key == key][:limit]
         try:
             self._run(batch)
         except Exception as exc:  # noqa: BLE001
@@ -343,7 +372,7 @@ class Engine:
 
     def _run(self, batch: list[_Row]) -> None:
         """One network call for ``batch`` and each row's own update."""
-        model = batch[0].job._ckpt.model  # type: ignore[union-attr]
+        model = self._nets[batch[0].job._key]  # type: ignore[index]
         dev = self.device
         x = torch.stack([r.x for r in batch])
         t = torch.stack([r.table.timesteps[r.k] for r in batch]).to(dev)
@@ -352,7 +381,8 @@ class Engine:
         if null is not None:
             y = torch.tensor([null if r.label is None else r.label for r in batch], device=dev)
         scales = [1.0 if r.label is None else r.scale for r in batch]
-        eps = guided_eps(model, x, t, y, scales)
+        with self._autocast():
+            eps = guided_eps(model, x, t, y, scales)
         coefs = stack_coefs([r.table.coefs[r.k] for r in batch])
         noisy = [r.table.has_noise(r.k) for r in batch]
         noise = None
@@ -362,7 +392,15 @@ class Engine:
                 [r.rng.noise(r.x.shape) if n else zeros for r, n in zip(batch, noisy, strict=True)]
             )
         x_new, _ = denoise_step(x, eps, coefs, noise)
-        finite = torch.isfinite(x_new).flatten(1).all(1).tolist()
+        # Reading finiteness back waits for the device: do it every few calls and whenever a
+        # row finishes, not every step (a NaN stays NaN until then).
+        self._calls += 1
+        if self._calls % self.finite_check_every == 0 or any(
+            r.k + 1 == len(r.table) for r in batch
+        ):
+            finite = torch.isfinite(x_new).flatten(1).all(1).tolist()
+        else:
+            finite = [True] * len(batch)
         # Bookkeeping after the call succeeded.
         size = len(batch)
         self.batch_sizes.append(size)
@@ -421,6 +459,14 @@ class Engine:
                     )
             if finished:
                 self._finish(job, "succeeded")
+
+    def _autocast(self) -> Any:
+        """bf16 autocast for the network on CUDA ("auto"/"bf16"); fp32 otherwise."""
+        dev = self.device
+        use = dev is not None and dev.type == "cuda" and self.autocast in ("auto", "bf16")
+        if not use:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16)
 
     def info(self) -> dict[str, Any]:
         return {

@@ -48,15 +48,22 @@ class Runtime:
         """The process's generation engine, started on first use (it owns the device)."""
         with self._lock:
             if self._engine is None:
+                from ddpm_core.acceleration import FastOptions
+
                 from .engine import Engine
 
                 s = self.settings
+                fast = FastOptions(
+                    channels_last=s.channels_last, compile=s.compile, compile_mode=s.compile_mode
+                )
                 self._engine = Engine(
                     s.device,
                     s.max_batch,
                     s.model_cache_size,
                     s.progress_interval,
                     threads=s.torch_threads,
+                    fast=fast,
+                    autocast=s.autocast,
                 ).start()
             return self._engine
 
