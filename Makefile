@@ -37,6 +37,7 @@ format: install
 
 bench: install
 	$(PY) bench/sampler.py
+	$(PY) bench/service.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
