@@ -10,7 +10,10 @@ scale, and classified. Reported, in the spirit of the Inception Score
   (at most 10) when each image is confidently one digit and all digits occur;
 - ``confidence``: mean top-class probability;
 - ``label_accuracy``: for class-conditional samples, how often the classifier
-  agrees with the requested label (also per label).
+  agrees with the requested label (also per label);
+- ``detail_rms``: RMS (in [-1, 1] units) of what the 8x8 reduction throws away.
+  The classifier never sees it, so high-frequency noise can score well on the
+  three numbers above; a ``detail_rms`` far above the real digits' flags that.
 
 ``real_digits_reference`` gives the same numbers for the held-out real digits
 (the ceiling), ``noise_reference`` for pure noise (the floor).
@@ -47,6 +50,7 @@ class DigitsScore:
     label_accuracy: float | None = None
     per_label_accuracy: dict[int, float] | None = None
     class_frequencies: list[float] | None = None  # p(y), the mean prediction
+    detail_rms: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -93,7 +97,16 @@ def to_digit_features(images: torch.Tensor) -> np.ndarray:
     return ((x + 1.0) * 8.0).reshape(len(x), 64).numpy()  # [-1, 1] -> [0, 16]
 
 
-def _score(probs: np.ndarray, labels: np.ndarray | None) -> DigitsScore:
+def _detail_rms(images: torch.Tensor) -> float:
+    """sqrt(mean((x - up(down_8x8(x)))^2)): the energy above the classifier's resolution."""
+    x = images.detach().float().cpu().clamp(-1, 1).mean(dim=1, keepdim=True)
+    if x.shape[-2:] == (8, 8):
+        return 0.0
+    low = F.interpolate(F.interpolate(x, size=(8, 8), mode="area"), size=x.shape[-2:])
+    return float((x - low).pow(2).mean().sqrt())
+
+
+def _score(probs: np.ndarray, labels: np.ndarray | None, detail: float) -> DigitsScore:
     eps = 1e-12
     p_y = probs.mean(axis=0)
     # IS = exp( E_x[ sum_y p(y|x) (log p(y|x) - log p(y)) ] )
@@ -110,6 +123,7 @@ def _score(probs: np.ndarray, labels: np.ndarray | None) -> DigitsScore:
         label_accuracy=acc,
         per_label_accuracy=per,
         class_frequencies=[round(float(v), 4) for v in p_y],
+        detail_rms=detail,
     )
 
 
@@ -125,7 +139,7 @@ def digits_score(
         lab = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)
         if lab.shape != (len(images),):
             raise ValueError("labels must hold one class per image")
-    return _score(probs, lab)
+    return _score(probs, lab, _detail_rms(images))
 
 
 @functools.lru_cache(maxsize=8)

@@ -264,7 +264,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _format_table(report: dict) -> str:
-    rows = [("", "IS (max 10)", "confidence", "label acc.")]
+    rows = [("", "IS (max 10)", "confidence", "label acc.", "detail RMS")]
     for key, name in (("generated", "generated"), ("real", "real digits"), ("noise", "noise")):
         s = report[key]
         acc = s.get("label_accuracy")
@@ -274,9 +274,10 @@ def _format_table(report: dict) -> str:
                 f"{s['inception_score']:.3f}",
                 f"{s['confidence']:.3f}",
                 "-" if acc is None else f"{acc:.3f}",
+                f"{s['detail_rms']:.3f}",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(
             c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))

@@ -20,16 +20,19 @@ def test_real_digits_score_high_and_noise_low() -> None:
     assert noise.inception_score < 2.5
     assert noise.label_accuracy is None
     assert sum(real.class_frequencies) == pytest.approx(1.0, abs=1e-3)
+    # Noise carries most of its energy above 8x8; the real digits much less.
+    assert noise.detail_rms > 2 * real.detail_rms
 
 
-def test_one_repeated_digit_has_an_inception_score_near_one() -> None:
+def test_detail_rms_flags_high_frequency_noise_the_classifier_cannot_see() -> None:
     ds = load_digits(image_size=16)
-    zeros = ds.pixels[ds.labels == 0][:50]
-    score = digits_score(zeros, [0] * len(zeros))
-    assert score.inception_score < 1.3  # confident, but p(y) is one class: KL ~ 0
-    assert score.confidence > 0.9 and score.label_accuracy > 0.9
-    wrong = digits_score(zeros, [1] * len(zeros))
-    assert wrong.label_accuracy < 0.1
+    x = ds.pixels[:200]
+    # A +-0.6 checkerboard averages out in every 2x2 box: invisible at 8x8.
+    sign = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(8, 8)
+    noisy = x + 0.6 * sign
+    clean, dirty = digits_score(x), digits_score(noisy)
+    assert dirty.detail_rms > 1.5 * clean.detail_rms
+    assert dirty.inception_score > 0.8 * clean.inception_score  # the blind spot it covers
 
 
 def test_features_undo_the_training_upscale() -> None:
@@ -54,3 +57,14 @@ def test_bad_input() -> None:
         to_digit_features(torch.zeros(8, 8))
     d = digits_score(torch.zeros(4, 1, 8, 8), [0, 1, 2, 3]).to_dict()
     assert set(d["per_label_accuracy"]) == {"0", "1", "2", "3"}
+    assert d["detail_rms"] == 0.0  # already 8x8: nothing is thrown away
+
+
+def test_one_repeated_digit_has_an_inception_score_near_one() -> None:
+    ds = load_digits(image_size=16)
+    zeros = ds.pixels[ds.labels == 0][:50]
+    score = digits_score(zeros, [0] * len(zeros))
+    assert score.inception_score < 1.3  # confident, but p(y) is one class: KL ~ 0
+    assert score.confidence > 0.9 and score.label_accuracy > 0.9
+    wrong = digits_score(zeros, [1] * len(zeros))
+    assert wrong.label_accuracy < 0.1
