@@ -216,6 +216,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.precision == "fp16" and resolve_device(cfg.device).type != "cuda":
         raise UsageError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
 
+    from .data import load_dataset
+
+    try:
+        dataset = load_dataset(
+            cfg.dataset, cfg.image_size, cfg.channels, cfg.class_cond, cfg.random_flip
+        )
+    except DatasetError as exc:
+        raise UsageError(str(exc)) from None
+    classes = f", {dataset.num_classes} classes" if cfg.class_cond else ""
+    print(f"dataset {dataset.name}: {len(dataset)} images{classes}", end="")
+    print(f"; {dataset.skipped} unreadable files skipped" if dataset.skipped else "")
+    for path in dataset.skipped_files[:5]:
+        print(f"  skipped {path}")
+
     stop = {"requested": False}
 
     def on_sigint(signum, frame) -> None:  # noqa: ARG001
@@ -248,6 +262,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             should_stop=lambda: stop["requested"],
             command=command,
             job_id=args.job_id,
+            dataset=dataset,
         )
     except (DatasetError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
