@@ -346,7 +346,12 @@ def train(
     truthy ``should_stop()``, ends training after that step, and the state is
     still saved. ``command``/``job_id`` are recorded in meta.json as provenance.
     ``dataset`` replaces loading ``cfg.dataset`` (e.g. a dataset already in memory).
-    Raises ValueError for unusable settings (e.g. fp16 without CUDA).
+
+    ``cfg.out`` is (re)written on every save, model + EMA + meta + samples.png,
+    with the resumable state in ``cfg.out/train_state/``; an existing directory
+    there is replaced. Previews of ``sample_every`` go to ``<out>.samples/``.
+    Raises ValueError for unusable settings (e.g. fp16 without CUDA) and
+    :class:`~ddpm_core.data.DatasetError` (a ValueError) for unusable data.
     """
     device = resolve_device(cfg.device)
     if cfg.precision == "fp16" and device.type != "cuda":
