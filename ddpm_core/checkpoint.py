@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,10 +189,13 @@ def save_checkpoint(
     meta: dict[str, Any] | None = None,
     samples_png: bytes | None = None,
     overwrite: bool = False,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (a temporary sibling, then a rename).
 
     ``ema`` defaults to the raw weights. ``meta`` gets ``created_at`` if absent.
+    ``extra(tmp_dir)`` may add files (e.g. resumable training state) before the
+    rename, so that they appear together with the weights or not at all.
     """
     dest = Path(path)
     if dest.exists() and not overwrite:
@@ -206,6 +210,8 @@ def save_checkpoint(
         save_file(_state_dict(ema or model), str(tmp / EMA_FILE), metadata={"format": "pt"})
         if samples_png is not None:
             (tmp / SAMPLES_FILE).write_bytes(samples_png)
+        if extra is not None:
+            extra(tmp)
         os.chmod(tmp, 0o755)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")

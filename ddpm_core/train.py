@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -254,9 +252,9 @@ def _save_state(
     scaler: torch.amp.GradScaler | None,
     scalars: dict,
 ) -> None:
-    """Write ``ckpt_dir/train_state`` (tmp dir then rename: never half-written)."""
-    tmp = ckpt_dir / f".{STATE_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Write ``ckpt_dir/train_state``; ``ckpt_dir`` is the checkpoint's temporary directory,
+    renamed into place with the weights, so state and weights are never out of step."""
+    tmp = ckpt_dir / STATE_DIR
     tmp.mkdir(parents=True)
     cpu = lambda sd: {k: v.detach().cpu().clone() for k, v in sd.items()}  # noqa: E731
     rng = {"torch": torch.get_rng_state()}
@@ -285,9 +283,6 @@ def _save_state(
         **scalars,
     }
     (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
-    final = ckpt_dir / STATE_DIR
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
 
 
 def _load_state(path: Path) -> tuple[dict, dict, dict]:
@@ -445,14 +440,19 @@ def train(
             "training_time_s": round(elapsed, 1),
             "parameters": sum(p.numel() for p in model.parameters()),
         }
-        save_checkpoint(out, ckpt_cfg, model, ema.state_dict(), meta, png, overwrite=True)
         scalars = {
             "smooth_loss": smooth,
             "smooth_weight": smooth_w,
             "skipped_steps": skipped,
             "elapsed_s": elapsed,
         }
-        _save_state(out, cfg, step, model, opt, ema, scaler, scalars)
+
+        def state(tmp_dir: Path) -> None:
+            _save_state(tmp_dir, cfg, step, model, opt, ema, scaler, scalars)
+
+        save_checkpoint(
+            out, ckpt_cfg, model, ema.state_dict(), meta, png, overwrite=True, extra=state
+        )
         return out
 
     per_step = cfg.batch_size * cfg.accumulate
