@@ -15,9 +15,15 @@ over one table.
   c = sqrt(abar_prev) beta'_t/(1-abar_t), b = 0, and sigma^2 = beta-tilde'_t
   (``fixed_small``) or beta'_t (``fixed_large``), where beta'_t = 1 - abar_t/abar_prev
   is the (respaced) beta of the step.
-- DDIM (Song et al. 2021, Eq. 12 and 16): a = 0, c = sqrt(abar_prev),
-  b = sqrt(1 - abar_prev - sigma^2), sigma = eta sqrt((1-abar_prev)/(1-abar_t)) sqrt(beta'_t).
-  The direction term uses the network's eps, as diffusers' DDIMScheduler does.
+- DDIM (Song et al. 2021, Eq. 12 and 16):
+  x_prev = sqrt(abar_prev) x0_hat + d eps_hat + sigma z, with d = sqrt(1 - abar_prev - sigma^2)
+  and sigma = eta sqrt((1-abar_prev)/(1-abar_t)) sqrt(beta'_t). By default eps_hat is the
+  noise implied by the *clipped* x0_hat, eps_hat = (x_t - sqrt(abar_t) x0_hat)/sqrt(1-abar_t)
+  (as improved-diffusion and GLIDE do): then a = d/sqrt(1-abar_t),
+  c = sqrt(abar_prev) - d sqrt(abar_t/(1-abar_t)), b = 0. Keeping x0 and the direction
+  consistent matters under guidance, whose extrapolated eps pushes x0 out of range.
+  ``ddim_eps="model"`` uses the network's eps instead (a = 0, b = d, c = sqrt(abar_prev)),
+  which is diffusers' DDIMScheduler default (``use_clipped_model_output=False``).
 
 The previous timestep of a step is the next entry of the timestep list; after the
 last entry abar_prev = 1, which makes sigma = 0: the final step adds no noise.
@@ -99,6 +105,7 @@ def step_table(
     variance: VarianceType = "fixed_small",
     eta: float = 0.0,
     clip_denoised: bool = True,
+    ddim_eps: Literal["x0", "model"] = "x0",
 ) -> StepTable:
     """Build the table of ``sampler`` on ``schedule`` respaced to ``steps``.
 
@@ -112,6 +119,8 @@ def step_table(
         raise ValueError(f"unknown variance type {variance!r} (expected one of {VARIANCE_TYPES})")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
+    if ddim_eps not in ("x0", "model"):
+        raise ValueError(f"ddim_eps must be 'x0' or 'model', got {ddim_eps!r}")
     spaced = schedule if steps is None else schedule.respace(steps)
 
     # Sampling order: descending timesteps; "prev" is the next entry, abar = 1 past the end.
@@ -137,8 +146,13 @@ def step_table(
     else:
         # DDIM Eq. 16 for sigma, Eq. 12 for the update.
         sigma = eta * ((1.0 - abar_prev) / (1.0 - abar) * beta).sqrt()
-        coefs[:, COEF_X0] = abar_prev.sqrt()
-        coefs[:, COEF_EPS] = (1.0 - abar_prev - sigma**2).clamp(min=0.0).sqrt()
+        direction = (1.0 - abar_prev - sigma**2).clamp(min=0.0).sqrt()
+        if ddim_eps == "x0":
+            coefs[:, COEF_XT] = direction / (1.0 - abar).sqrt()
+            coefs[:, COEF_X0] = abar_prev.sqrt() - direction * (abar / (1.0 - abar)).sqrt()
+        else:
+            coefs[:, COEF_X0] = abar_prev.sqrt()
+            coefs[:, COEF_EPS] = direction
         coefs[:, SIGMA] = sigma
         description = f"ddim/eta={eta:g}"
     return StepTable(spaced.timesteps.flip(0).clone(), coefs, sampler, description)

@@ -72,7 +72,9 @@ def test_ddpm_step_equals_diffusers(variance: str, clip: bool, steps) -> None:
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 @pytest.mark.parametrize("clip", [True, False])
 @pytest.mark.parametrize("num_steps", [10, 50])
-def test_ddim_step_equals_diffusers(eta: float, clip: bool, num_steps: int) -> None:
+@pytest.mark.parametrize("ddim_eps", ["x0", "model"])
+def test_ddim_step_equals_diffusers(eta: float, clip: bool, num_steps: int, ddim_eps: str) -> None:
+    """ddim_eps="x0" is diffusers' use_clipped_model_output=True, "model" its default."""
     ref = diffusers.DDIMScheduler(
         num_train_timesteps=1000,
         beta_schedule="linear",
@@ -82,14 +84,21 @@ def test_ddim_step_equals_diffusers(eta: float, clip: bool, num_steps: int) -> N
     )
     ref.set_timesteps(num_steps)
     leading = ref.timesteps.tolist()  # e.g. [900, 800, ..., 0]: prev = t - T/S
-    table = step_table(S, leading, "ddim", eta=eta, clip_denoised=clip)
+    table = step_table(S, leading, "ddim", eta=eta, clip_denoised=clip, ddim_eps=ddim_eps)
     assert table.timesteps.tolist() == leading
     g = torch.Generator().manual_seed(1)
     worst = 0.0
     for k in _step_pairs(table):
         x, eps = _noisy_input(leading[k], g)
         z = torch.randn(SHAPE, generator=g)
-        out = ref.step(eps, leading[k], x, eta=eta, variance_noise=z)
+        out = ref.step(
+            eps,
+            leading[k],
+            x,
+            eta=eta,
+            variance_noise=z,
+            use_clipped_model_output=ddim_eps == "x0",
+        )
         ours, _ = denoise_step(x, eps, table.coefs[k].expand(2, -1), z)
         worst = max(worst, (ours - out.prev_sample).abs().max().item())
     assert worst <= 1e-5
@@ -192,6 +201,7 @@ def test_ddim_sampling_loop_equals_ddim_pipeline() -> None:
         generator=torch.Generator().manual_seed(123),
         num_inference_steps=20,
         eta=0.0,
+        use_clipped_model_output=True,  # eps re-derived from the clipped x0: our default
         output_type="np",
     ).images[0]
 
