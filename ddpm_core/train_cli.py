@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli import UsageError
+from .cli import UsageError, checkpoint_dir
 
 __all__ = ["add_commands", "cmd_train", "cmd_eval", "main"]
 
@@ -124,7 +125,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Sample a checkpoint and score the images with a classifier trained on "
         "scikit-learn's digits; prints the score of held-out real digits as the ceiling.",
     )
-    p.add_argument("checkpoint", help="checkpoint directory")
+    p.add_argument("checkpoint", help="checkpoint directory, or a built-in name (e.g. digits)")
     p.add_argument("-n", "--count", type=int, default=256, help="images to generate")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: checkpoint)")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
@@ -332,7 +333,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError("--eta must be in [0, 1]")
     try:
         device = resolve_device(args.device)
-        ckpt = load_checkpoint(args.checkpoint, use_ema=not args.raw, device=device)
+        ckpt = load_checkpoint(checkpoint_dir(args.checkpoint), use_ema=not args.raw, device=device)
     except (CheckpointError, ValueError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
     cfg = ckpt.config
@@ -369,7 +370,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     real = real_digits_reference(cfg.image_size)
     noise = noise_reference(cfg.image_size)
     report = {
-        "checkpoint": str(args.checkpoint),
+        "checkpoint": str(ckpt.path),
         "weights": ckpt.weights,
         "count": args.count,
         "steps": steps,
@@ -385,9 +386,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.record:
         from .checkpoint import META_FILE, read_meta
 
-        meta = read_meta(args.checkpoint)
+        meta = read_meta(ckpt.path)
         meta.setdefault("metrics", {})["digits_score"] = report
-        (Path(args.checkpoint) / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        # Write-then-rename: a reader never sees a half-written meta.json.
+        tmp = ckpt.path / f".{META_FILE}.tmp"
+        try:
+            tmp.write_text(json.dumps(meta, indent=2) + "\n")
+            os.replace(tmp, ckpt.path / META_FILE)
+        except OSError as exc:
+            raise UsageError(f"cannot record into {ckpt.path}: {exc}") from None
     print(json.dumps(report, indent=2) if args.json else _format_table(report))
     return 0
 
