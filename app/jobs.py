@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -110,9 +111,14 @@ def normalise_generate(
     }
 
 
-def normalise_train(req: TrainRequest, registry: Registry) -> dict[str, Any]:
-    """The training request with ``resume_from`` resolved to ``name@version``."""
-    out = req.model_dump()
+def normalise_train(req: TrainRequest, settings: Settings, registry: Registry) -> dict[str, Any]:
+    """The training request with ``resume_from`` resolved to ``name@version``, only the
+    options the client set, and a dataset folder that exists under DATA_DIR/datasets."""
+    out = req.model_dump(exclude={"options"})
+    out["options"] = req.options.model_dump(exclude_unset=True)
+    dataset = req.options.dataset
+    if dataset != "digits" and not (Path(settings.data_dir) / "datasets" / dataset).is_dir():
+        raise ApiError(422, f"no dataset folder {dataset!r} under DATA_DIR/datasets", "dataset")
     if req.resume_from:
         out["resume_from"] = _resolve(registry, req.resume_from, "resume_from").ref
     return out

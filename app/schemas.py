@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "GenerateRequest",
     "TrainRequest",
+    "TrainOptions",
     "Progress",
     "ImageRef",
     "JobResult",
@@ -54,6 +55,56 @@ class GenerateRequest(BaseModel):
     trajectory_frames: int = Field(0, ge=0, description="0 = no GIF of the denoising")
 
 
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
+class TrainOptions(BaseModel):
+    """Options of a training run: the fields of ``ddpm_core.train.TrainConfig`` that a
+    request may set (the output directory, resumption and device belong to the worker).
+    A test keeps the two in step; this copy exists because the API does not import torch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(
+        "digits",
+        pattern=NAME_PATTERN,
+        description='"digits" (built in) or the name of an image folder under DATA_DIR/datasets',
+    )
+    preset: Literal["tiny", "small", "ddpm-cifar10"] = "tiny"
+    image_size: int = Field(16, ge=8, le=512)
+    channels: Literal[1, 3] = 1
+    unet_overrides: dict[str, Any] = Field(default_factory=dict)
+    class_cond: bool = False
+    p_uncond: float = Field(0.1, ge=0.0, le=1.0)
+    random_flip: bool = False
+    schedule: Literal["linear", "cosine"] = "linear"
+    timesteps: int = Field(1000, ge=2, le=10000)
+    loss: Literal["mse", "l1"] = "mse"
+    steps: int = Field(1000, ge=1, le=10_000_000)
+    batch_size: int = Field(64, ge=1, le=65536)
+    accumulate: int = Field(1, ge=1, le=1024)
+    lr: float = Field(2e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    warmup: int = Field(100, ge=0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    ema_warmup: bool = True
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    save_every: int = Field(0, ge=0)
+    sample_every: int = Field(0, ge=0)
+    sample_count: int = Field(16, ge=1, le=256)
+    default_steps: int = Field(50, ge=1)
+    default_sampler: Literal["ddpm", "ddim"] = "ddim"
+    default_eta: float = Field(0.0, ge=0.0, le=1.0)
+    guidance_scale: float = Field(1.0, ge=0.0, le=100.0)
+    compile: bool = False
+    channels_last: bool = False
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+
+
 class TrainRequest(BaseModel):
     """A training run that publishes a new version of checkpoint ``name``."""
 
@@ -62,10 +113,10 @@ class TrainRequest(BaseModel):
         json_schema_extra={"examples": [{"name": "digits", "options": {"steps": 2000}}]},
     )
 
-    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    name: str = Field(..., pattern=NAME_PATTERN)
     resume_from: str | None = Field(None, description="checkpoint name@version to fine-tune")
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="training options passed to ddpm_core.train"
+    options: TrainOptions = Field(
+        default_factory=TrainOptions, description="training options (ddpm_core.train)"
     )
 
 

@@ -285,7 +285,12 @@ def _train(rt: Runtime, job_id: str) -> str | None:
     options = dict(req.get("options") or {})
     for forbidden in ("out", "resume_from"):
         options.pop(forbidden, None)
-    options.setdefault("device", rt.settings.device)
+    options["device"] = rt.settings.device
+    if options.get("dataset", "digits") != "digits":
+        # The API admits only folder names; they live under DATA_DIR/datasets.
+        options["dataset"] = str(
+            Path(rt.settings.data_dir).resolve() / "datasets" / options["dataset"]
+        )
     steps = options.get("steps", 1000)
     if isinstance(steps, int):
         options.setdefault("save_every", max(100, steps // 10))  # resumable state

@@ -26,7 +26,7 @@ def train(
     celery: Celery = Depends(get_celery),
 ) -> JobDocument:
     """Queue a training job (kind ``train``) that publishes a new checkpoint version."""
-    request = normalise_train(body, registry)
+    request = normalise_train(body, settings, registry)
     job_id, _ = submit_job("train", request, settings, store, celery, idempotency_key)
     response.headers["Location"] = f"/jobs/{job_id}"
     return job_document(store, job_id)
