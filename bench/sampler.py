@@ -72,7 +72,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per contender")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--compile", action="store_true", help="also time our torch.compile path")
-    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="skip the channels-last contender (the service's default layout)",
+    )
     ap.add_argument("--peak-tflops", type=float, default=None, help="device bf16 peak (CUDA)")
     args = ap.parse_args()
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["UsageError", "add_commands", "checkpoint_dir"]
+__all__ = ["UsageError", "add_commands", "checkpoint_dir", "check_sampling_args"]
 
 
 class UsageError(Exception):
@@ -109,13 +109,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
-
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .images import make_grid, png_bytes
-    from .pipeline import generate, resolve_device
+def check_sampling_args(args: argparse.Namespace) -> None:
+    """--count, --batch-size, --seed and --eta, as ``sample`` and ``eval`` take them."""
     from .seeding import MAX_SEED
 
     if args.count < 1:
@@ -124,6 +119,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError("--batch-size must be >= 1")
     if not 0 <= args.seed <= MAX_SEED - args.count:
         raise UsageError(f"--seed must be in [0, {MAX_SEED - args.count}]")
+    if args.eta is not None and not 0 <= args.eta <= 1:
+        raise UsageError("--eta must be in [0, 1]")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .images import make_grid, png_bytes
+    from .pipeline import generate, resolve_device
+
+    check_sampling_args(args)
     try:
         device = resolve_device(args.device)
     except (ValueError, RuntimeError) as exc:
@@ -138,8 +146,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     steps = cfg.default_steps if args.steps is None else args.steps
     if not 1 <= steps <= cfg.num_train_timesteps:
         raise UsageError(f"--steps must be in [1, {cfg.num_train_timesteps}]")
-    if args.eta is not None and not 0 <= args.eta <= 1:
-        raise UsageError("--eta must be in [0, 1]")
     if args.label is not None:
         if cfg.num_classes is None:
             raise UsageError("--label given, but this checkpoint is unconditional")

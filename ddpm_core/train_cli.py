@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli import UsageError, checkpoint_dir
+from .cli import UsageError, check_sampling_args, checkpoint_dir
 
 __all__ = ["add_commands", "cmd_train", "cmd_eval", "main"]
 
@@ -321,16 +321,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError, load_checkpoint
     from .metrics import digits_score, noise_reference, real_digits_reference
     from .pipeline import generate, resolve_device
-    from .seeding import MAX_SEED
 
-    if args.count < 1:
-        raise UsageError("--count must be >= 1")
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be >= 1")
-    if not 0 <= args.seed <= MAX_SEED - args.count:
-        raise UsageError(f"--seed must be in [0, {MAX_SEED - args.count}]")
-    if args.eta is not None and not 0 <= args.eta <= 1:
-        raise UsageError("--eta must be in [0, 1]")
+    check_sampling_args(args)
     try:
         device = resolve_device(args.device)
         ckpt = load_checkpoint(checkpoint_dir(args.checkpoint), use_ema=not args.raw, device=device)
