@@ -269,6 +269,29 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.r.exists(self.job_key(job_id, "cancel")))
 
+    def cancel_flags(self, job_ids: list[str]) -> list[bool]:
+        """Whether each job's cancel flag is set, in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.exists(self.job_key(job_id, "cancel"))
+        return [bool(n) for n in pipe.execute()]
+
+    def record_progress(self, updates: dict[str, dict[str, Any]]) -> None:
+        """The progress of many jobs in one round trip: job hash field and a progress event."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id, progress in updates.items():
+            key, events = self.job_key(job_id), self.job_key(job_id, "events")
+            pipe.hset(key, "progress", json.dumps(progress))
+            pipe.expire(key, self.ttl)
+            pipe.xadd(
+                events,
+                {"event": "progress", "data": json.dumps(progress)},
+                maxlen=self.events_maxlen,
+                approximate=True,
+            )
+            pipe.expire(events, self.ttl)
+        pipe.execute()
+
     def acquire_lease(self, job_id: str, owner: str, ttl: float) -> bool:
         """Take or refresh the lease of a running job; False if another owner holds it."""
         return bool(

@@ -35,6 +35,7 @@ class Runtime:
     name: str
     queues: list[str] = field(default_factory=list)
     _engine: object | None = None
+    _monitor: object | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _hb: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -43,6 +44,15 @@ class Runtime:
     def results(self, kind: str) -> ResultStore:
         s = self.settings
         return make_result_store(kind, s.data_dir, self.bin_redis, s.key_prefix, s.job_ttl)
+
+    def monitor(self):
+        """The process's job monitor (batched progress writes and cancel checks)."""
+        with self._lock:
+            if self._monitor is None:
+                from .monitor import JobMonitor
+
+                self._monitor = JobMonitor(self.store, self.settings.progress_interval)
+            return self._monitor
 
     def engine(self):
         """The process's generation engine, started on first use (it owns the device)."""

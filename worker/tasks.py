@@ -177,19 +177,21 @@ def _generate(rt: Runtime, job_id: str) -> str | None:
         trajectory_frames=int(req.get("trajectory_frames") or 0),
     )
 
+    monitor = rt.monitor()
+
     def on_progress(step: int, total: int, fraction: float) -> None:
-        p = {"step": step, "total": total, "fraction": fraction}
-        store.update(job_id, progress=p)
-        store.add_event(job_id, "progress", p)
+        monitor.progress(job_id, {"step": step, "total": total, "fraction": fraction})
 
     try:
         job = rt.engine().submit(spec, on_progress)
     except Exception as exc:  # noqa: BLE001 - e.g. the device is unusable
         _fail(rt, job_id, "generate", "EngineError", str(exc))
         return "failed"
-    while not job.wait(0.2):
-        if store.cancel_requested(job_id):
-            job.cancel.set()
+    monitor.watch(job_id, job.cancel)
+    try:
+        job.wait()
+    finally:
+        monitor.release(job_id)
     metrics = {
         "network_calls": job.network_calls,
         "shared_calls": job.shared_calls,
