@@ -26,15 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except core_cli.UsageError as exc:
-        parser.exit(2, f"ddpm: error: {exc}\n")
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return core_cli.run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,27 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["UsageError", "add_commands", "checkpoint_dir", "check_sampling_args"]
+__all__ = ["UsageError", "add_commands", "checkpoint_dir", "check_sampling_args", "run"]
 
 
 class UsageError(Exception):
     """Bad command-line input: reported as ``ddpm: error: ...`` with exit code 2."""
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command: exit code 2 with a one-line message on
+    bad input (:class:`UsageError`), 130 on Ctrl-C."""
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        parser.exit(2, f"ddpm: error: {exc}\n")
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def checkpoint_dir(value: str) -> Path:

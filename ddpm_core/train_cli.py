@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli import UsageError, check_sampling_args, checkpoint_dir
+from .cli import UsageError, check_sampling_args, checkpoint_dir, run
 
 __all__ = ["add_commands", "cmd_train", "cmd_eval", "main"]
 
@@ -396,14 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ddpm", description="DDPM training and evaluation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_commands(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UsageError as exc:
-        parser.exit(2, f"ddpm: error: {exc}\n")
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run(parser, argv)
 
 
 if __name__ == "__main__":

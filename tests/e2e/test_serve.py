@@ -13,15 +13,6 @@ import httpx
 import pytest
 from svc_helpers import ROOT, decode_png, make_tiny_checkpoint, wait_job
 
-RUN_CLI = (
-    "import argparse, sys\n"
-    "from app import service_cli\n"
-    "p = argparse.ArgumentParser(prog='ddpm')\n"
-    "service_cli.add_commands(p.add_subparsers(dest='command', required=True))\n"
-    "a = p.parse_args(sys.argv[1:])\n"
-    "sys.exit(a.func(a))\n"
-)
-
 
 def _free_port() -> int:
     import socket
@@ -50,7 +41,7 @@ def served(tmp_path):
     }
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-c", RUN_CLI, "serve", "--port", str(port), "--concurrency", "4"],
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--concurrency", "4"],
         cwd=ROOT,
         env=env,
         stdout=log,

