@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,21 +119,27 @@ def _record_times(rt: Runtime, doc: dict, started_ts: float) -> None:
     rt.store.observe("run_seconds", time.time() - started_ts, RUN_BUCKETS)
 
 
-@celery_app.task(name=GENERATE_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def generate(job_id: str) -> str | None:
-    """Run generation job ``job_id`` through the engine and store its images."""
+def _run_leased(kind: str, job_id: str, body: Callable[[Runtime, str], str | None]) -> str | None:
+    """Run ``body`` holding the job's lease; an unexpected error fails the job (and is
+    re-raised for Celery's log). Nothing runs when the job is finished, canceled or gone."""
     rt = get_runtime()
     lease = _Lease(rt, job_id)
-    if lease.acquire("generate") is None:
+    if lease.acquire(kind) is None:
         log_event(log, "nothing to do (finished, canceled or expired)", job_id=job_id)
         return None
     try:
-        return _generate(rt, job_id)
+        return body(rt, job_id)
     except Exception as exc:
-        _fail(rt, job_id, "generate", type(exc).__name__, str(exc))
+        _fail(rt, job_id, kind, type(exc).__name__, str(exc))
         raise
     finally:
         lease.release()
+
+
+@celery_app.task(name=GENERATE_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def generate(job_id: str) -> str | None:
+    """Run generation job ``job_id`` through the engine and store its images."""
+    return _run_leased("generate", job_id, _generate)
 
 
 def _generate(rt: Runtime, job_id: str) -> str | None:
@@ -255,17 +262,7 @@ def _generate(rt: Runtime, job_id: str) -> str | None:
 @celery_app.task(name=TRAIN_TASK, acks_late=False, ignore_result=True)
 def train(job_id: str) -> str | None:
     """Run training job ``job_id`` and publish the result as a new checkpoint version."""
-    rt = get_runtime()
-    lease = _Lease(rt, job_id)
-    if lease.acquire("train") is None:
-        return None
-    try:
-        return _train(rt, job_id)
-    except Exception as exc:
-        _fail(rt, job_id, "train", type(exc).__name__, str(exc))
-        raise
-    finally:
-        lease.release()
+    return _run_leased("train", job_id, _train)
 
 
 def _train(rt: Runtime, job_id: str) -> str | None:
