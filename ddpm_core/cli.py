@@ -169,31 +169,27 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError("--guidance needs --label")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    images = []
     bar = tqdm(total=args.count * steps, unit="img-step", disable=args.no_progress)
     started = time.perf_counter()
-    for start in range(0, args.count, args.batch_size):
-        n = min(args.batch_size, args.count - start)
 
-        def progress(step: int, total: int, x: torch.Tensor, x0: torch.Tensor, n: int = n) -> None:
-            bar.update(n)
+    def progress(step: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        bar.update(x.shape[0])
 
-        batch = generate(
-            ckpt,
-            count=n,
-            seed=args.seed + start,
-            steps=steps,
-            sampler=args.sampler,
-            eta=args.eta,
-            labels=args.label,
-            guidance_scale=args.guidance,
-            autocast_dtype=torch.bfloat16 if args.bf16 else None,
-            callback=progress,
-        )
-        images.append(batch.cpu())
+    images_t = generate(
+        ckpt,
+        count=args.count,
+        seed=args.seed,
+        steps=steps,
+        sampler=args.sampler,
+        eta=args.eta,
+        labels=args.label,
+        guidance_scale=args.guidance,
+        autocast_dtype=torch.bfloat16 if args.bf16 else None,
+        callback=progress,
+        batch_size=args.batch_size,
+    ).cpu()
     bar.close()
     elapsed = time.perf_counter() - started
-    images_t = torch.cat(images)
     for i, img in enumerate(images_t):
         (args.out / f"{i:05d}_seed{args.seed + i}.png").write_bytes(png_bytes(img))
     (args.out / "grid.png").write_bytes(png_bytes(make_grid(images_t, nrow=args.nrow)))

@@ -8,10 +8,10 @@ import torch
 
 from .checkpoint import Checkpoint
 from .guidance import make_denoiser
-from .samplers import StepCallback, sample, step_table
+from .samplers import StepCallback, StepTable, sample, step_table
 from .seeding import BatchNoise
 
-__all__ = ["resolve_device", "generate"]
+__all__ = ["resolve_device", "step_table_for", "check_labels", "generate"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -22,6 +22,33 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("CUDA was requested but no CUDA device is available")
     return dev
+
+
+def step_table_for(
+    ckpt: Checkpoint,
+    steps: int | Sequence[int] | None = None,
+    sampler: str | None = None,
+    eta: float | None = None,
+) -> StepTable:
+    """The step table of a request on ``ckpt``; unset options take the checkpoint's defaults."""
+    cfg = ckpt.config
+    return step_table(
+        ckpt.schedule,
+        cfg.default_steps if steps is None else steps,
+        sampler or cfg.default_sampler,
+        cfg.variance_type,
+        cfg.default_eta if eta is None else eta,
+        cfg.clip_denoised,
+    )
+
+
+def check_labels(ckpt: Checkpoint, labels: torch.Tensor) -> None:
+    """ValueError unless ``ckpt`` is class-conditional and every label is one of its classes."""
+    n = ckpt.config.num_classes
+    if n is None:
+        raise ValueError("this checkpoint is unconditional: labels are not accepted")
+    if bool(((labels < 0) | (labels >= n)).any()):
+        raise ValueError(f"labels must lie in [0, {n - 1}]")
 
 
 def generate(
@@ -36,31 +63,42 @@ def generate(
     x_T: torch.Tensor | None = None,
     autocast_dtype: torch.dtype | None = None,
     callback: StepCallback | None = None,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """Sample ``count`` images from ``ckpt``; image i uses seed ``seed + i``.
 
     Unset options take the checkpoint's defaults. ``labels`` is one class for all
     images or one per image (class-conditional checkpoints only). ``x_T`` replaces
     the seeded initial noise (the step noise still comes from the seeds).
-    Returns float32 images (count, C, H, W) in [-1, 1] on the model's device.
+    ``batch_size`` bounds the images per network call; the images do not depend
+    on it. Returns float32 images (count, C, H, W) in [-1, 1] on the model's device.
     """
     cfg = ckpt.config
     device = next(ckpt.model.parameters()).device
-    table = step_table(
-        ckpt.schedule,
-        cfg.default_steps if steps is None else steps,
-        sampler or cfg.default_sampler,
-        cfg.variance_type,
-        cfg.default_eta if eta is None else eta,
-        cfg.clip_denoised,
-    )
     y = None
     if labels is not None:
         y = torch.as_tensor(labels, dtype=torch.long, device=device).expand(count).clone()
-        if cfg.num_classes is None:
-            raise ValueError("this checkpoint is unconditional: labels are not accepted")
-        if bool(((y < 0) | (y >= cfg.num_classes)).any()):
-            raise ValueError(f"labels must lie in [0, {cfg.num_classes - 1}]")
+        check_labels(ckpt, y)
+    if batch_size is not None and count > batch_size:
+        return torch.cat(
+            [
+                generate(
+                    ckpt,
+                    min(batch_size, count - start),
+                    seed + start,
+                    steps,
+                    sampler,
+                    eta,
+                    None if y is None else y[start : start + batch_size],
+                    guidance_scale,
+                    None if x_T is None else x_T[start : start + batch_size],
+                    autocast_dtype,
+                    callback,
+                )
+                for start in range(0, count, batch_size)
+            ]
+        )
+    table = step_table_for(ckpt, steps, sampler, eta)
     scale = cfg.default_guidance_scale if guidance_scale is None else guidance_scale
     denoiser = make_denoiser(ckpt.model, y, scale, autocast_dtype)
     noise = BatchNoise(seed, count, device)

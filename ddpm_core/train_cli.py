@@ -316,8 +316,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Generate ``-n`` images and print their digits score next to the real-digits ceiling."""
     import time
 
-    import torch
-
     from .checkpoint import CheckpointError, load_checkpoint
     from .metrics import digits_score, noise_reference, real_digits_reference
     from .pipeline import generate, resolve_device
@@ -342,23 +340,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError("--guidance needs a class-conditional checkpoint")
 
     labels = [i % 10 for i in range(args.count)] if conditional else None
-    images = []
     started = time.perf_counter()
-    for start in range(0, args.count, args.batch_size):
-        n = min(args.batch_size, args.count - start)
-        batch = generate(
-            ckpt,
-            count=n,
-            seed=args.seed + start,
-            steps=steps,
-            sampler=args.sampler,
-            eta=args.eta,
-            labels=labels[start : start + n] if labels else None,
-            guidance_scale=guidance if conditional else None,
-        )
-        images.append(batch.cpu())
+    images_t = generate(
+        ckpt,
+        count=args.count,
+        seed=args.seed,
+        steps=steps,
+        sampler=args.sampler,
+        eta=args.eta,
+        labels=labels,
+        guidance_scale=guidance if conditional else None,
+        batch_size=args.batch_size,
+    ).cpu()
     elapsed = time.perf_counter() - started
-    generated = digits_score(torch.cat(images), labels)
+    generated = digits_score(images_t, labels)
     real = real_digits_reference(cfg.image_size)
     noise = noise_reference(cfg.image_size)
     report = {

@@ -31,8 +31,8 @@ from app.logs import log_event
 from ddpm_core.acceleration import FastDenoiser, FastOptions, probe_max_batch
 from ddpm_core.checkpoint import Checkpoint, load_checkpoint
 from ddpm_core.guidance import guided_eps
-from ddpm_core.pipeline import resolve_device
-from ddpm_core.samplers import StepTable, denoise_step, stack_coefs, step_table
+from ddpm_core.pipeline import check_labels, resolve_device, step_table_for
+from ddpm_core.samplers import StepTable, denoise_step, stack_coefs
 from ddpm_core.seeding import ImageRNG
 
 __all__ = ["GenSpec", "EngineJob", "Engine", "JobFailed"]
@@ -274,19 +274,9 @@ class Engine:
         try:
             key, ckpt = self._model(spec)
             cfg = ckpt.config
-            table = step_table(
-                ckpt.schedule,
-                cfg.default_steps if spec.steps is None else spec.steps,
-                spec.sampler or cfg.default_sampler,
-                cfg.variance_type,
-                cfg.default_eta if spec.eta is None else spec.eta,
-                cfg.clip_denoised,
-            )
+            table = step_table_for(ckpt, spec.steps, spec.sampler, spec.eta)
             if spec.label is not None:
-                if cfg.num_classes is None:
-                    raise ValueError("this checkpoint is unconditional: labels are not accepted")
-                if not 0 <= spec.label < cfg.num_classes:
-                    raise ValueError(f"label must lie in [0, {cfg.num_classes - 1}]")
+                check_labels(ckpt, torch.tensor([spec.label]))
             scale = (
                 cfg.default_guidance_scale if spec.guidance_scale is None else spec.guidance_scale
             )

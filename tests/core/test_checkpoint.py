@@ -147,3 +147,23 @@ def test_weights_never_go_through_pickle(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "ck")
     assert not marker.exists()
+
+
+def test_generate_in_chunks_gives_the_same_images(tmp_path: Path) -> None:
+    _write(tmp_path / "ck")
+    ckpt = load_checkpoint(tmp_path / "ck")
+    calls: list[int] = []
+    whole = generate(ckpt, count=5, seed=3, steps=4, labels=[0, 1, 2, 3, 0])
+    chunked = generate(
+        ckpt,
+        count=5,
+        seed=3,
+        steps=4,
+        labels=[0, 1, 2, 3, 0],
+        batch_size=2,
+        callback=lambda step, total, x, x0: calls.append(x.shape[0]),
+    )
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=2e-4)
+    assert calls == [2] * 4 + [2] * 4 + [1] * 4
+    with pytest.raises(ValueError, match="labels must lie"):
+        generate(ckpt, count=2, labels=9)
