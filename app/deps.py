@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from celery import Celery
@@ -21,6 +22,7 @@ __all__ = [
     "get_results",
     "require_api_key",
     "require_admin",
+    "client_id",
 ]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -91,3 +93,21 @@ def require_admin(
         raise HTTPException(401, "admin token required", {"WWW-Authenticate": "Bearer"})
     if not _matches(bearer.credentials, [settings.admin_token]):
         raise HTTPException(403, "invalid admin token")
+
+
+def client_id(
+    settings: Settings = Depends(get_settings_dep),
+    x_api_key: str | None = Depends(_api_key_header),
+    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
+) -> str:
+    """Who is calling, for per-client scopes (idempotency keys, fairness limits, stream
+    caps): ``admin``, ``key:<hash prefix>`` for an API key, or ``anon`` when no key is
+    configured. Never the key itself. Use with :func:`require_api_key` (which checks it)."""
+    given = x_api_key or (bearer.credentials if bearer else None)
+    if not given:
+        return "anon"
+    if settings.admin_token and _matches(given, [settings.admin_token]):
+        return "admin"
+    if _matches(given, settings.api_key_list):
+        return "key:" + hashlib.sha256(given.encode()).hexdigest()[:16]
+    return "anon"

@@ -5,11 +5,12 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings", "redis_url_file"]
+__all__ = ["Settings", "get_settings", "redis_url_file", "with_password"]
 
 
 class Settings(BaseSettings):
@@ -18,6 +19,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DDPM_", extra="ignore")
 
     redis_url: str | None = None
+    redis_password: str | None = Field(
+        None, description="Redis password, added to redis_url when the URL carries none"
+    )
     data_dir: Path = Path("data")
     device: str = "auto"
     max_count: int = Field(64, ge=1)
@@ -66,13 +70,25 @@ class Settings(BaseSettings):
 
     @property
     def broker_url(self) -> str:
-        """The Redis URL to use: the configured one, else the embedded server's, if running."""
+        """The Redis URL to use: the configured one, else the embedded server's, if running;
+        with ``redis_password`` filled in when the URL has no password of its own."""
         if self.redis_url:
-            return self.redis_url
-        f = redis_url_file(self.data_dir)
-        if f.exists():
-            return f.read_text().strip()
-        return "redis://127.0.0.1:6379/0"
+            url = self.redis_url
+        else:
+            f = redis_url_file(self.data_dir)
+            url = f.read_text().strip() if f.exists() else "redis://127.0.0.1:6379/0"
+        return with_password(url, self.redis_password)
+
+
+def with_password(url: str, password: str | None) -> str:
+    """``url`` with ``password`` as its Redis password, unless it already has one."""
+    if not password:
+        return url
+    parts = urlsplit(url)
+    if parts.password or "@" in parts.netloc:
+        return url
+    netloc = f":{quote(password, safe='')}@{parts.netloc}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def redis_url_file(data_dir: Path) -> Path:
