@@ -12,11 +12,11 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from .logs import log_event
-from .queue import GENERATE_TASK, TRAIN_TASK
+from .queue import TASK_OF
 from .registry import InvalidName, NotFound, Registry, ResolvedCheckpoint
-from .schemas import TERMINAL, GenerateRequest, JobDocument, TrainRequest
+from .schemas import GenerateRequest, JobDocument, TrainRequest
 from .settings import Settings
-from .store import JobStore
+from .store import ClientLimit, IdempotencyConflict, JobStore, QueueFull, fingerprint
 
 __all__ = [
     "ApiError",
@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("ddpm.api")
+_RETRY = {"Retry-After": "5"}
 
 
 class ApiError(Exception):
@@ -130,27 +131,60 @@ def submit_job(
     settings: Settings,
     store: JobStore,
     celery: Celery,
+    *,
+    client: str = "anon",
     idem_key: str | None = None,
+    body: Any = None,
 ) -> tuple[str, bool]:
-    """Record a queued job and enqueue its task (task id = job id). Returns (id, created)."""
-    if idem_key:
-        existing = store.idempotent_job(idem_key)
-        if existing and store.get(existing) is not None:
-            return existing, False
-    if kind == "generate" and store.queue_depth(kind) >= settings.queue_limit:
-        raise ApiError(429, "the queue is full; retry later", headers={"Retry-After": "5"})
-    extra = {"result_store": settings.result_store} if kind == "generate" else {}
-    job_id, created = store.create(kind, request, extra, idem_key)
-    if not created:
-        return job_id, False
-    task = GENERATE_TASK if kind == "generate" else TRAIN_TASK
+    """Record a queued job and send its task (task id = job id). Returns (id, created).
+
+    Once the job is stored it is accepted: if the broker refuses the message, the reaper
+    sends it later. ``idem_key`` is scoped to the client and the endpoint and bound to
+    ``body``: the same key and body return the first job, another body is refused (422)."""
+    limit = settings.queue_limit if kind == "generate" else settings.train_queue_limit
     try:
-        celery.send_task(task, args=[job_id], task_id=job_id)
+        sub = store.create(
+            kind,
+            request,
+            {"result_store": settings.result_store} if kind == "generate" else {},
+            client=client,
+            idem_key=f"{client}:{kind}:{idem_key}" if idem_key else None,
+            body_fingerprint=fingerprint(body) if idem_key else "",
+            queue_limit=limit,
+            client_limit=0 if client == "admin" else settings.max_jobs_per_client,
+        )
+    except QueueFull:
+        raise ApiError(429, f"the {kind} queue is full; retry later", headers=_RETRY) from None
+    except ClientLimit:
+        raise ApiError(
+            429,
+            f"this client has {settings.max_jobs_per_client} unfinished jobs, its limit; "
+            "retry when some have finished",
+            headers=_RETRY,
+        ) from None
+    except IdempotencyConflict as exc:
+        raise ApiError(
+            422,
+            f"this Idempotency-Key was used for job {exc.job_id} with a different request body",
+            "Idempotency-Key",
+        ) from None
+    if not sub.created:
+        doc = store.get(sub.job_id)
+        if doc is None or doc.get("status") != "queued":
+            return sub.job_id, False  # a replay of a job that has started: nothing to send
+    try:
+        celery.send_task(TASK_OF[kind], args=[sub.job_id], task_id=sub.job_id)
     except OperationalError as exc:
-        store.forget_submission(job_id, kind, idem_key)
-        raise ApiError(503, f"the broker is unreachable ({exc})") from None
-    log_event(log, "job submitted", job_id=job_id, kind=kind, task=task)
-    return job_id, True
+        log_event(
+            log,
+            "broker refused the message; the reaper will send it",
+            logging.WARNING,
+            job_id=sub.job_id,
+            error=str(exc),
+        )
+    if sub.created:
+        log_event(log, "job submitted", job_id=sub.job_id, kind=kind, client=client)
+    return sub.job_id, sub.created
 
 
 def job_document(store: JobStore, job_id: str) -> JobDocument:
@@ -198,14 +232,10 @@ def cancel_job(store: JobStore, job_id: str) -> JobDocument:
     doc = store.get(job_id)
     if doc is None:
         raise ApiError(404, f"job {job_id} not found (unknown or expired)")
-    if doc["status"] in TERMINAL:
-        raise ApiError(409, f"job {job_id} is already {doc['status']}")
-    store.request_cancel(job_id)
-    err = {"type": "Canceled", "message": "canceled before it started"}
-    if store.finish(
-        job_id, doc["kind"], "canceled", allowed=("queued",), error=err, finished_ts=time.time()
-    ):
-        log_event(log, "job canceled while queued", job_id=job_id)
-    else:
-        log_event(log, "cancel requested", job_id=job_id)
+    outcome = store.cancel(job_id, doc["kind"])
+    if outcome == "gone":
+        raise ApiError(404, f"job {job_id} not found (unknown or expired)")
+    if outcome == "finished":
+        raise ApiError(409, f"job {job_id} has already finished")
+    log_event(log, "job canceled" if outcome == "canceled" else "cancel requested", job_id=job_id)
     return job_document(store, job_id)

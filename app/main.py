@@ -26,7 +26,7 @@ from .queue import make_celery
 from .registry import Registry
 from .routes import admin, checkpoints, health, jobs
 from .settings import Settings, get_settings
-from .store import JobStore, connect
+from .store import connect, is_transient, store_from_settings
 
 __all__ = ["create_app"]
 
@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     )
     url = s.broker_url
     api.state.settings = s
-    api.state.store = JobStore(connect(url), s.key_prefix, s.job_ttl, s.events_maxlen)
+    api.state.store = store_from_settings(s)
     api.state.bin_redis = connect(url, decode=False)
     api.state.registry = Registry(s.data_dir)
     api.state.celery = celery or make_celery(s)
@@ -124,6 +124,17 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         log_event(log, "store unreachable", logging.WARNING, error=str(exc), path=request.url.path)
         return JSONResponse(
             {"detail": "the job store or broker is unreachable"}, 503, headers={"Retry-After": "5"}
+        )
+
+    @api.exception_handler(redis.exceptions.ResponseError)
+    async def _redis_refused(request: Request, exc: redis.exceptions.ResponseError) -> JSONResponse:
+        if not is_transient(exc):  # a bug, not a condition of the store
+            raise exc
+        log_event(log, "store refused a write", logging.WARNING, error=str(exc))
+        return JSONResponse(
+            {"detail": "the job store cannot take writes now (full or restarting)"},
+            503,
+            headers={"Retry-After": "5"},
         )
 
     @api.exception_handler(StarletteHTTPException)

@@ -53,6 +53,12 @@ class StoreCollector(Collector):
         running.add_metric(["gen"], len(self.store.running("generate")))
         running.add_metric(["train"], len(self.store.running("train")))
         yield running
+        requeued = CounterMetricFamily(
+            "ddpm_jobs_requeued", "jobs re-queued after their worker was lost", labels=["kind"]
+        )
+        for kind in ("generate", "train"):
+            requeued.add_metric([kind], stats.get(f"jobs_requeued:{kind}", 0.0))
+        yield requeued
         workers = GaugeMetricFamily("ddpm_workers", "live workers (heartbeats)")
         workers.add_metric([], len(self.store.workers()))
         yield workers

@@ -7,21 +7,43 @@ which only the worker imports (``include``). Run a worker with
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import redis
 from celery import Celery
 from kombu import Queue
 
 from .settings import Settings, get_settings
 
-__all__ = ["GENERATE_TASK", "TRAIN_TASK", "GEN_QUEUE", "TRAIN_QUEUE", "make_celery", "app"]
+__all__ = [
+    "GENERATE_TASK",
+    "TRAIN_TASK",
+    "GEN_QUEUE",
+    "TRAIN_QUEUE",
+    "TASK_OF",
+    "QUEUE_OF_TASK",
+    "make_celery",
+    "pending_task_ids",
+    "app",
+]
 
 GENERATE_TASK = "ddpm.generate"
 TRAIN_TASK = "ddpm.train"
 GEN_QUEUE = "gen"
 TRAIN_QUEUE = "train"
+TASK_OF = {"generate": GENERATE_TASK, "train": TRAIN_TASK}
+QUEUE_OF_TASK = {GENERATE_TASK: GEN_QUEUE, TRAIN_TASK: TRAIN_QUEUE}
+# kombu's Redis transport keeps priority levels in lists named queue + sep + level.
+_PRIORITY_SEP, _PRIORITY_STEPS = "\x06\x16", (3, 6, 9)
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
-    """A Celery app for ``settings``: late acks and redelivery for generation, prefetch 1."""
+    """A Celery app for ``settings``: late acks, prefetch 1, keys under our prefix.
+
+    Messages only wake workers up: the job store decides what runs (a message for a job
+    that is not queued is a no-op), and the job leases, not the broker's visibility
+    timeout, bring back the jobs of a dead worker (the timeout is only a backstop)."""
     s = settings or get_settings()
     celery = Celery("ddpm", broker=s.broker_url, include=["worker.tasks"])
     transport: dict = {
@@ -61,4 +83,60 @@ def make_celery(settings: Settings | None = None) -> Celery:
     return celery
 
 
+def pending_task_ids(client: redis.Redis, settings: Settings, queue: str) -> set[str]:
+    """Ids of the tasks whose message waits in the broker list of ``queue`` or was delivered
+    and not yet acked (any queue). Bounded by the queue limits; used to find queued jobs
+    whose message was lost (an API that died between storing a job and sending it, or
+    writes lost by a Redis crash)."""
+    prefix = settings.key_prefix
+    keys = [prefix + queue] + [f"{prefix}{queue}{_PRIORITY_SEP}{p}" for p in _PRIORITY_STEPS]
+    raw: list[Any] = []
+    for key in keys:
+        raw += client.lrange(key, 0, -1)
+    ids = {_task_id(m) for m in raw}
+    for entry in client.hvals(prefix + "unacked"):
+        try:
+            ids.add(_task_id(json.loads(entry)[0]))
+        except (ValueError, IndexError, TypeError):
+            continue
+    ids.discard(None)
+    return ids  # type: ignore[return-value]
+
+
+def _task_id(message: Any) -> str | None:
+    try:
+        payload = json.loads(message) if isinstance(message, str | bytes) else message
+        return payload["headers"]["id"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _tolerate_detached_transport() -> None:
+    """Keep workers alive through a Redis restart (a narrow patch of kombu's Redis channel).
+
+    On a lost broker connection Celery 5.7 calls ``connection.collect()``, which detaches
+    the transport (``transport.client = None``), and then ``connection.close()``. Closing
+    the Redis channel restores its unacked messages through a new connection pool whose
+    parameters are read from that detached client: ``AttributeError: 'NoneType' object
+    has no attribute 'hostname'``, which the closing code does not ignore (it ignores
+    connection errors only), and the worker stops with "Unrecoverable error" after every
+    Redis restart with tasks in flight. A detached channel cannot connect again: say so
+    with a connection error, which is ignored there as intended. Its unacked messages stay
+    in Redis (the visibility timeout restores them; job leases make them redundant)."""
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.Channel._connparams
+    if getattr(original, "_ddpm_patched", False):
+        return
+
+    def _connparams(self: Any, asynchronous: bool = False) -> Any:
+        if self.connection is None or self.connection.client is None:
+            raise redis.exceptions.ConnectionError("the broker channel was closed")
+        return original(self, asynchronous=asynchronous)
+
+    _connparams._ddpm_patched = True  # type: ignore[attr-defined]
+    kombu_redis.Channel._connparams = _connparams
+
+
+_tolerate_detached_transport()
 app = make_celery()

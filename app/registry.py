@@ -166,10 +166,23 @@ class Registry:
             )
         return {"name": name, "latest": versions[-1], "versions": out}
 
-    def publish(self, source: Path | str, name: str, move: bool = False) -> ResolvedCheckpoint:
+    def published_by(self, name: str, job_id: str) -> ResolvedCheckpoint | None:
+        """The version of ``name`` that job ``job_id`` published, if any (from meta.json)."""
+        for v in reversed(self._versions(name)):
+            if _read_json(self.root / name / v / "meta.json").get("job_id") == job_id:
+                return self.resolve(f"{name}@{v}")
+        return None
+
+    def publish(
+        self, source: Path | str, name: str, move: bool = False, job_id: str | None = None
+    ) -> ResolvedCheckpoint:
         """Copy (or move) checkpoint directory ``source`` in as the next version of ``name``,
-        atomically: a temporary directory in the same parent, then a rename."""
+        atomically: a temporary directory in the same parent, then a rename. With
+        ``job_id``, publishing is idempotent: a job that already published a version (an
+        attempt whose outcome was lost, run again) gets that version back."""
         parse_ref(name)
+        if job_id is not None and (done := self.published_by(name, job_id)) is not None:
+            return done
         source = Path(source)
         if not (source / "config.json").is_file():
             raise RegistryError(f"{source} is not a checkpoint directory (no config.json)")

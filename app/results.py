@@ -1,4 +1,8 @@
-"""Where finished images live: on disk under DATA_DIR/results/{job}/ or in Redis."""
+"""Where finished images live: on disk under DATA_DIR/results/{job}/ or in Redis.
+
+Each attempt of a job writes its own files (``a{attempt}/`` on disk, ``{attempt}:`` in
+Redis) and the job document records which attempt's files are the result, so a stale
+attempt that finishes late can never overwrite what was served."""
 
 from __future__ import annotations
 
@@ -23,13 +27,14 @@ def _check(job_id: str, name: str) -> None:
 
 
 class ResultStore(Protocol):
-    """Bytes of a job's result files by name (``0.png``, ``grid.png``, ``trajectory.gif``)."""
+    """Bytes of a job's result files by name (``0.png``, ``grid.png``, ``trajectory.gif``)
+    and attempt (None: the layout of results written before attempts were recorded)."""
 
     kind: str
 
-    def put(self, job_id: str, name: str, data: bytes) -> None: ...
+    def put(self, job_id: str, name: str, data: bytes, attempt: int | None = None) -> None: ...
 
-    def get(self, job_id: str, name: str) -> bytes | None: ...
+    def get(self, job_id: str, name: str, attempt: int | None = None) -> bytes | None: ...
 
     def delete(self, job_id: str) -> None: ...
 
@@ -42,19 +47,22 @@ class DiskResults:
     def __init__(self, data_dir: Path | str) -> None:
         self.root = Path(data_dir).resolve() / "results"
 
-    def put(self, job_id: str, name: str, data: bytes) -> None:
+    def _dir(self, job_id: str, name: str, attempt: int | None) -> Path:
         _check(job_id, name)
         d = self.root / job_id
+        return d if attempt is None else d / f"a{int(attempt)}"
+
+    def put(self, job_id: str, name: str, data: bytes, attempt: int | None = None) -> None:
+        d = self._dir(job_id, name, attempt)
         d.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, d / name)
 
-    def get(self, job_id: str, name: str) -> bytes | None:
-        _check(job_id, name)
+    def get(self, job_id: str, name: str, attempt: int | None = None) -> bytes | None:
         try:
-            return (self.root / job_id / name).read_bytes()
+            return (self._dir(job_id, name, attempt) / name).read_bytes()
         except FileNotFoundError:
             return None
 
@@ -73,15 +81,16 @@ class RedisResults:
         self.prefix = prefix
         self.ttl = ttl
 
-    def _key(self, job_id: str, name: str) -> str:
+    def _key(self, job_id: str, name: str, attempt: int | None) -> str:
         _check(job_id, name)
-        return f"{self.prefix}result:{job_id}:{name}"
+        middle = "" if attempt is None else f"{int(attempt)}:"
+        return f"{self.prefix}result:{job_id}:{middle}{name}"
 
-    def put(self, job_id: str, name: str, data: bytes) -> None:
-        self.r.set(self._key(job_id, name), data, ex=self.ttl)
+    def put(self, job_id: str, name: str, data: bytes, attempt: int | None = None) -> None:
+        self.r.set(self._key(job_id, name, attempt), data, ex=self.ttl)
 
-    def get(self, job_id: str, name: str) -> bytes | None:
-        return self.r.get(self._key(job_id, name))
+    def get(self, job_id: str, name: str, attempt: int | None = None) -> bytes | None:
+        return self.r.get(self._key(job_id, name, attempt))
 
     def delete(self, job_id: str) -> None:
         keys = list(self.r.scan_iter(match=f"{self.prefix}result:{job_id}:*"))

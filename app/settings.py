@@ -28,7 +28,11 @@ class Settings(BaseSettings):
     max_steps: int = Field(1000, ge=1)
     max_batch: int = Field(64, ge=1)
     queue_limit: int = Field(256, ge=0)
-    job_ttl: int = Field(7 * 24 * 3600, ge=60, description="seconds every job key lives")
+    job_ttl: int = Field(
+        24 * 3600,
+        ge=60,
+        description="seconds a finished job (document, results) is kept",
+    )
     default_checkpoint: str = "digits"
     result_store: Literal["disk", "redis"] = "disk"
     api_keys: str = Field("", description="comma-separated keys; empty = no key needed")
@@ -41,8 +45,28 @@ class Settings(BaseSettings):
     restore_interval: int | None = Field(
         None, ge=1, description="seconds between scans for unacked messages to redeliver"
     )
-    lease_ttl: float = Field(30.0, gt=0, description="seconds a running job's lease lives")
-    heartbeat_ttl: float = Field(30.0, gt=0)
+    lease_ttl: float = Field(
+        15.0, gt=0, description="seconds a running job's lease lives unless its worker renews it"
+    )
+    max_attempts: int = Field(3, ge=1, description="runs of a job before a lost worker fails it")
+    reaper_interval: float = Field(2.0, gt=0, description="seconds between reaper passes")
+    redispatch_after: float = Field(
+        30.0, gt=0, description="seconds a queued job may lack a broker message before re-sent"
+    )
+    store_retry_seconds: float = Field(
+        600.0, ge=0, description="how long a worker retries recording a job while Redis is down"
+    )
+    stall_timeout: float = Field(
+        600.0, gt=0, description="seconds without engine/training progress before leases lapse"
+    )
+    events_ttl: int = Field(
+        600, ge=10, description="seconds a finished job keeps its event stream (SSE replay)"
+    )
+    max_jobs_per_client: int = Field(
+        64, ge=0, description="unfinished jobs one client (API key) may have; 0 = no limit"
+    )
+    train_queue_limit: int = Field(8, ge=0, description="training jobs that may wait")
+    heartbeat_ttl: float = Field(10.0, gt=0)
     gen_concurrency: int = Field(16, ge=1, description="job threads of a gen worker")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads of the engine")
     channels_last: bool = Field(True, description="run the network in channels-last layout")

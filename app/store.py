@@ -1,59 +1,310 @@
-"""The job store: job documents, event streams, flags and heartbeats in Redis.
+"""The job store: job documents, their events, leases and every state transition, in Redis.
 
 Keys (all under the configured prefix, ``ddpm:`` by default)::
 
     job:{id}            hash, one JSON value per field of the job document
     job:{id}:events     stream (capped with MAXLEN), the SSE source
-    job:{id}:cancel     cancel flag
-    job:{id}:lease      the worker currently running the job (short TTL)
-    queue:{kind}        sorted set by submit time, for queue positions (gen, train)
-    active:{kind}       sorted set of running jobs by start time
-    idem:{key}          Idempotency-Key -> job id
+    job:{id}:cancel     cancel flag (deleted when the job finishes)
+    queue:{kind}        sorted set of queued jobs by submit time (gen, train)
+    leases:{kind}       sorted set of running jobs by lease expiry (Redis time, ms)
+    inflight:{client}   sorted set of a client's unfinished jobs (per-client limit)
+    idem:{client}:{endpoint}:{key}   "job-id fingerprint" of an Idempotency-Key
+    expiry              sorted set of finished jobs by expiry time (result clean-up)
     worker:{name}       heartbeat (JSON) with a TTL
     stats               counters and histogram buckets for /metrics
 
-Every key of a job carries the job TTL. The job hash is the source of truth.
+The job hash is the source of truth. Every transition -- create, claim (start),
+renew/progress, finish (succeed, fail, cancel), requeue -- is ONE Lua script, so
+the document, its sets, its events and the counters change together or not at
+all. A running job's ``attempts`` is its fencing token: only the worker holding
+the current attempt can renew its lease, report progress or finish it, so a
+stale worker that wakes up after its lease expired changes nothing. Lease times
+come from the Redis server clock, never from a worker's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
-__all__ = ["JobStore", "connect", "now_iso", "new_job_id", "JOB_ID_RE"]
+__all__ = [
+    "JobStore",
+    "Claim",
+    "Submission",
+    "QueueFull",
+    "ClientLimit",
+    "IdempotencyConflict",
+    "connect",
+    "store_from_settings",
+    "now_iso",
+    "new_job_id",
+    "fingerprint",
+    "histogram_fields",
+    "is_transient",
+    "JOB_ID_RE",
+    "QUEUE_OF",
+]
 
 QUEUE_OF = {"generate": "gen", "train": "train"}
 JOB_ID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
-_TRANSITION = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return false end
-cur = cjson.decode(cur)
-local ok = false
-for s in string.gmatch(ARGV[3], '[^,]+') do if s == cur then ok = true end end
-if not ok then return {0, cur} end
-redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[2]))
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-return {1, cur}
-"""
 
-_LEASE = """
-local cur = redis.call('GET', KEYS[1])
-if (not cur) or cur == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
-  return 1
+class QueueFull(Exception):
+    """The queue of this kind of job is at its limit."""
+
+
+class ClientLimit(Exception):
+    """This client has as many unfinished jobs as it may."""
+
+
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key reused with a different request body."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What :meth:`JobStore.create` did: a new job, or the replay of an earlier one."""
+
+    job_id: str
+    created: bool
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker now runs: ``attempt`` is its fencing token."""
+
+    job_id: str
+    attempt: int
+    doc: dict[str, Any]
+
+
+# -- Lua -------------------------------------------------------------------------------------
+# Shared by the scripts below. Field values are JSON, so a status is stored as '"running"'.
+_LIB = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-return 0
+local function event(key, maxlen, ttl, name, data)
+  redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'event', name, 'data', data)
+  redis.call('EXPIRE', key, ttl)
+end
+local function hset_pairs(key, a, from, to)
+  for i = from, to, 2 do redis.call('HSET', key, a[i], a[i + 1]) end
+end
+-- job keys: KEYS[1] hash, [2] events, [3] cancel flag, [4] queue, [5] leases, [6] stats,
+-- [7] expiry. Terminal transition shared by finish, cancel, claim and requeue.
+local function finish_job(id, prefix, kind, to, ttl, events_ttl, maxlen, done, now)
+  redis.call('HSET', KEYS[1], 'status', '"' .. to .. '"')
+  redis.call('ZREM', KEYS[4], id)
+  redis.call('ZREM', KEYS[5], id)
+  local client = redis.call('HGET', KEYS[1], 'client')
+  if client then redis.call('ZREM', prefix .. 'inflight:' .. cjson.decode(client), id) end
+  redis.call('DEL', KEYS[3])
+  redis.call('EXPIRE', KEYS[1], ttl)
+  event(KEYS[2], maxlen, events_ttl, 'status', '{"status": "' .. to .. '"}')
+  event(KEYS[2], maxlen, events_ttl, 'done', done)
+  redis.call('HINCRBYFLOAT', KEYS[6], 'jobs_finished:' .. kind .. ':' .. to, 1)
+  redis.call('ZADD', KEYS[7], math.floor(now / 1000) + ttl, id)
+end
+"""
+
+# KEYS: job hash, events, queue, stats, idem (or ''), inflight
+# ARGV: id, prefix, kind, ttl, maxlen, queue_limit, client_limit, fingerprint, created_ts,
+#       then field/value pairs of the document
+_CREATE = (
+    _LIB
+    + """
+local id, prefix, kind = ARGV[1], ARGV[2], ARGV[3]
+local ttl, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5])
+local queue_limit, client_limit = tonumber(ARGV[6]), tonumber(ARGV[7])
+if KEYS[5] ~= '' then
+  local prev = redis.call('GET', KEYS[5])
+  if prev then
+    local sep = string.find(prev, ' ', 1, true)
+    local pid = string.sub(prev, 1, sep - 1)
+    if redis.call('EXISTS', prefix .. 'job:' .. pid) == 1 then
+      if string.sub(prev, sep + 1) == ARGV[8] then return {'replay', pid} end
+      return {'conflict', pid}
+    end
+  end
+end
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[9]) - ttl)
+if queue_limit >= 0 and redis.call('ZCARD', KEYS[3]) >= queue_limit then
+  return {'queue_full'}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - ttl * 1000)
+if client_limit > 0 and redis.call('ZCARD', KEYS[6]) >= client_limit then
+  return {'client_limit'}
+end
+hset_pairs(KEYS[1], ARGV, 10, #ARGV)
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[3], tonumber(ARGV[9]), id)
+redis.call('ZADD', KEYS[6], now, id)
+redis.call('EXPIRE', KEYS[6], ttl)
+event(KEYS[2], maxlen, ttl, 'status', '{"status": "queued"}')
+redis.call('HINCRBYFLOAT', KEYS[4], 'jobs_submitted:' .. kind, 1)
+if KEYS[5] ~= '' then redis.call('SET', KEYS[5], id .. ' ' .. ARGV[8], 'EX', ttl) end
+return {'created', id}
+"""
+)
+
+# KEYS: job keys. ARGV: id, prefix, kind, ttl, events_ttl, maxlen, lease_ms, worker,
+#       started_at, started_ts, cancel_done
+_CLAIM = (
+    _LIB
+    + """
+local id, prefix, kind = ARGV[1], ARGV[2], ARGV[3]
+local ttl, events_ttl, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'gone'} end
+if st ~= '"queued"' then return {'busy', st} end
+local now = now_ms()
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  finish_job(id, prefix, kind, 'canceled', ttl, events_ttl, maxlen, ARGV[11], now)
+  return {'canceled'}
+end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', '"running"', 'worker', ARGV[8],
+           'started_at', ARGV[9], 'started_ts', ARGV[10])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZREM', KEYS[4], id)
+redis.call('ZADD', KEYS[5], now + tonumber(ARGV[7]), id)
+event(KEYS[2], maxlen, ttl, 'status', '{"status": "running", "attempt": ' .. attempt .. '}')
+return {'claimed', attempt, redis.call('HGETALL', KEYS[1])}
+"""
+)
+
+# KEYS: job hash, events, cancel flag, leases. ARGV: id, attempt, lease_ms, ttl, maxlen,
+#       progress ('' = none), event data ('' = none)
+# Returns -1 when the lease is lost (another attempt owns the job, or it finished),
+# 1 when a cancel was requested, else 0.
+_RENEW = (
+    _LIB
+    + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= '"running"' or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[2] then return -1 end
+redis.call('ZADD', KEYS[4], now_ms() + tonumber(ARGV[3]), ARGV[1])
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[1], 'progress', ARGV[6])
+  event(KEYS[2], tonumber(ARGV[5]), tonumber(ARGV[4]), 'progress', ARGV[7])
+end
+return redis.call('EXISTS', KEYS[3])
+"""
+)
+
+# KEYS: job keys. ARGV: id, prefix, kind, ttl, events_ttl, maxlen, attempt ('' = any),
+#       to, allowed (comma list), done, n_stats, stat pairs..., field pairs...
+_FINISH = (
+    _LIB
+    + """
+local id, prefix, kind = ARGV[1], ARGV[2], ARGV[3]
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'gone'} end
+local ok = false
+for s in string.gmatch(ARGV[9], '[^,]+') do if '"' .. s .. '"' == st then ok = true end end
+if not ok then return {'refused', st} end
+if ARGV[7] ~= '' and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[7] then
+  return {'stale', st}
+end
+local n = tonumber(ARGV[11])
+for i = 12, 11 + 2 * n, 2 do redis.call('HINCRBYFLOAT', KEYS[6], ARGV[i], ARGV[i + 1]) end
+hset_pairs(KEYS[1], ARGV, 12 + 2 * n, #ARGV)
+finish_job(id, prefix, kind, ARGV[8], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+           ARGV[10], now_ms())
+return {'done', st}
+"""
+)
+
+# KEYS: job keys. ARGV: id, prefix, kind, ttl, events_ttl, maxlen, done (for a queued job)
+# Queued: canceled at once. Running: the flag tells its worker to stop at the next step.
+_CANCEL = (
+    _LIB
+    + """
+local id, prefix, kind = ARGV[1], ARGV[2], ARGV[3]
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'gone'} end
+if st == '"queued"' then
+  finish_job(id, prefix, kind, 'canceled', tonumber(ARGV[4]), tonumber(ARGV[5]),
+             tonumber(ARGV[6]), ARGV[7], now_ms())
+  return {'canceled'}
+end
+if st == '"running"' then
+  redis.call('SET', KEYS[3], '1', 'EX', tonumber(ARGV[4]))
+  return {'requested'}
+end
+return {'finished', st}
+"""
+)
+
+# KEYS: job keys. ARGV: id, prefix, kind, ttl, events_ttl, maxlen, max_attempts,
+#       fail_done, cancel_done, fail_error, cancel_error, attempt ('' = by lease expiry)
+# A running job whose lease expired: queued again (front of its queue, by submit time),
+# or failed after max_attempts, or canceled when a cancel was requested meanwhile. With
+# an attempt: its own worker gives it back (shutting down), whatever the lease says.
+_REQUEUE = (
+    _LIB
+    + """
+local id, prefix, kind = ARGV[1], ARGV[2], ARGV[3]
+local ttl, events_ttl, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local now = now_ms()
+local given_back = ARGV[12] ~= ''
+local expiry = redis.call('ZSCORE', KEYS[5], id)
+if not given_back and expiry and tonumber(expiry) > now then return {'alive'} end
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= '"running"' then
+  if not given_back then redis.call('ZREM', KEYS[5], id) end
+  return {'gone'}
+end
+if given_back and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[12] then return {'stale'} end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts'))
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('HSET', KEYS[1], 'error', ARGV[11])
+  finish_job(id, prefix, kind, 'canceled', ttl, events_ttl, maxlen, ARGV[9], now)
+  return {'canceled', attempts}
+end
+if not given_back and attempts >= tonumber(ARGV[7]) then
+  redis.call('HSET', KEYS[1], 'error', ARGV[10])
+  finish_job(id, prefix, kind, 'failed', ttl, events_ttl, maxlen, ARGV[8], now)
+  return {'failed', attempts}
+end
+redis.call('HSET', KEYS[1], 'status', '"queued"')
+redis.call('HDEL', KEYS[1], 'worker')
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZREM', KEYS[5], id)
+redis.call('ZADD', KEYS[4], tonumber(redis.call('HGET', KEYS[1], 'created_ts')), id)
+redis.call('HINCRBYFLOAT', KEYS[6], 'jobs_requeued:' .. kind, 1)
+event(KEYS[2], maxlen, ttl, 'status',
+      '{"status": "queued", "reason": "lease expired", "attempt": ' .. attempts .. '}')
+return {'requeued', attempts}
+"""
+)
+
+# KEYS: job hash, events, queue, stats, idem (or ''), inflight. ARGV: id, kind
+_FORGET = """
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
+if KEYS[5] ~= '' then redis.call('DEL', KEYS[5]) end
+redis.call('HINCRBYFLOAT', KEYS[4], 'jobs_submitted:' .. ARGV[2], -1)
+return 1
 """
 
 
+# -- helpers ----------------------------------------------------------------------------------
 def now_iso() -> str:
     """The current UTC time, ISO 8601 with milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -61,6 +312,29 @@ def now_iso() -> str:
 
 def new_job_id() -> str:
     return str(uuid.uuid4())
+
+
+def fingerprint(body: Any) -> str:
+    """A digest of a request body (canonical JSON), to bind an Idempotency-Key to it."""
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canon.encode()).hexdigest()[:32]
+
+
+def histogram_fields(name: str, value: float, buckets: Sequence[float]) -> list[tuple[str, float]]:
+    """The stats-hash increments of one observation of a cumulative histogram."""
+    out = [(f"{name}_bucket:{b}", 1.0) for b in buckets if value <= b]
+    return out + [(f"{name}_bucket:+Inf", 1.0), (f"{name}_sum", value), (f"{name}_count", 1.0)]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a Redis error means "try again later" (unreachable, loading, out of memory,
+    a replica promoted) rather than a bug."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return True
+    if isinstance(exc, redis.ResponseError):
+        head = str(exc).split(" ", 1)[0]
+        return head in ("OOM", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "BUSY")
+    return False
 
 
 def connect(url: str, decode: bool = True) -> redis.Redis:
@@ -74,8 +348,29 @@ def connect(url: str, decode: bool = True) -> redis.Redis:
     )
 
 
+def store_from_settings(settings: Any, client: redis.Redis | None = None) -> JobStore:
+    """The job store that ``settings`` (an :class:`app.settings.Settings`) describe."""
+    s = settings
+    return JobStore(
+        client or connect(s.broker_url),
+        s.key_prefix,
+        s.job_ttl,
+        s.events_maxlen,
+        lease_ttl=s.lease_ttl,
+        events_ttl=s.events_ttl,
+        max_attempts=s.max_attempts,
+    )
+
+
+def _pairs(fields: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for k, v in fields.items():
+        out += [k, json.dumps(v)]
+    return out
+
+
 class JobStore:
-    """Job documents and their events, flags, leases; worker heartbeats; stats."""
+    """Job documents and every transition of their lifecycle; heartbeats; stats."""
 
     def __init__(
         self,
@@ -83,13 +378,25 @@ class JobStore:
         prefix: str = "ddpm:",
         ttl: int = 86400,
         events_maxlen: int = 1000,
+        *,
+        lease_ttl: float = 15.0,
+        events_ttl: int = 600,
+        max_attempts: int = 3,
     ) -> None:
         self.r = client
         self.prefix = prefix
         self.ttl = int(ttl)
         self.events_maxlen = events_maxlen
-        self._transition = client.register_script(_TRANSITION)
-        self._lease = client.register_script(_LEASE)
+        self.lease_ms = int(lease_ttl * 1000)
+        self.events_ttl = int(min(events_ttl, ttl))
+        self.max_attempts = max_attempts
+        self._create = client.register_script(_CREATE)
+        self._claim = client.register_script(_CLAIM)
+        self._renew = client.register_script(_RENEW)
+        self._finish = client.register_script(_FINISH)
+        self._cancel = client.register_script(_CANCEL)
+        self._requeue = client.register_script(_REQUEUE)
+        self._forget = client.register_script(_FORGET)
 
     # -- keys ------------------------------------------------------------------------------
     def key(self, *parts: str) -> str:
@@ -98,78 +405,31 @@ class JobStore:
     def job_key(self, job_id: str, suffix: str | None = None) -> str:
         return self.key("job", job_id) + (f":{suffix}" if suffix else "")
 
-    # -- jobs ------------------------------------------------------------------------------
-    def ping(self) -> bool:
-        return bool(self.r.ping())
-
     def qkey(self, kind: str) -> str:
         """The queue sorted set of a job kind (``generate`` -> ``queue:gen``)."""
         return self.key("queue", QUEUE_OF.get(kind, kind))
 
-    def akey(self, kind: str) -> str:
-        """The sorted set of running jobs of a kind (``active:gen``), by start time."""
-        return self.key("active", QUEUE_OF.get(kind, kind))
+    def lkey(self, kind: str) -> str:
+        """The leases of running jobs of a kind (``leases:gen``), scored by expiry (ms)."""
+        return self.key("leases", QUEUE_OF.get(kind, kind))
 
-    def running(self, kind: str = "generate") -> list[str]:
-        """Ids of jobs of ``kind`` that are (or were, if their worker died) running."""
-        return list(self.r.zrange(self.akey(kind), 0, -1))
+    def _job_keys(self, job_id: str, kind: str) -> list[str]:
+        return [
+            self.job_key(job_id),
+            self.job_key(job_id, "events"),
+            self.job_key(job_id, "cancel"),
+            self.qkey(kind),
+            self.lkey(kind),
+            self.key("stats"),
+            self.key("expiry"),
+        ]
 
-    def lease_held(self, job_id: str) -> bool:
-        return bool(self.r.exists(self.job_key(job_id, "lease")))
+    def _common(self, job_id: str, kind: str) -> list[Any]:
+        return [job_id, self.prefix, kind, self.ttl, self.events_ttl, self.events_maxlen]
 
-    def queue_depth(self, kind: str = "generate") -> int:
-        return int(self.r.zcard(self.qkey(kind)))
-
-    def idempotent_job(self, idem_key: str) -> str | None:
-        return self.r.get(self.key("idem", idem_key))
-
-    def create(
-        self,
-        kind: str,
-        request: dict[str, Any],
-        extra: dict[str, Any] | None = None,
-        idem_key: str | None = None,
-        job_id: str | None = None,
-    ) -> tuple[str, bool]:
-        """Create a queued job; returns (id, created). An Idempotency-Key seen before
-        returns the earlier job's id and False."""
-        job_id = job_id or new_job_id()
-        if idem_key is not None:
-            ok = self.r.set(self.key("idem", idem_key), job_id, nx=True, ex=self.ttl)
-            if not ok:
-                existing = self.r.get(self.key("idem", idem_key))
-                if existing and self.r.exists(self.job_key(existing)):
-                    return existing, False
-                self.r.set(self.key("idem", idem_key), job_id, ex=self.ttl)
-        doc = {
-            "id": job_id,
-            "kind": kind,
-            "status": "queued",
-            "created_at": now_iso(),
-            "created_ts": time.time(),
-            "request": request,
-            "attempts": 0,
-            "progress": {"step": 0, "total": 0, "fraction": 0.0},
-        } | (extra or {})
-        pipe = self.r.pipeline()
-        pipe.hset(self.job_key(job_id), mapping={k: json.dumps(v) for k, v in doc.items()})
-        pipe.expire(self.job_key(job_id), self.ttl)
-        pipe.zadd(self.qkey(kind), {job_id: doc["created_ts"]})
-        # Jobs that expired while queued leave the queue (their keys are gone).
-        pipe.zremrangebyscore(self.qkey(kind), 0, doc["created_ts"] - self.ttl)
-        pipe.execute()
-        self.add_event(job_id, "status", {"status": "queued"})
-        self.incr_stat(f"jobs_submitted:{kind}")
-        return job_id, True
-
-    def forget_submission(self, job_id: str, kind: str, idem_key: str | None = None) -> None:
-        """Undo :meth:`create` when the broker refused the task."""
-        pipe = self.r.pipeline()
-        pipe.delete(self.job_key(job_id), self.job_key(job_id, "events"))
-        pipe.zrem(self.qkey(kind), job_id)
-        if idem_key:
-            pipe.delete(self.key("idem", idem_key))
-        pipe.execute()
+    # -- reads -----------------------------------------------------------------------------
+    def ping(self) -> bool:
+        return bool(self.r.ping())
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         raw = self.r.hgetall(self.job_key(job_id))
@@ -177,77 +437,26 @@ class JobStore:
             return None
         return {k: json.loads(v) for k, v in raw.items()}
 
+    def running(self, kind: str = "generate") -> list[str]:
+        """Ids of jobs of ``kind`` that hold a lease (live or expired)."""
+        return list(self.r.zrange(self.lkey(kind), 0, -1))
+
+    def expired_leases(self, kind: str, limit: int = 100) -> list[str]:
+        """Running jobs whose lease has expired by the Redis clock."""
+        sec, usec = self.r.time()
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        return list(self.r.zrangebyscore(self.lkey(kind), "-inf", now_ms, start=0, num=limit))
+
+    def queued_before(self, kind: str, ts: float, limit: int = 1000) -> list[str]:
+        """Queued jobs submitted before ``ts`` (epoch seconds)."""
+        return list(self.r.zrangebyscore(self.qkey(kind), "-inf", ts, start=0, num=limit))
+
     def queue_position(self, job_id: str, kind: str = "generate") -> int | None:
         rank = self.r.zrank(self.qkey(kind), job_id)
         return None if rank is None else int(rank)
 
-    def update(self, job_id: str, **fields: Any) -> None:
-        key = self.job_key(job_id)
-        pipe = self.r.pipeline()
-        pipe.hset(key, mapping={k: json.dumps(v) for k, v in fields.items()})
-        pipe.expire(key, self.ttl)
-        pipe.execute()
-
-    def transition(
-        self, job_id: str, allowed: Iterable[str], to: str, **fields: Any
-    ) -> tuple[bool, str | None]:
-        """Atomically move a job whose status is in ``allowed`` to ``to`` (setting
-        ``fields`` too). Returns (done, previous status); previous None = no such job."""
-        args: list[Any] = [self.ttl, to, ",".join(allowed)]
-        for k, v in fields.items():
-            args += [k, json.dumps(v)]
-        res = self._transition(keys=[self.job_key(job_id)], args=args)
-        if not res:
-            return False, None
-        done, prev = res
-        return bool(done), prev
-
-    def start(self, job_id: str, kind: str, worker: str) -> tuple[bool, dict | None]:
-        """queued|running -> running (running again after a redelivery)."""
-        ok, prev = self.transition(
-            job_id, ("queued", "running"), "running", started_at=now_iso(), worker=worker
-        )
-        if ok:
-            self.r.zrem(self.qkey(kind), job_id)
-            now = time.time()
-            self.r.zadd(self.akey(kind), {job_id: now})
-            self.r.zremrangebyscore(self.akey(kind), 0, now - self.ttl)
-            self.r.hincrby(self.job_key(job_id), "attempts", 1)
-            self.add_event(job_id, "status", {"status": "running"})
-        return ok, self.get(job_id)
-
-    def finish(
-        self,
-        job_id: str,
-        kind: str,
-        status: str,
-        allowed: tuple[str, ...] = ("queued", "running"),
-        **fields: Any,
-    ) -> bool:
-        """Move a live job to a terminal status, emit the final ``done`` event."""
-        ok, _ = self.transition(job_id, allowed, status, finished_at=now_iso(), **fields)
-        if not ok:
-            return False
-        self.r.zrem(self.qkey(kind), job_id)
-        self.r.zrem(self.akey(kind), job_id)
-        done = {"status": status} | {k: fields[k] for k in ("result", "error") if k in fields}
-        self.add_event(job_id, "status", {"status": status})
-        self.add_event(job_id, "done", done)
-        self.incr_stat(f"jobs_finished:{kind}:{status}")
-        return True
-
-    # -- events ----------------------------------------------------------------------------
-    def add_event(self, job_id: str, event: str, data: dict[str, Any]) -> str:
-        key = self.job_key(job_id, "events")
-        pipe = self.r.pipeline()
-        pipe.xadd(
-            key,
-            {"event": event, "data": json.dumps(data)},
-            maxlen=self.events_maxlen,
-            approximate=True,
-        )
-        pipe.expire(key, self.ttl)
-        return pipe.execute()[0]
+    def queue_depth(self, kind: str = "generate") -> int:
+        return int(self.r.zcard(self.qkey(kind)))
 
     def read_events(
         self, job_id: str, last_id: str = "0-0", block_ms: int | None = None, count: int = 100
@@ -262,72 +471,265 @@ class JobStore:
                 )
         return out
 
-    # -- cancel flag and leases ------------------------------------------------------------
-    def request_cancel(self, job_id: str) -> None:
-        self.r.set(self.job_key(job_id, "cancel"), "1", ex=self.ttl)
+    # -- transitions -----------------------------------------------------------------------
+    def create(
+        self,
+        kind: str,
+        request: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+        *,
+        client: str = "anon",
+        idem_key: str | None = None,
+        body_fingerprint: str = "",
+        queue_limit: int = -1,
+        client_limit: int = 0,
+        job_id: str | None = None,
+    ) -> Submission:
+        """Create a queued job, atomically with its queue entry, first event and counters.
 
-    def cancel_requested(self, job_id: str) -> bool:
-        return bool(self.r.exists(self.job_key(job_id, "cancel")))
+        An ``idem_key`` (already scoped by the caller: client and endpoint) seen before with
+        the same ``body_fingerprint`` returns the earlier job (``created`` False); with
+        another body it raises :class:`IdempotencyConflict`. Raises :class:`QueueFull` or
+        :class:`ClientLimit` at the limits (``queue_limit`` < 0 and ``client_limit`` 0 mean
+        none)."""
+        job_id = job_id or new_job_id()
+        created_ts = time.time()
+        doc = {
+            "id": job_id,
+            "kind": kind,
+            "status": "queued",
+            "created_at": now_iso(),
+            "created_ts": created_ts,
+            "client": client,
+            "request": request,
+            "attempts": 0,
+            "progress": {"step": 0, "total": 0, "fraction": 0.0},
+        } | (extra or {})
+        idem = self.key("idem", idem_key) if idem_key else ""
+        res = self._create(
+            keys=[
+                self.job_key(job_id),
+                self.job_key(job_id, "events"),
+                self.qkey(kind),
+                self.key("stats"),
+                idem,
+                self.key("inflight", client),
+            ],
+            args=[
+                job_id,
+                self.prefix,
+                kind,
+                self.ttl,
+                self.events_maxlen,
+                queue_limit,
+                client_limit,
+                body_fingerprint,
+                repr(created_ts),
+                *_pairs(doc),
+            ],
+        )
+        outcome = res[0]
+        if outcome == "created":
+            return Submission(job_id, True)
+        if outcome == "replay":
+            return Submission(res[1], False)
+        if outcome == "conflict":
+            raise IdempotencyConflict(res[1])
+        if outcome == "queue_full":
+            raise QueueFull(kind)
+        raise ClientLimit(client)
 
-    def cancel_flags(self, job_ids: list[str]) -> list[bool]:
-        """Whether each job's cancel flag is set, in one round trip."""
-        pipe = self.r.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.exists(self.job_key(job_id, "cancel"))
-        return [bool(n) for n in pipe.execute()]
-
-    def record_progress(self, updates: dict[str, dict[str, Any]]) -> None:
-        """The progress of many jobs in one round trip: job hash field and a progress event."""
-        pipe = self.r.pipeline(transaction=False)
-        for job_id, progress in updates.items():
-            key, events = self.job_key(job_id), self.job_key(job_id, "events")
-            pipe.hset(key, "progress", json.dumps(progress))
-            pipe.expire(key, self.ttl)
-            pipe.xadd(
-                events,
-                {"event": "progress", "data": json.dumps(progress)},
-                maxlen=self.events_maxlen,
-                approximate=True,
-            )
-            pipe.expire(events, self.ttl)
-        pipe.execute()
-
-    def acquire_lease(self, job_id: str, owner: str, ttl: float) -> bool:
-        """Take or refresh the lease of a running job; False if another owner holds it."""
-        return bool(
-            self._lease(keys=[self.job_key(job_id, "lease")], args=[owner, int(ttl * 1000)])
+    def forget(
+        self, job_id: str, kind: str, client: str = "anon", idem_key: str | None = None
+    ) -> None:
+        """Undo :meth:`create` (the job was never handed to anyone)."""
+        self._forget(
+            keys=[
+                self.job_key(job_id),
+                self.job_key(job_id, "events"),
+                self.qkey(kind),
+                self.key("stats"),
+                self.key("idem", idem_key) if idem_key else "",
+                self.key("inflight", client),
+            ],
+            args=[job_id, kind],
         )
 
-    def release_lease(self, job_id: str, owner: str) -> None:
-        key = self.job_key(job_id, "lease")
-        if self.r.get(key) == owner:
-            self.r.delete(key)
+    def claim(self, job_id: str, kind: str, worker: str) -> Claim | None:
+        """queued -> running with a fresh lease and the next attempt number (the fencing
+        token). None when the job is not queued (running elsewhere, finished, gone); a job
+        whose cancel flag is set is canceled instead."""
+        done = json.dumps({"status": "canceled", "error": _CANCELED_QUEUED})
+        res = self._claim(
+            keys=self._job_keys(job_id, kind),
+            args=[
+                *self._common(job_id, kind),
+                self.lease_ms,
+                json.dumps(worker),
+                json.dumps(now_iso()),
+                json.dumps(time.time()),
+                done,
+            ],
+        )
+        if res[0] != "claimed":
+            return None
+        flat = res[2]
+        doc = {flat[i]: json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return Claim(job_id, int(res[1]), doc)
+
+    def renew(
+        self,
+        kind: str,
+        held: dict[str, int],
+        progress: dict[str, dict[str, Any]] | None = None,
+    ) -> dict[str, int]:
+        """Renew the leases of ``held`` (job id -> attempt) and write pending ``progress`` (job
+        id -> event data; its step/total/fraction also go to the document), in one round trip.
+        Returns job id -> -1 (lease lost: stop, the result would be discarded), 1 (cancel
+        requested) or 0."""
+        progress = progress or {}
+        pipe = self.r.pipeline(transaction=False)
+        ids = list(held)
+        for job_id in ids:
+            data = progress.get(job_id)
+            doc_progress = (
+                json.dumps({k: data[k] for k in ("step", "total", "fraction") if k in data})
+                if data
+                else ""
+            )
+            self._renew(
+                keys=[
+                    self.job_key(job_id),
+                    self.job_key(job_id, "events"),
+                    self.job_key(job_id, "cancel"),
+                    self.lkey(kind),
+                ],
+                args=[
+                    job_id,
+                    held[job_id],
+                    self.lease_ms,
+                    self.ttl,
+                    self.events_maxlen,
+                    doc_progress,
+                    json.dumps(data) if data else "",
+                ],
+                client=pipe,
+            )
+        return {job_id: int(v) for job_id, v in zip(ids, pipe.execute(), strict=True)}
+
+    def finish(
+        self,
+        job_id: str,
+        kind: str,
+        status: str,
+        attempt: int | None,
+        *,
+        allowed: Iterable[str] = ("running",),
+        stats: Sequence[tuple[str, float]] = (),
+        **fields: Any,
+    ) -> bool:
+        """Move a job to a terminal ``status`` with ``fields`` (result, error, metrics...),
+        its ``done`` event and counters, in one step. ``attempt`` fences it: a worker whose
+        attempt is no longer the job's changes nothing (False)."""
+        fields = {"finished_at": now_iso(), "finished_ts": time.time()} | fields
+        done = {"status": status} | {k: fields[k] for k in ("result", "error") if k in fields}
+        args: list[Any] = [
+            *self._common(job_id, kind),
+            "" if attempt is None else str(attempt),
+            status,
+            ",".join(allowed),
+            json.dumps(done),
+            len(stats),
+        ]
+        for name, amount in stats:
+            args += [name, repr(float(amount))]
+        args += _pairs(fields)
+        res = self._finish(keys=self._job_keys(job_id, kind), args=args)
+        return res[0] == "done"
+
+    def cancel(self, job_id: str, kind: str) -> str:
+        """Cancel: ``canceled`` (it was queued: it never starts), ``requested`` (running: its
+        worker stops at the next step), ``finished`` (too late) or ``gone``."""
+        done = json.dumps({"status": "canceled", "error": _CANCELED_QUEUED})
+        res = self._cancel(
+            keys=self._job_keys(job_id, kind), args=[*self._common(job_id, kind), done]
+        )
+        return res[0]
+
+    def requeue(self, job_id: str, kind: str, attempt: int | None = None) -> str:
+        """A running job whose lease expired: ``requeued`` (its worker is gone; it runs
+        again), ``failed`` (max attempts reached), ``canceled`` (cancel was requested),
+        ``alive`` (the lease was renewed meanwhile) or ``gone``. With ``attempt``, the
+        worker running that attempt gives the job back (``stale`` if it is not its own)."""
+        attempts_left = f"its worker stopped responding {self.max_attempts} times"
+        lost = {"type": "WorkerLost", "message": f"gave up: {attempts_left}"}
+        canceled = {"type": "Canceled", "message": "canceled while its worker was lost"}
+        res = self._requeue(
+            keys=self._job_keys(job_id, kind),
+            args=[
+                *self._common(job_id, kind),
+                self.max_attempts,
+                json.dumps({"status": "failed", "error": lost}),
+                json.dumps({"status": "canceled", "error": canceled}),
+                json.dumps(lost),
+                json.dumps(canceled),
+                "" if attempt is None else str(attempt),
+            ],
+        )
+        return res[0]
+
+    # -- events ----------------------------------------------------------------------------
+    def add_event(self, job_id: str, event: str, data: dict[str, Any]) -> str:
+        key = self.job_key(job_id, "events")
+        pipe = self.r.pipeline()
+        pipe.xadd(
+            key,
+            {"event": event, "data": json.dumps(data)},
+            maxlen=self.events_maxlen,
+            approximate=True,
+        )
+        pipe.expire(key, self.ttl)
+        return pipe.execute()[0]
+
+    # -- retention -------------------------------------------------------------------------
+    def expired_jobs(self, limit: int = 100) -> list[str]:
+        """Finished jobs whose documents have expired: their results can go."""
+        return list(self.r.zrangebyscore(self.key("expiry"), "-inf", time.time(), 0, limit))
+
+    def forget_expired(self, job_ids: list[str]) -> None:
+        if job_ids:
+            self.r.zrem(self.key("expiry"), *job_ids)
 
     # -- workers ---------------------------------------------------------------------------
     def heartbeat(self, name: str, info: dict[str, Any], ttl: float) -> None:
         payload = info | {"name": name, "time": time.time()}
         self.r.set(self.key("worker", name), json.dumps(payload), px=int(ttl * 1000))
 
+    def remove_heartbeat(self, name: str) -> None:
+        self.r.delete(self.key("worker", name))
+
     def workers(self) -> list[dict[str, Any]]:
         keys = list(self.r.scan_iter(match=self.key("worker", "*"), count=100))
         vals = self.r.mget(keys) if keys else []
         return [json.loads(v) for v in vals if v]
 
-    # -- stats (for /metrics, written by workers) -------------------------------------------
+    def redis_uptime(self) -> float:
+        """Seconds since the Redis server started (leases need that long to be trusted)."""
+        return float(self.r.info("server").get("uptime_in_seconds", 0))
+
+    # -- stats (for /metrics) --------------------------------------------------------------
     def incr_stat(self, field: str, amount: float = 1) -> None:
         self.r.hincrbyfloat(self.key("stats"), field, amount)
 
     def observe(self, name: str, value: float, buckets: Sequence[float]) -> None:
         """Add one observation to a cumulative histogram kept as hash fields."""
         pipe = self.r.pipeline()
-        key = self.key("stats")
-        for b in buckets:
-            if value <= b:
-                pipe.hincrbyfloat(key, f"{name}_bucket:{b}", 1)
-        pipe.hincrbyfloat(key, f"{name}_bucket:+Inf", 1)
-        pipe.hincrbyfloat(key, f"{name}_sum", value)
-        pipe.hincrbyfloat(key, f"{name}_count", 1)
+        for f, amount in histogram_fields(name, value, buckets):
+            pipe.hincrbyfloat(self.key("stats"), f, amount)
         pipe.execute()
 
     def stats(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.r.hgetall(self.key("stats")).items()}
+
+
+_CANCELED_QUEUED = {"type": "Canceled", "message": "canceled before it started"}

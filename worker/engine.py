@@ -77,7 +77,7 @@ class EngineJob:
     on_progress: ProgressFn | None = None
     done: threading.Event = field(default_factory=threading.Event)
     cancel: threading.Event = field(default_factory=threading.Event)
-    status: str = "pending"  # -> succeeded | failed | canceled
+    status: str = "pending"  # -> succeeded | failed | canceled | interrupted (engine stopped)
     error: JobFailed | None = None
     images: torch.Tensor | None = None  # (count, C, H, W) on CPU, in [-1, 1]
     frames: list[torch.Tensor] = field(default_factory=list)  # grids' sources, (count, C, H, W)
@@ -152,6 +152,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
+        self.last_beat = time.monotonic()
 
     # -- public, any thread -----------------------------------------------------------------
     def start(self) -> Engine:
@@ -172,9 +173,19 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, spec: GenSpec, on_progress: ProgressFn | None = None) -> EngineJob:
-        """Queue ``spec``; the returned job's ``done`` is set when it has finished."""
-        job = EngineJob(spec, on_progress)
+    def submit(
+        self,
+        spec: GenSpec,
+        on_progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EngineJob:
+        """Queue ``spec``; the returned job's ``done`` is set when it has finished. Setting
+        ``cancel`` (or the job's own ``cancel``) stops it at the next step."""
+        job = (
+            EngineJob(spec, on_progress)
+            if cancel is None
+            else EngineJob(spec, on_progress, cancel=cancel)
+        )
         with self._cond:
             if self._stop:
                 raise RuntimeError("engine stopped")
@@ -188,6 +199,12 @@ class Engine:
 
     def active_jobs(self) -> int:
         return len(self._active) + len(self._pending)
+
+    def alive(self, within: float) -> bool:
+        """Whether the engine thread made progress in the last ``within`` seconds (or has
+        nothing to do): a wedged engine stops renewing its jobs' leases."""
+        busy = bool(self._rows or self._pending)
+        return not busy or time.monotonic() - self.last_beat < within
 
     def take_batch_sizes(self) -> list[int]:
         """Batch sizes recorded since the last call (for the shared metrics)."""
@@ -217,6 +234,7 @@ class Engine:
                     if self._stop:
                         break
                     new, self._pending = self._pending, []
+                self.last_beat = time.monotonic()
                 try:
                     for job in new:
                         self._admit(job)
@@ -228,7 +246,7 @@ class Engine:
                     for job in list(self._active):
                         self._finish(job, "failed", JobFailed("EngineError", repr(exc)))
         for job in self._active + self._pending:
-            self._finish(job, "failed", JobFailed("WorkerShutdown", "the worker is shutting down"))
+            self._finish(job, "interrupted", JobFailed("WorkerShutdown", "the worker stopped"))
 
     def _model(self, spec: GenSpec) -> tuple[tuple, Checkpoint]:
         path = Path(spec.checkpoint_path).resolve()

@@ -1,76 +1,135 @@
-"""What running generation jobs of one worker share with Redis, done by one thread.
+"""The leases of one worker's running jobs, kept alive by one thread.
 
-Progress updates and cancel checks are per job, but a worker runs many jobs at
-once (continuous batching): one Redis round trip per job per update would load
-the engine thread (which reports progress) and the GIL (many polling task
-threads). The monitor coalesces them: the engine only records the latest
-progress of a job in memory; every ``interval`` one pipeline writes all pending
-progress (job hash + event stream) and reads every watched job's cancel flag.
+Every running job holds a lease in Redis that expires unless renewed (the reaper
+re-queues jobs whose lease expired: their worker died). A worker runs many jobs
+at once, so one thread renews them all: every ``interval`` one pipeline renews
+each held lease, writes the job's latest progress (fenced by its attempt) and
+reads back whether a cancel was requested or the lease was lost. The engine and
+the training loop only record progress in memory; they never wait on Redis, and
+a Redis outage costs them nothing (the next tick after it retries).
+
+A job whose runner has stalled (``alive()`` false for ``stall_timeout``: a wedged
+engine or training loop) is no longer renewed, so another worker takes it over.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
+
+import redis
 
 from app.logs import log_event
 from app.store import JobStore
 
-__all__ = ["JobMonitor"]
+__all__ = ["Held", "JobMonitor"]
 
 log = logging.getLogger("ddpm.monitor")
 
 
-class JobMonitor:
-    """Batched progress writes and cancel-flag reads for the jobs of one worker process."""
+@dataclass(eq=False)
+class Held:
+    """A job this worker runs under a lease. ``cancel`` is set when a cancel is requested or
+    the lease is lost (then ``lost`` too: the attempt's outcome will be discarded)."""
 
-    def __init__(self, store: JobStore, interval: float = 0.2) -> None:
+    job_id: str
+    kind: str
+    attempt: int
+    alive: Callable[[], bool] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+    pending: dict[str, Any] | None = None
+
+    def progress(self, data: dict[str, Any]) -> None:
+        """Record the latest progress event data (written at the monitor's next tick)."""
+        self.pending = data  # one reference swap: atomic under the GIL
+
+
+class JobMonitor:
+    """Lease renewal, fenced progress writes and cancel checks for one worker process."""
+
+    def __init__(self, store: JobStore, interval: float = 0.25) -> None:
         self.store = store
         self.interval = max(0.02, interval)
         self._lock = threading.Lock()
-        self._pending: dict[str, dict[str, Any]] = {}
-        self._watched: dict[str, threading.Event] = {}
+        self._held: dict[str, Held] = {}
         self._stop = threading.Event()
+        self._failing_since: float | None = None
         self._thread = threading.Thread(target=self._loop, name="ddpm-job-monitor", daemon=True)
         self._thread.start()
 
-    def progress(self, job_id: str, progress: dict[str, Any]) -> None:
-        """Record the latest progress of a job (no I/O; written at the next tick)."""
+    def hold(
+        self, job_id: str, kind: str, attempt: int, alive: Callable[[], bool] | None = None
+    ) -> Held:
+        """Keep the lease of a just-claimed job alive until :meth:`release`."""
+        held = Held(job_id, kind, attempt, alive)
         with self._lock:
-            self._pending[job_id] = progress
+            self._held[job_id] = held
+        return held
 
-    def watch(self, job_id: str, cancel: threading.Event) -> None:
-        """Set ``cancel`` when the job's cancel flag appears in Redis."""
+    def release(self, held: Held) -> None:
         with self._lock:
-            self._watched[job_id] = cancel
+            if self._held.get(held.job_id) is held:
+                del self._held[held.job_id]
 
-    def release(self, job_id: str) -> None:
-        """Stop watching the job and write its last progress now (before its final status)."""
+    def held(self) -> list[Held]:
         with self._lock:
-            self._watched.pop(job_id, None)
-            last = self._pending.pop(job_id, None)
-        if last is not None:
-            self.store.record_progress({job_id: last})
+            return list(self._held.values())
 
     def flush(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, {}
-            watched = dict(self._watched)
-        if pending:
-            self.store.record_progress(pending)
-        if watched:
-            ids = list(watched)
-            for job_id, flagged in zip(ids, self.store.cancel_flags(ids), strict=True):
-                if flagged:
-                    watched[job_id].set()
+        """One tick: renew every live lease and write pending progress, per job kind."""
+        by_kind: dict[str, list[Held]] = {}
+        for h in self.held():
+            if h.alive is None or h.alive():
+                by_kind.setdefault(h.kind, []).append(h)
+        for kind, items in by_kind.items():
+            progress = {}
+            for h in items:
+                data, h.pending = h.pending, None
+                if data is not None:
+                    progress[h.job_id] = data
+            try:
+                states = self.store.renew(kind, {h.job_id: h.attempt for h in items}, progress)
+            except Exception:
+                for h in items:  # keep the newest progress for the next tick
+                    if h.job_id in progress and h.pending is None:
+                        h.pending = progress[h.job_id]
+                raise
+            for h in items:
+                state = states.get(h.job_id, 0)
+                if state < 0 and not h.lost.is_set():
+                    h.lost.set()
+                    h.cancel.set()
+                    log_event(
+                        log,
+                        "lease lost: another attempt owns the job or it finished; stopping",
+                        logging.WARNING,
+                        job_id=h.job_id,
+                        attempt=h.attempt,
+                    )
+                elif state > 0 and not h.cancel.is_set():
+                    h.cancel.set()
+                    log_event(log, "cancel requested", job_id=h.job_id)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 self.flush()
-            except Exception as exc:  # noqa: BLE001 - Redis hiccups: the next tick retries
-                log_event(log, "job monitor tick failed", logging.WARNING, error=repr(exc))
+                if self._failing_since is not None:
+                    down = time.monotonic() - self._failing_since
+                    log_event(log, "job store reachable again", down_s=round(down, 1))
+                    self._failing_since = None
+            except redis.RedisError as exc:
+                # Redis is down or restarting: the leases are renewed when it is back.
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                    log_event(log, "lease renewal failed", logging.WARNING, error=repr(exc))
+            except Exception as exc:  # noqa: BLE001 - the monitor must outlive any bug
+                log_event(log, "job monitor tick failed", logging.ERROR, error=repr(exc))
 
     def stop(self) -> None:
         self._stop.set()

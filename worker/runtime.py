@@ -1,4 +1,5 @@
-"""Per-process worker state: settings, store, registry, the engine, the heartbeat."""
+"""Per-process worker state: settings, store, registry, the engine, the monitor, and the
+background threads (heartbeat and reaper)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import logging
 import os
 import socket
 import threading
-import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -17,11 +18,13 @@ from app.metrics import BATCH_BUCKETS
 from app.registry import Registry
 from app.results import ResultStore, make_result_store
 from app.settings import Settings, get_settings
-from app.store import JobStore, connect
+from app.store import JobStore, connect, store_from_settings
 
 __all__ = ["Runtime", "get_runtime"]
 
 log = logging.getLogger("ddpm.worker")
+
+_RUN = 1  # celery.bootsteps.RUN: the consumer's blueprint is running
 
 
 @dataclass
@@ -34,19 +37,30 @@ class Runtime:
     registry: Registry
     name: str
     queues: list[str] = field(default_factory=list)
-    _engine: object | None = None
-    _monitor: object | None = None
+    consumer: Any = None  # Celery's consumer, to tell whether it is consuming
+    _engine: Any = None
+    _monitor: Any = None
+    _celery: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _hb: threading.Thread | None = None
+    _threads: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
-    hooks: list = field(default_factory=list)  # called from the heartbeat thread
 
     def results(self, kind: str) -> ResultStore:
         s = self.settings
         return make_result_store(kind, s.data_dir, self.bin_redis, s.key_prefix, s.job_ttl)
 
-    def monitor(self):
-        """The process's job monitor (batched progress writes and cancel checks)."""
+    @property
+    def celery(self) -> Any:
+        """A Celery app for sending tasks (re-queued jobs) with this runtime's settings."""
+        with self._lock:
+            if self._celery is None:
+                from app.queue import make_celery
+
+                self._celery = make_celery(self.settings)
+            return self._celery
+
+    def monitor(self) -> Any:
+        """The process's job monitor (lease renewal, progress writes, cancel checks)."""
         with self._lock:
             if self._monitor is None:
                 from .monitor import JobMonitor
@@ -54,7 +68,7 @@ class Runtime:
                 self._monitor = JobMonitor(self.store, self.settings.progress_interval)
             return self._monitor
 
-    def engine(self):
+    def engine(self) -> Any:
         """The process's generation engine, started on first use (it owns the device)."""
         with self._lock:
             if self._engine is None:
@@ -77,45 +91,82 @@ class Runtime:
                 ).start()
             return self._engine
 
+    def consuming(self) -> bool:
+        """Whether Celery's consumer is connected to the broker and running."""
+        c = self.consumer
+        if c is None:
+            return False
+        blueprint = getattr(c, "blueprint", None)
+        return (
+            getattr(c, "connection", None) is not None and getattr(blueprint, "state", None) == _RUN
+        )
+
     def heartbeat_once(self) -> None:
-        info: dict = {"queues": self.queues, "pid": os.getpid(), "device": self.settings.device}
+        info: dict = {
+            "queues": self.queues,
+            "pid": os.getpid(),
+            "device": self.settings.device,
+            "consuming": self.consuming(),
+        }
         eng = self._engine
         if eng is not None:
-            info |= eng.info()  # type: ignore[attr-defined]
-            sizes = eng.take_batch_sizes()  # type: ignore[attr-defined]
-            for size in sizes:
+            info |= eng.info()
+            for size in eng.take_batch_sizes():
                 self.store.observe("batch_size", size, BATCH_BUCKETS)
-            recent = list(eng.batch_sizes)[-1000:]  # type: ignore[attr-defined]
+            recent = list(eng.batch_sizes)[-1000:]
             if recent:
                 info["recent_batch_mean"] = round(sum(recent) / len(recent), 3)
                 info["recent_batch_max"] = max(recent)
         self.store.heartbeat(self.name, info, self.settings.heartbeat_ttl)
 
-    def start_heartbeat(self) -> None:
-        with self._lock:
-            if self._hb is not None:
-                return
-            self._hb = threading.Thread(target=self._beat, name="ddpm-heartbeat", daemon=True)
-            self._hb.start()
+    def start_background(self) -> None:
+        """Start the heartbeat and the reaper (once)."""
+        from .reaper import Reaper
 
-    def _beat(self) -> None:
-        interval = max(0.5, min(5.0, self.settings.heartbeat_ttl / 3))
+        with self._lock:
+            if self._threads:
+                return
+            reaper = Reaper(self.store, None, self.settings)
+            hb_every = max(0.5, min(2.0, self.settings.heartbeat_ttl / 4))
+            self._threads = [
+                threading.Thread(
+                    target=self._every,
+                    args=("heartbeat", hb_every, self.heartbeat_once),
+                    name="ddpm-heartbeat",
+                    daemon=True,
+                ),
+                threading.Thread(
+                    target=self._every,
+                    args=("reaper", self.settings.reaper_interval, reaper.tick),
+                    name="ddpm-reaper",
+                    daemon=True,
+                ),
+            ]
+        reaper.celery = self.celery
+        for t in self._threads:
+            t.start()
+
+    def _every(self, what: str, interval: float, fn: Any) -> None:
+        failing = False
         while not self._stop.is_set():
             try:
-                self.heartbeat_once()
-                for hook in self.hooks:
-                    hook(self)
-            except Exception as exc:  # noqa: BLE001 - keep beating through Redis hiccups
-                log_event(log, "heartbeat failed", logging.WARNING, error=str(exc))
+                fn()
+                failing = False
+            except redis.RedisError as exc:
+                if not failing:  # say it once per outage
+                    log_event(log, f"{what} failed", logging.WARNING, error=repr(exc))
+                failing = True
+            except Exception as exc:  # noqa: BLE001 - keep the thread alive
+                log_event(log, f"{what} failed", logging.ERROR, error=repr(exc))
             self._stop.wait(interval)
 
     def shutdown(self) -> None:
         self._stop.set()
         with contextlib.suppress(redis.RedisError):
-            self.store.r.delete(self.store.key("worker", self.name))
+            self.store.remove_heartbeat(self.name)
         eng = self._engine
         if eng is not None:
-            eng.stop()  # type: ignore[attr-defined]
+            eng.stop()
 
 
 _runtime: Runtime | None = None
@@ -132,17 +183,8 @@ def get_runtime(hostname: str | None = None, queues: list[str] | None = None) ->
             url = s.broker_url
             name = f"{hostname or socket.gethostname()}:{os.getpid()}"
             _runtime = Runtime(
-                s,
-                JobStore(connect(url), s.key_prefix, s.job_ttl, s.events_maxlen),
-                connect(url, decode=False),
-                Registry(s.data_dir),
-                name,
-                queues or [],
+                s, store_from_settings(s), connect(url, decode=False), Registry(s.data_dir), name
             )
-        elif queues:
+        if queues:
             _runtime.queues = queues
         return _runtime
-
-
-def _uptime() -> float:
-    return time.monotonic()

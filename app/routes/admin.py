@@ -27,6 +27,17 @@ def train(
 ) -> JobDocument:
     """Queue a training job (kind ``train``) that publishes a new checkpoint version."""
     request = normalise_train(body, settings, registry)
-    job_id, _ = submit_job("train", request, settings, store, celery, idempotency_key)
+    job_id, created = submit_job(
+        "train",
+        request,
+        settings,
+        store,
+        celery,
+        client="admin",
+        idem_key=idempotency_key,
+        body=body.model_dump(mode="json"),
+    )
     response.headers["Location"] = f"/jobs/{job_id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
     return job_document(store, job_id)

@@ -26,8 +26,8 @@ def healthz() -> dict:
 def readyz(
     store: JobStore = Depends(get_store), settings: Settings = Depends(get_settings_dep)
 ) -> JSONResponse:
-    """Ready when Redis answers and a generation worker's heartbeat is present; 503 with
-    the reason otherwise."""
+    """Ready when Redis answers and a generation worker's heartbeat says it is consuming
+    from the broker; 503 with the reason otherwise."""
     try:
         store.ping()
         workers = store.workers()
@@ -38,6 +38,11 @@ def readyz(
         return JSONResponse(
             {"status": "unavailable", "reason": "no generation worker heartbeat"}, 503
         )
+    if not any(w.get("consuming") for w in gen):
+        return JSONResponse(
+            {"status": "unavailable", "reason": "no generation worker is consuming"},
+            503,
+        )
     return JSONResponse(
         {
             "status": "ok",
@@ -46,6 +51,7 @@ def readyz(
                     "name": w["name"],
                     "device": w.get("device"),
                     "age_s": round(time.time() - w.get("time", 0), 2),
+                    "consuming": bool(w.get("consuming")),
                 }
                 for w in workers
             ],

@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from ..deps import (
+    client_id,
     get_celery,
     get_registry,
     get_results,
@@ -40,10 +41,20 @@ def generate(
     store: JobStore = Depends(get_store),
     registry: Registry = Depends(get_registry),
     celery: Celery = Depends(get_celery),
+    client: str = Depends(client_id),
 ) -> JobDocument:
     """Queue a generation job: 202 with ``Location: /jobs/{id}`` and the job document."""
     request = normalise_generate(body, settings, registry)
-    job_id, created = submit_job("generate", request, settings, store, celery, idempotency_key)
+    job_id, created = submit_job(
+        "generate",
+        request,
+        settings,
+        store,
+        celery,
+        client=client,
+        idem_key=idempotency_key,
+        body=body.model_dump(mode="json"),
+    )
     response.headers["Location"] = f"/jobs/{job_id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -111,7 +122,8 @@ def _result(store: JobStore, results_for, job_id: str, name: str, media: str) ->
             409 if doc["status"] not in ("failed", "canceled") else 404,
             f"job {job_id} is {doc['status']}: no results",
         )
-    data = results_for(doc.get("result_store") or "disk").get(job_id, name)
+    store_kind = doc.get("result_store") or "disk"
+    data = results_for(store_kind).get(job_id, name, doc.get("result_attempt"))
     if data is None:
         raise ApiError(404, f"{name} not found for job {job_id}")
     return Response(data, media_type=media, headers={"Cache-Control": "max-age=3600"})

@@ -179,9 +179,9 @@ class WorkerProcess:
 
 
 def store_for(settings):
-    from app.store import JobStore, connect
+    from app.store import store_from_settings
 
-    return JobStore(connect(settings.redis_url), settings.key_prefix, settings.job_ttl)
+    return store_from_settings(settings)
 
 
 def make_client(settings):

