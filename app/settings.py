@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     redis_password: str | None = Field(
         None, description="Redis password, added to redis_url when the URL carries none"
     )
+    redis_maxmemory: str | None = Field(
+        None, description='memory cap of the embedded Redis, e.g. "2gb" (noeviction)'
+    )
     data_dir: Path = Path("data")
     device: str = "auto"
     max_count: int = Field(64, ge=1)
@@ -97,11 +100,16 @@ class Settings(BaseSettings):
         """The Redis URL to use: the configured one, else the embedded server's, if running;
         with ``redis_password`` filled in when the URL has no password of its own."""
         if self.redis_url:
-            url = self.redis_url
-        else:
-            f = redis_url_file(self.data_dir)
-            url = f.read_text().strip() if f.exists() else "redis://127.0.0.1:6379/0"
-        return with_password(url, self.redis_password)
+            return with_password(self.redis_url, self.redis_password)
+        f = redis_url_file(self.data_dir)
+        if not f.exists():
+            return with_password("redis://127.0.0.1:6379/0", self.redis_password)
+        # The embedded Redis of `ddpm serve`: its password lives beside it (0600).
+        password = self.redis_password
+        secret = Path(self.data_dir) / "redis_password"
+        if password is None and secret.exists():
+            password = secret.read_text().strip()
+        return with_password(f.read_text().strip(), password)
 
 
 def with_password(url: str, password: str | None) -> str:

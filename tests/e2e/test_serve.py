@@ -116,3 +116,55 @@ def test_serve_generate_train_and_stop(served):
     with pytest.raises(httpx.TransportError):
         client.get("/healthz", timeout=2)
     assert not (data / "redis" / "url").exists()
+
+
+def _child_pids(parent: int) -> dict[str, int]:
+    """The children of ``ddpm serve`` by role (gen/train worker, api, redis)."""
+    out = subprocess.run(
+        ["ps", "-ww", "-o", "pid=,args=", "--ppid", str(parent)], capture_output=True, text=True
+    ).stdout
+    roles = {}
+    for line in out.splitlines():
+        pid, args = line.strip().split(" ", 1)
+        for role, mark in (("gen", "-Q gen"), ("train", "-Q train"), ("api", "uvicorn")):
+            if mark in args:
+                roles[role] = int(pid)
+        if "redis-server" in args:
+            roles["redis"] = int(pid)
+    return roles
+
+
+def test_serve_restarts_dead_children_and_secures_redis(served):
+    """A SIGKILLed worker or Redis is restarted by `ddpm serve`, which keeps serving; the
+    embedded Redis binds loopback, needs its password and refuses CONFIG."""
+    import redis
+
+    client, data, proc, log = served
+    secret = data / "redis_password"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    url = (data / "redis" / "url").read_text().strip()
+    assert url.startswith("redis://127.0.0.1:") and "@" not in url
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(url).ping()
+    r = redis.Redis.from_url(url, password=secret.read_text().strip())
+    assert r.ping()
+    with pytest.raises(redis.ResponseError):
+        r.config_set("dir", "/tmp")
+
+    pids = _child_pids(proc.pid)
+    os.kill(pids["gen"], signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    while (new := _child_pids(proc.pid).get("gen")) in (None, pids["gen"]):
+        assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.2)
+    os.kill(pids["redis"], signal.SIGKILL)
+    r = client.post("/generate", json={"count": 2, "seed": 5, "steps": 5})
+    while r.status_code == 503:  # the store is restarting
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.5)
+        r = client.post("/generate", json={"count": 2, "seed": 5, "steps": 5})
+    assert r.status_code == 202, r.text
+    doc = wait_job(client, r.json()["id"], timeout=120)
+    assert doc["status"] == "succeeded", (doc, log.read_text()[-3000:])
+    assert "gen exited with code -9; restarting" in log.read_text()
+    assert _child_pids(proc.pid)["gen"] == new and proc.poll() is None
