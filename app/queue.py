@@ -135,6 +135,7 @@ def _tolerate_detached_transport() -> None:
         return original(self, asynchronous=asynchronous)
 
     _connparams._ddpm_patched = True  # type: ignore[attr-defined]
+    _connparams.__wrapped__ = original  # type: ignore[attr-defined]
     kombu_redis.Channel._connparams = _connparams
 
 

@@ -141,7 +141,7 @@ class Cluster:
 
     def tail(self, name: str) -> str:
         path = self.workdir / f"{name}.{self.starts.get(name, 1)}.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+        return path.read_text(errors="replace")[-20000:] if path.exists() else ""
 
     def down(self) -> None:
         for p in self.procs.values():
