@@ -103,10 +103,10 @@ def test_non_finite_weights_are_rejected(tmp_path: Path) -> None:
     "mutate,message",
     [
         (lambda d: d.update(format_version=99), "format_version"),
-        (lambda d: d["unet"].update(base_channels="x"), "invalid config"),
+        (lambda d: d["unet"].update(base_channels="x"), "unet.base_channels must be an integer"),
         (lambda d: d.update(variance_type="learned"), "variance_type"),
         (lambda d: d.update(default_steps=5000), "default_steps"),
-        (lambda d: d["schedule"].update(kind="sigmoid"), "unknown schedule"),
+        (lambda d: d["schedule"].update(kind="sigmoid"), "schedule.kind must be one of"),
         (lambda d: d.pop("unet"), "unet"),
     ],
 )
