@@ -507,7 +507,15 @@ def activation_bytes(cfg: UNetConfig) -> int:
 
 
 class ModelTooLarge(ConfigError):
-    """The network a config describes exceeds a size limit."""
+    """The network a config describes exceeds a size limit: ``limit`` is ``"params"`` or
+    ``"activation_bytes"``."""
+
+    def __init__(self, field: str, problem: str, limit: str = "params") -> None:
+        super().__init__(field, problem)
+        self.limit = limit
+
+    def within(self, prefix: str) -> ModelTooLarge:
+        return ModelTooLarge(f"{prefix}.{self.field}", self.problem, self.limit)
 
 
 def check_model_size(
@@ -520,14 +528,13 @@ def check_model_size(
     (None: no limit). Nothing is allocated."""
     params = parameter_count(cfg)
     if max_params is not None and params > max_params:
-        raise ModelTooLarge(
-            field, f"describes a model of {params:,} parameters, above the limit of {max_params:,}"
-        )
+        raise ModelTooLarge(field, f"has {params:,} parameters, above the limit of {max_params:,}")
     act = activation_bytes(cfg)
     if max_activation_bytes is not None and act > max_activation_bytes:
         raise ModelTooLarge(
             field,
-            f"describes a model needing about {act / 2**30:,.2f} GiB of activations per image, "
+            f"needs about {act / 2**30:,.2f} GiB of activations per image, "
             f"above the limit of {max_activation_bytes / 2**30:,.2f} GiB",
+            "activation_bytes",
         )
     return params, act
