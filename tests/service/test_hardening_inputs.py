@@ -258,3 +258,24 @@ def test_size_settings_default_to_the_library_limits() -> None:
     assert fields["max_activation_bytes"].default == DEFAULT_MAX_ACTIVATION_BYTES
     limits = Settings(max_model_params=5, max_activation_bytes=6).model_limits
     assert limits == {"max_params": 5, "max_activation_bytes": 6}
+
+
+def test_engine_loads_checkpoints_within_the_size_settings(monkeypatch, tmp_path) -> None:
+    from app.settings import get_settings
+    from worker.engine import Engine, GenSpec
+
+    ck = str(make_tiny_checkpoint(tmp_path / "ck"))  # 651,041 parameters
+    monkeypatch.setenv("DDPM_MAX_MODEL_PARAMS", "600000")
+    get_settings.cache_clear()
+    try:
+        engine = Engine("cpu", threads=1).start()
+        try:
+            job = engine.submit(GenSpec("j", ck, "ck", count=1, seed=0, steps=2))
+            assert job.wait(60)
+        finally:
+            engine.stop()
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert job.status == "failed" and job.error.type == "CheckpointError"
+    assert "651,041 parameters, above the limit of 600,000" in job.error.message
