@@ -47,6 +47,7 @@ __all__ = [
     "save_checkpoint",
     "load_weights",
     "load_checkpoint",
+    "non_finite_tensors",
 ]
 
 MODEL_FILE, EMA_FILE, SAMPLES_FILE = "model.safetensors", "ema.safetensors", "samples.png"
@@ -73,8 +74,13 @@ def _state_dict(weights: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch
     return {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in sd.items()}
 
 
-def _non_finite(state: dict[str, torch.Tensor]) -> list[str]:
-    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity (one device sync)."""
+    names = [k for k, v in tensors.items() if v.is_floating_point()]
+    if not names:
+        return []
+    ok = torch.stack([torch.isfinite(tensors[k]).all() for k in names]).cpu().tolist()
+    return [k for k, good in zip(names, ok, strict=True) if not good]
 
 
 def save_checkpoint(
@@ -99,7 +105,7 @@ def save_checkpoint(
         raise FileExistsError(f"{dest} already exists")
     weights = {MODEL_FILE: _state_dict(model), EMA_FILE: _state_dict(ema or model)}
     for name, state in weights.items():
-        bad = _non_finite(state)
+        bad = non_finite_tensors(state)
         if bad:
             raise CheckpointError(dest / name, f"refusing to save non-finite values in {bad[:3]}")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +159,7 @@ def load_weights(file: Path, model: nn.Module) -> None:
         problems.append(f"shape mismatch: {wrong[:3]}")
     if problems:
         raise CheckpointError(file, "weights do not match config.json: " + "; ".join(problems))
-    bad = _non_finite(state)
+    bad = non_finite_tensors(state)
     if bad:
         raise CheckpointError(file, f"non-finite values in {bad[:3]}")
     model.load_state_dict(state, strict=True)

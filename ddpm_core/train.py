@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, CheckpointConfig, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointConfig, non_finite_tensors, save_checkpoint
 from .checkpoint_config import scrub_paths
 from .data import ImageDataset, load_dataset
 from .diffusion import diffusion_loss, q_sample
@@ -255,15 +255,6 @@ def build_unet_config(cfg: TrainConfig, num_classes: int | None) -> UNetConfig:
     )
 
 
-def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the floating-point tensors holding a NaN or an infinity."""
-    names = [k for k, v in tensors.items() if v.is_floating_point()]
-    if not names:
-        return []
-    ok = torch.stack([torch.isfinite(tensors[k]).all() for k in names]).cpu()
-    return [k for k, good in zip(names, ok.tolist(), strict=True) if not good]
-
-
 def _public_name(path: str | None) -> str | None:
     """A dataset or directory by name: the last component of a path, never the path."""
     return None if path is None else (Path(path).name or str(path))
@@ -474,7 +465,7 @@ def train(
         for which, tensors in (("weights", dict(model.named_parameters())), ("EMA", ema.shadow)):
             if which == "EMA" and not with_ema:
                 continue
-            bad = _non_finite(tensors)
+            bad = non_finite_tensors(tensors)
             if bad:
                 raise TrainingDiverged(
                     f"training diverged: the {which} became non-finite by step {step} "

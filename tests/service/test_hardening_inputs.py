@@ -76,7 +76,7 @@ def test_training_networks_are_bounded_by_the_size_settings(isolated) -> None:
         r = _train(client, {"preset": "ddpm-cifar10", "image_size": 512, "channels": 3})
         assert r.status_code == 422, r.text
         assert "DDPM_MAX_ACTIVATION_BYTES" in _detail(r)["options.image_size"]
-    _, client = isolated(max_model_params=600_000)  # the tiny preset has 652,195
+    _, client = isolated(max_model_params=600_000)  # one-channel tiny: 651,041
     with client:
         assert "options.image_size" in _detail(_train(client, {"steps": 5}))
         r = _train(client, {"steps": 5, "unet_overrides": {"base_channels": 16}})
