@@ -469,7 +469,7 @@ def train(
             if bad:
                 raise TrainingDiverged(
                     f"training diverged: the {which} became non-finite by step {step} "
-                    f"(e.g. {bad[:3]}); nothing is saved. Check lr, weight_decay, grad_clip."
+                    f"(e.g. {bad[:3]}); nothing more is saved. Check lr, weight_decay, grad_clip."
                 )
 
     check_weights(start_step, with_ema=True)
@@ -590,7 +590,7 @@ def train(
         if nonfinite_run > MAX_NONFINITE_STEPS:
             raise TrainingDiverged(
                 f"training diverged: the loss was not finite for {nonfinite_run} consecutive "
-                f"steps (up to step {step + 1}); nothing is saved. Check the data, lr, precision."
+                f"steps (up to step {step + 1}); nothing more is saved. Check data, lr, precision."
             )
         step += 1
         window_n += per_step
