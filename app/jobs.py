@@ -10,17 +10,27 @@ from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError
+from pydantic import ValidationError
+
+from ddpm_core.unet_config import (
+    ModelTooLarge,
+    UNetConfig,
+    check_model_size,
+    training_unet_config,
+)
 
 from .logs import log_event
 from .queue import TASK_OF
-from .registry import InvalidName, NotFound, Registry, ResolvedCheckpoint
-from .schemas import GenerateRequest, JobDocument, TrainRequest
+from .registry import InvalidCheckpoint, InvalidName, NotFound, Registry, ResolvedCheckpoint
+from .schemas import GenerateRequest, JobDocument, TrainOptions, TrainRequest
 from .settings import Settings
 from .store import ClientLimit, IdempotencyConflict, JobStore, QueueFull, fingerprint
 
 __all__ = [
     "ApiError",
     "normalise_generate",
+    "normalise_train",
+    "validate_train_options",
     "submit_job",
     "job_document",
     "cancel_job",
@@ -46,10 +56,25 @@ class ApiError(Exception):
 def _resolve(registry: Registry, ref: str, field: str = "checkpoint") -> ResolvedCheckpoint:
     try:
         return registry.resolve(ref)
-    except InvalidName as exc:
+    except (InvalidName, InvalidCheckpoint) as exc:
         raise ApiError(422, str(exc), field) from None
     except NotFound as exc:
         raise ApiError(404, str(exc)) from None
+
+
+_LIMIT_SETTINGS = {
+    "params": "DDPM_MAX_MODEL_PARAMS",
+    "activation_bytes": "DDPM_MAX_ACTIVATION_BYTES",
+}
+
+
+def _check_size(unet: UNetConfig, settings: Settings, what: str, field: str) -> None:
+    """ApiError 422 on ``field`` when the network ``unet`` is over the size settings."""
+    try:
+        check_model_size(unet, settings.max_model_params, settings.max_activation_bytes)
+    except ModelTooLarge as exc:
+        msg = f"{what} {exc.problem} ({_LIMIT_SETTINGS[exc.limit]})"
+        raise ApiError(422, msg, field) from None
 
 
 def normalise_generate(
@@ -59,23 +84,21 @@ def normalise_generate(
 
     Returns the normalised request (resolved seed and ``name@version``)."""
     ckpt = _resolve(registry, req.checkpoint or settings.default_checkpoint)
-    cfg = ckpt.config
-    T = int((cfg.get("schedule") or {}).get("num_train_timesteps", 1000))
-    num_classes = cfg.get("num_classes") or (cfg.get("unet") or {}).get("num_classes")
+    cfg = ckpt.spec
+    assert cfg is not None  # resolve validates by default
+    _check_size(cfg.unet, settings, f"checkpoint {ckpt.ref}", "checkpoint")
+    T = cfg.num_train_timesteps
+    num_classes = cfg.num_classes
     if req.count > settings.max_count:
         raise ApiError(422, f"count must be at most {settings.max_count}", "count")
-    steps = req.steps if req.steps is not None else int(cfg.get("default_steps", 100))
+    steps = req.steps if req.steps is not None else cfg.default_steps
     max_steps = min(T, settings.max_steps)
     if steps > max_steps:
         raise ApiError(422, f"steps must be at most {max_steps} for this checkpoint", "steps")
-    sampler = req.sampler or cfg.get("default_sampler", "ddim")
+    sampler = req.sampler or cfg.default_sampler
     if req.eta is not None and sampler != "ddim":
         raise ApiError(422, "eta applies to the ddim sampler only", "eta")
-    eta = (
-        (req.eta if req.eta is not None else float(cfg.get("default_eta", 0.0)))
-        if sampler == "ddim"
-        else 0.0
-    )
+    eta = (req.eta if req.eta is not None else cfg.default_eta) if sampler == "ddim" else 0.0
     if req.label is not None:
         if not num_classes:
             raise ApiError(422, "this checkpoint is unconditional: label is not accepted", "label")
@@ -88,9 +111,7 @@ def normalise_generate(
     guidance = None
     if req.label is not None:
         guidance = (
-            req.guidance_scale
-            if req.guidance_scale is not None
-            else float(cfg.get("default_guidance_scale", 1.0))
+            req.guidance_scale if req.guidance_scale is not None else cfg.default_guidance_scale
         )
     frames_max = min(settings.max_trajectory_frames, steps)
     if req.trajectory_frames > frames_max:
@@ -107,19 +128,53 @@ def normalise_generate(
         "guidance_scale": guidance,
         "use_ema": req.use_ema,
         "trajectory_frames": req.trajectory_frames,
-        "image_size": cfg.get("image_size"),
-        "channels": cfg.get("channels"),
+        "image_size": cfg.image_size,
+        "channels": cfg.channels,
     }
+
+
+def _first_error(exc: ValidationError, prefix: str) -> ApiError:
+    e = exc.errors()[0]
+    field = ".".join([prefix, *(str(p) for p in e.get("loc", ()))])
+    return ApiError(422, e.get("msg", "invalid"), field)
+
+
+def validate_train_options(
+    options: dict[str, Any] | TrainOptions, settings: Settings
+) -> TrainOptions:
+    """Training options checked as ``POST /train`` checks them: the model (types, ranges,
+    the network's config), the dataset folder under DATA_DIR/datasets, and the network's
+    size against ``max_model_params``/``max_activation_bytes``. For the worker, too, to
+    re-validate what it reads from Redis. ApiError 422 naming ``options.<field>``."""
+    if not isinstance(options, TrainOptions):
+        try:
+            options = TrainOptions.model_validate(options)
+        except ValidationError as exc:
+            raise _first_error(exc, "options") from None
+    dataset = options.dataset
+    if dataset != "digits" and not (Path(settings.data_dir) / "datasets" / dataset).is_dir():
+        raise ApiError(
+            422, f"no dataset folder {dataset!r} under DATA_DIR/datasets", "options.dataset"
+        )
+    unet = training_unet_config(
+        options.preset,
+        options.image_size,
+        options.channels,
+        # Class count of the labels, for the size only: digits has 10, a folder <= its files.
+        10 if options.class_cond else None,
+        options.unet_overrides,
+    )
+    field = "options.unet_overrides" if options.unet_overrides else "options.image_size"
+    _check_size(unet, settings, "the requested network", field)
+    return options
 
 
 def normalise_train(req: TrainRequest, settings: Settings, registry: Registry) -> dict[str, Any]:
     """The training request with ``resume_from`` resolved to ``name@version``, only the
     options the client set, and a dataset folder that exists under DATA_DIR/datasets."""
+    validate_train_options(req.options, settings)
     out = req.model_dump(exclude={"options"})
     out["options"] = req.options.model_dump(exclude_unset=True)
-    dataset = req.options.dataset
-    if dataset != "digits" and not (Path(settings.data_dir) / "datasets" / dataset).is_dir():
-        raise ApiError(422, f"no dataset folder {dataset!r} under DATA_DIR/datasets", "dataset")
     if req.resume_from:
         out["resume_from"] = _resolve(registry, req.resume_from, "resume_from").ref
     return out

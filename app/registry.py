@@ -2,7 +2,10 @@
 
 Published versions are numbered 1, 2, ...; built-in checkpoints shipped in
 ``ddpm_core/builtin`` appear as version ``builtin`` and are read-only. Only
-JSON is read here (config.json, meta.json), so the API process needs no torch.
+JSON is read here (config.json, meta.json), so the API process needs no torch;
+configs are validated by the torch-free ``ddpm_core.checkpoint_config``. What
+:meth:`Registry.describe` serves has every absolute server path cut to its
+last component.
 """
 
 from __future__ import annotations
@@ -16,17 +19,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ddpm_core.checkpoint_config import CheckpointConfig, CheckpointError, read_config, scrub_paths
+
 __all__ = [
     "NAME_RE",
+    "VERSION_RE",
     "RegistryError",
     "NotFound",
     "ReadOnly",
     "InvalidName",
+    "InvalidCheckpoint",
     "ResolvedCheckpoint",
     "Registry",
     "parse_ref",
+    "scrub_paths",
 ]
 
+# Always used with fullmatch: "$" alone would also match before a trailing newline.
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 VERSION_RE = re.compile(r"^(builtin|[1-9][0-9]{0,8})$")
 BUILTIN = "builtin"
@@ -48,6 +57,11 @@ class InvalidName(RegistryError):
     """A name or version that does not match the allowed patterns."""
 
 
+class InvalidCheckpoint(RegistryError):
+    """The checkpoint exists but its config.json is unreadable or invalid. The message
+    names the checkpoint, the file and the field, never a server path."""
+
+
 @dataclass(frozen=True)
 class ResolvedCheckpoint:
     """A concrete checkpoint version with its config (parsed JSON, no torch)."""
@@ -57,6 +71,8 @@ class ResolvedCheckpoint:
     path: Path
     builtin: bool
     config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # The validated config (None only from resolve(..., validate=False)).
+    spec: CheckpointConfig | None = field(default=None, compare=False, hash=False)
 
     @property
     def ref(self) -> str:
@@ -66,9 +82,9 @@ class ResolvedCheckpoint:
 def parse_ref(ref: str) -> tuple[str, str | None]:
     """``name`` or ``name@version`` -> (name, version or None); InvalidName when malformed."""
     name, _, version = ref.partition("@")
-    if not NAME_RE.match(name) or name in (".", ".."):
+    if not NAME_RE.fullmatch(name) or name in (".", ".."):
         raise InvalidName(f"invalid checkpoint name {name!r} (must match {NAME_RE.pattern})")
-    if _ and not VERSION_RE.match(version):
+    if _ and not VERSION_RE.fullmatch(version):
         raise InvalidName(f"invalid checkpoint version {version!r}")
     return name, (version or None)
 
@@ -76,7 +92,7 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -90,7 +106,7 @@ def _builtins() -> dict[str, Path]:
     out = {}
     for n in names:
         p = Path(builtin.builtin_path(n))
-        if NAME_RE.match(n) and (p / "config.json").is_file():
+        if NAME_RE.fullmatch(n) and (p / "config.json").is_file():
             out[n] = p
     return out
 
@@ -108,7 +124,7 @@ class Registry:
         vs = [
             p.name
             for p in d.iterdir()
-            if p.is_dir() and VERSION_RE.match(p.name) and (p / "config.json").is_file()
+            if p.is_dir() and VERSION_RE.fullmatch(p.name) and (p / "config.json").is_file()
         ]
         return sorted(vs, key=int)
 
@@ -122,7 +138,7 @@ class Registry:
 
     def names(self) -> list[str]:
         local = (
-            {p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name)}
+            {p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)}
             if self.root.is_dir()
             else set()
         )
@@ -133,8 +149,9 @@ class Registry:
         vs = self._versions(name)
         return ([BUILTIN] if name in _builtins() else []) + vs
 
-    def resolve(self, ref: str) -> ResolvedCheckpoint:
-        """``name`` (latest version) or ``name@version`` -> the checkpoint; NotFound."""
+    def resolve(self, ref: str, validate: bool = True) -> ResolvedCheckpoint:
+        """``name`` (latest version) or ``name@version`` -> the checkpoint; NotFound, and
+        InvalidCheckpoint when its config.json is invalid (unless ``validate`` is False)."""
         name, version = parse_ref(ref)
         versions = self.versions(name)
         if not versions:
@@ -143,9 +160,16 @@ class Registry:
         if version not in versions:
             raise NotFound(f"checkpoint {name!r} has no version {version!r}")
         path = _builtins()[name] if version == BUILTIN else self.root / name / version
-        return ResolvedCheckpoint(
-            name, version, path, version == BUILTIN, _read_json(path / "config.json")
-        )
+        spec = None
+        if validate:
+            try:
+                spec = read_config(path)
+            except CheckpointError as exc:
+                raise InvalidCheckpoint(
+                    f"checkpoint {name}@{version} is invalid: {exc.public_message}"
+                ) from None
+        config = _read_json(path / "config.json")
+        return ResolvedCheckpoint(name, version, path, version == BUILTIN, config, spec)
 
     def describe(self, name: str) -> dict[str, Any]:
         """name, latest and every version with its config and meta (JSON only)."""
@@ -155,13 +179,14 @@ class Registry:
             raise NotFound(f"unknown checkpoint {name!r}")
         out = []
         for v in versions:
-            c = self.resolve(f"{name}@{v}")
+            # Listed even when invalid (generate refuses it with the reason).
+            c = self.resolve(f"{name}@{v}", validate=False)
             out.append(
                 {
                     "version": v,
                     "builtin": c.builtin,
-                    "config": c.config,
-                    "meta": _read_json(c.path / "meta.json"),
+                    "config": scrub_paths(c.config),
+                    "meta": scrub_paths(_read_json(c.path / "meta.json")),
                 }
             )
         return {"name": name, "latest": versions[-1], "versions": out}

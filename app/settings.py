@@ -85,6 +85,24 @@ class Settings(BaseSettings):
     progress_interval: float = Field(0.25, ge=0.0, description="min seconds between updates")
     max_trajectory_frames: int = Field(64, ge=0)
     events_maxlen: int = Field(1000, ge=10)
+    # Model size, computed from a config before anything is allocated (checkpoint loads,
+    # POST /generate, POST /train). Defaults equal ddpm_core.unet_config's DEFAULT_MAX_*.
+    max_model_params: int = Field(
+        200_000_000, ge=1, description="largest UNet (parameters) a checkpoint or run may have"
+    )
+    max_activation_bytes: int = Field(
+        8 * 2**30,
+        ge=1,
+        description="largest estimated float32 activation memory of one image's forward pass",
+    )
+
+    @property
+    def model_limits(self) -> dict[str, int]:
+        """The size limits as ``load_checkpoint(path, **settings.model_limits)`` takes them."""
+        return {
+            "max_params": self.max_model_params,
+            "max_activation_bytes": self.max_activation_bytes,
+        }
 
     @field_validator("key_prefix")
     @classmethod

@@ -78,7 +78,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert a diffusers UNet2DModel directory to a checkpoint")
     p.add_argument("source", type=Path, help="diffusers model dir (config.json + weights)")
     p.add_argument("out", type=Path, help="checkpoint directory to create")
-    p.add_argument("--variance-type", choices=["fixed_small", "fixed_large"], default="fixed_large")
+    p.add_argument(
+        "--variance-type",
+        choices=["fixed_small", "fixed_large"],
+        default=None,
+        help="sampling variance, over the scheduler config's (default: its own, else fixed_large)",
+    )
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_convert)
 
@@ -201,17 +206,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .checkpoint import save_checkpoint
+    from .checkpoint import CheckpointError, save_checkpoint
+    from .checkpoint_config import scrub_paths
     from .convert import ConversionError, checkpoint_config_from_diffusers, load_diffusers_dir
 
     if args.out.exists() and not args.force:
         raise UsageError(f"{args.out} already exists (use --force to replace it)")
     try:
         dconfig, model = load_diffusers_dir(args.source)
+        cfg = checkpoint_config_from_diffusers(dconfig, model.config, args.variance_type)
     except (ConversionError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
-    cfg = checkpoint_config_from_diffusers(dconfig, model.config, args.variance_type)
-    meta = {"converted_from": str(args.source), "command": " ".join(sys.argv)}
-    save_checkpoint(args.out, cfg, model, meta=meta, overwrite=args.force)
-    print(f"wrote {args.out}")
+    # meta.json is served by the registry: the source by name, not by path.
+    meta = {"converted_from": args.source.name, "command": scrub_paths(" ".join(sys.argv))}
+    try:
+        save_checkpoint(args.out, cfg, model, meta=meta, overwrite=args.force)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {args.out} (variance {cfg.variance_type})")
     return 0

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .checkpoint import CheckpointConfig
+from .checkpoint_config import VARIANCE_TYPES
 from .unet import UNet, UNetConfig
+from .unet_config import ConfigError, check_int, check_int_list
 
 __all__ = [
     "ConversionError",
@@ -36,7 +39,7 @@ class ConversionError(ValueError):
 
 # Settings our UNet implements, with the only value(s) it supports.
 _REQUIRED = {
-    "act_fn": ("silu",),
+    "act_fn": ("silu", "swish"),
     "time_embedding_type": ("positional",),
     "resnet_time_scale_shift": ("default",),
     "center_input_sample": (False,),
@@ -54,10 +57,30 @@ _UP = {"UpBlock2D": False, "AttnUpBlock2D": True}
 
 def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
     """Translate a ``UNet2DModel`` config dict; raise ConversionError for what we lack."""
+    try:
+        return _unet_config(d)
+    except ConversionError:
+        raise
+    except (ConfigError, TypeError, ValueError, KeyError, IndexError, ZeroDivisionError) as exc:
+        raise ConversionError(f"unsupported UNet2DModel config: {exc}") from None
+
+
+def _unet_config(d: dict[str, Any]) -> UNetConfig:
+    if not isinstance(d, dict):
+        raise ConversionError(f"the model config must be a JSON object, got {type(d).__name__}")
+    in_ch, out_ch = d.get("in_channels", 3), d.get("out_channels", 3)
+    if out_ch != in_ch:
+        raise ConversionError(
+            f"out_channels={out_ch!r} differs from in_channels={in_ch!r}: the model predicts "
+            "more than the noise (e.g. a learned variance), which is not implemented"
+        )
     for key, allowed in _REQUIRED.items():
         if key in d and d[key] not in allowed:
             raise ConversionError(f"unsupported {key}={d[key]!r} (supported: {allowed})")
-    channels = list(d.get("block_out_channels", (224, 448, 672, 896)))
+    default_channels = (224, 448, 672, 896)  # diffusers' default
+    channels = check_int_list(
+        "block_out_channels", d.get("block_out_channels", default_channels), 1, 2**20, 1
+    )
     base = channels[0]
     if any(c % base for c in channels):
         raise ConversionError(f"block_out_channels {channels} are not multiples of {base}")
@@ -71,28 +94,30 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
     attn_up = [_UP[b] for b in up][::-1]  # up blocks run from the lowest resolution
     size = d.get("sample_size") or 32
     if isinstance(size, list | tuple):
-        if size[0] != size[1]:
+        if len(size) != 2 or size[0] != size[1]:
             raise ConversionError(f"non-square sample_size {size}")
         size = size[0]
-    up_res = tuple(int(size) // 2**i for i, a in enumerate(attn_up) if a)
+    size = check_int("sample_size", size, 1)
+    up_res = tuple(size // 2**i for i, a in enumerate(attn_up) if a)
+    # Values go to UNetConfig as they are: its validation refuses e.g. "2" for an int.
     return UNetConfig(
-        image_size=int(size),
-        in_channels=int(d.get("in_channels", 3)),
-        out_channels=int(d.get("out_channels", 3)),
+        image_size=size,
+        in_channels=in_ch,
+        out_channels=out_ch,
         base_channels=base,
         channel_mult=tuple(c // base for c in channels),
-        num_res_blocks=int(d.get("layers_per_block", 2)),
-        attention_resolutions=tuple(int(size) // 2**i for i, a in enumerate(attn_down) if a),
+        num_res_blocks=d.get("layers_per_block", 2),
+        attention_resolutions=tuple(size // 2**i for i, a in enumerate(attn_down) if a),
         up_attention_resolutions=None if attn_up == attn_down else up_res,
-        mid_attention=bool(d.get("add_attention", True)),
+        mid_attention=d.get("add_attention", True),
         attention_head_dim=d.get("attention_head_dim", 8),
-        dropout=float(d.get("dropout", 0.0)),
-        norm_groups=int(d.get("norm_num_groups", 32)),
-        norm_eps=float(d.get("norm_eps", 1e-5)),
+        dropout=d.get("dropout", 0.0),
+        norm_groups=d.get("norm_num_groups", 32),
+        norm_eps=d.get("norm_eps", 1e-5),
         num_classes=d.get("num_class_embeds"),
-        flip_sin_to_cos=bool(d.get("flip_sin_to_cos", True)),
-        freq_shift=float(d.get("freq_shift", 0)),
-        downsample_padding=int(d.get("downsample_padding", 1)),
+        flip_sin_to_cos=d.get("flip_sin_to_cos", True),
+        freq_shift=d.get("freq_shift", 0),
+        downsample_padding=d.get("downsample_padding", 1),
     )
 
 
@@ -211,55 +236,143 @@ def load_diffusers_dir(path: str | Path) -> tuple[dict, UNet]:
     """
     root = Path(path)
     unet_dir = root / "unet" if (root / "unet" / "config.json").exists() else root
-    cfg_file = unet_dir / "config.json"
-    if not cfg_file.exists():
-        raise ConversionError(f"{cfg_file}: file is missing")
-    try:
-        dconfig = json.loads(cfg_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConversionError(f"{cfg_file}: not valid JSON ({exc})") from None
+    dconfig = _read_json(unet_dir / "config.json")
     sched_file = root / "scheduler" / "scheduler_config.json"
     if sched_file.exists():
-        dconfig["_scheduler"] = json.loads(sched_file.read_text())
+        dconfig["_scheduler"] = _read_json(sched_file)
     st = unet_dir / "diffusion_pytorch_model.safetensors"
     binf = unet_dir / "diffusion_pytorch_model.bin"
     if st.exists():
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(st))
+        try:
+            state = load_file(str(st))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise ConversionError(f"{st.name}: not a readable safetensors file ({exc})") from None
     elif binf.exists():
-        # weights_only: a legacy pickle file can hold tensors but never run code.
-        state = torch.load(binf, map_location="cpu", weights_only=True)
+        # weights_only: a legacy pickle file can hold tensors but never run code. Anything
+        # else in it (a class, a callable) is refused by the restricted unpickler.
+        try:
+            with warnings.catch_warnings():  # e.g. "protocol 4": the error below says it all
+                warnings.simplefilter("ignore")
+                state = torch.load(binf, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable .bin is a conversion error
+            raise ConversionError(
+                f"{binf.name}: refused, not a plain state dict of tensors "
+                f"({_unpickle_reason(exc)}); nothing in it was run"
+            ) from None
     else:
         raise ConversionError(f"{unet_dir}: no diffusion_pytorch_model.safetensors or .bin")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ConversionError("the weights file does not hold a mapping of names to tensors")
     return dconfig, _build(unet_config_from_diffusers(dconfig), state)
 
 
+def _unpickle_reason(exc: Exception) -> str:
+    """The gist of a torch.load failure (its message is a paragraph of advice)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        rest = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        if rest:
+            return rest[0][:200]
+    first = text.strip().splitlines()[0][:200] if text.strip() else ""
+    return first or type(exc).__name__
+
+
+def _read_json(file: Path) -> dict:
+    if not file.exists():
+        raise ConversionError(f"{file}: file is missing")
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ConversionError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{file}: expected a JSON object")
+    return data
+
+
+# Scheduler settings that change what the network means or how samples are formed, with
+# the only value this library implements.
+_SCHEDULER_REQUIRED: dict[str, tuple[Any, ...]] = {
+    "prediction_type": ("epsilon",),  # the network predicts the noise
+    "thresholding": (False,),  # dynamic thresholding of x0 (Imagen)
+    "trained_betas": (None,),  # explicit betas instead of a named schedule
+    "rescale_betas_zero_snr": (False,),  # betas rescaled to zero terminal SNR
+    "beta_schedule": ("linear", "squaredcos_cap_v2"),
+}
+# diffusers' "_log" variants compute the same variance in log space.
+_VARIANCE_TYPES = {
+    "fixed_small": "fixed_small",
+    "fixed_small_log": "fixed_small",
+    "fixed_large": "fixed_large",
+    "fixed_large_log": "fixed_large",
+}
+
+
+def _check_scheduler(sched: dict[str, Any]) -> None:
+    """ConversionError for a scheduler setting this library would sample wrongly."""
+    for key, allowed in _SCHEDULER_REQUIRED.items():
+        if key in sched and sched[key] not in allowed:
+            raise ConversionError(
+                f"unsupported scheduler setting {key}={sched[key]!r} (supported: {allowed})"
+            )
+    clip_range = sched.get("clip_sample_range", 1.0)
+    if sched.get("clip_sample", True) and clip_range != 1:
+        raise ConversionError(
+            f"unsupported scheduler setting clip_sample_range={clip_range!r} "
+            "(x0 is clipped to [-1, 1] only)"
+        )
+    vt = sched.get("variance_type")
+    if vt is not None and vt not in _VARIANCE_TYPES:
+        raise ConversionError(
+            f"unsupported scheduler setting variance_type={vt!r} "
+            f"(supported: {sorted(_VARIANCE_TYPES)}; learned variances are not implemented)"
+        )
+
+
 def checkpoint_config_from_diffusers(
-    dconfig: dict, unet_cfg: UNetConfig, variance_type: str = "fixed_large"
+    dconfig: dict, unet_cfg: UNetConfig, variance_type: str | None = None
 ) -> CheckpointConfig:
-    """The checkpoint config of a converted model (schedule from its scheduler config)."""
+    """The checkpoint config of a converted model (schedule from its scheduler config).
+
+    ``variance_type`` (e.g. a command-line flag) wins over the scheduler's own; without
+    either it is ``fixed_large``. Settings that change the model's meaning and that this
+    library does not implement (v- or x0-prediction, thresholding, trained or rescaled
+    betas, another clip range, learned variances) raise ConversionError.
+    """
     sched = dconfig.get("_scheduler", {})
-    if sched.get("beta_schedule", "linear") not in ("linear", "squaredcos_cap_v2"):
-        raise ConversionError(f"unsupported beta_schedule {sched.get('beta_schedule')!r}")
-    T = int(sched.get("num_train_timesteps", 1000))
+    if not isinstance(sched, dict):
+        raise ConversionError("the scheduler config must be a JSON object")
+    _check_scheduler(sched)
+    if variance_type is not None and variance_type not in VARIANCE_TYPES:
+        raise ConversionError(f"variance_type must be one of {VARIANCE_TYPES}")
+    T = sched.get("num_train_timesteps", 1000)
     if sched.get("beta_schedule") == "squaredcos_cap_v2":
         schedule = {"kind": "cosine", "num_train_timesteps": T}
     else:
         schedule = {
             "kind": "linear",
             "num_train_timesteps": T,
-            "beta_start": float(sched.get("beta_start", 1e-4)),
-            "beta_end": float(sched.get("beta_end", 0.02)),
+            "beta_start": sched.get("beta_start", 1e-4),
+            "beta_end": sched.get("beta_end", 0.02),
         }
-    return CheckpointConfig(
+    scheduler_variance = _VARIANCE_TYPES.get(sched.get("variance_type") or "")
+    cfg = CheckpointConfig(
         unet=unet_cfg,
         schedule=schedule,
-        variance_type=sched.get("variance_type", variance_type),
-        default_steps=min(1000, T),
+        variance_type=variance_type or scheduler_variance or "fixed_large",
+        default_steps=min(1000, T) if isinstance(T, int) else 1000,
         default_sampler="ddpm",
-        clip_denoised=bool(sched.get("clip_sample", True)),
+        clip_denoised=sched.get("clip_sample", True),
     )
+    try:  # every field through the checkpoint's own validation
+        return CheckpointConfig.from_dict(cfg.to_dict())
+    except ConfigError as exc:
+        raise ConversionError(f"unsupported scheduler config: {exc}") from None
 
 
 def diffusers_config(cfg: UNetConfig) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from typing import Literal
 
 import torch
 
+from .checkpoint_config import SAMPLERS, VARIANCE_TYPES
 from .schedule import NoiseSchedule
 
 __all__ = [
@@ -54,8 +55,6 @@ __all__ = [
 
 SamplerName = Literal["ddpm", "ddim"]
 VarianceType = Literal["fixed_small", "fixed_large"]
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim")
-VARIANCE_TYPES: tuple[str, ...] = ("fixed_small", "fixed_large")
 
 # Columns of StepTable.coefs.
 SQRT_RECIP_ABAR, SQRT_ONE_MINUS_ABAR, CLIP, COEF_XT, COEF_EPS, COEF_X0, SIGMA = range(7)

@@ -81,16 +81,15 @@ class NoiseSchedule:
 
     @classmethod
     def from_config(cls, cfg: dict) -> NoiseSchedule:
-        """Build from a checkpoint's ``schedule`` section (see ``to_config``)."""
-        kind = cfg.get("kind", "linear")
-        T = int(cfg.get("num_train_timesteps", 1000))
-        if kind == "linear":
-            return cls.linear(
-                T, float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
-            )
-        if kind == "cosine":
-            return cls.cosine(T, float(cfg.get("s", 0.008)), float(cfg.get("max_beta", 0.999)))
-        raise ValueError(f"unknown schedule kind {kind!r} (expected 'linear' or 'cosine')")
+        """Build from a checkpoint's ``schedule`` section (see ``to_config``); ValueError
+        (a ConfigError naming the field) for an unknown kind or a parameter out of range."""
+        from .checkpoint_config import parse_schedule  # torch-free validation, shared
+
+        p = parse_schedule(cfg)
+        T = p["num_train_timesteps"]
+        if p["kind"] == "linear":
+            return cls.linear(T, p["beta_start"], p["beta_end"])
+        return cls.cosine(T, p["s"], p["max_beta"])
 
     # -- derived tables (float64) ------------------------------------------
 

@@ -30,29 +30,40 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, CheckpointConfig, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointConfig, non_finite_tensors, save_checkpoint
+from .checkpoint_config import scrub_paths
 from .data import ImageDataset, load_dataset
 from .diffusion import diffusion_loss, q_sample
 from .ema import EMA
 from .images import make_grid, png_bytes
 from .pipeline import generate, resolve_device
 from .schedule import NoiseSchedule
-from .unet import UNet, UNetConfig, preset
+from .unet import UNet
+from .unet_config import UNetConfig, training_unet_config
 
 __all__ = [
     "STATE_DIR",
+    "MAX_NONFINITE_STEPS",
+    "TrainingDiverged",
     "TrainConfig",
     "TrainProgress",
     "TrainResult",
     "lr_at",
     "batch_indices",
     "build_unet_config",
+    "public_train_config",
     "train",
     "command_line",
 ]
 
 STATE_DIR = "train_state"  # inside the checkpoint directory
 _MIX = 1_000_003  # odd multiplier that spreads (seed, step) over distinct generator seeds
+# Consecutive steps with a non-finite loss that are skipped before the run is given up.
+MAX_NONFINITE_STEPS = 5
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became non-finite: the run stops and saves nothing more."""
 
 
 @dataclass
@@ -105,6 +116,22 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.adam_betas = tuple(float(b) for b in self.adam_betas)  # JSON gives a list
         problems = []
+        floats = {
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "p_uncond": self.p_uncond,
+            "min_lr_ratio": self.min_lr_ratio,
+            "ema_decay": self.ema_decay,
+            "default_eta": self.default_eta,
+            "guidance_scale": self.guidance_scale,
+            "grad_clip": 1.0 if self.grad_clip is None else self.grad_clip,
+        }
+        problems += [f"{k} must be finite" for k, v in floats.items() if not math.isfinite(v)]
+        if not self.weight_decay >= 0:
+            problems.append("weight_decay must be >= 0")
+        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            # (NaN fails every comparison, so it lands here too)
+            problems.append("adam_betas must be two numbers in [0, 1)")
         if self.steps < 1:
             problems.append("steps must be >= 1")
         if self.batch_size < 1 or self.accumulate < 1:
@@ -222,14 +249,23 @@ def batch_indices(seed: int, step: int, per_step: int, n: int) -> torch.Tensor:
 
 
 def build_unet_config(cfg: TrainConfig, num_classes: int | None) -> UNetConfig:
-    overrides = {
-        "image_size": cfg.image_size,
-        "in_channels": cfg.channels,
-        "out_channels": cfg.channels,
-        "num_classes": num_classes,
-        **cfg.unet_overrides,
-    }
-    return preset(cfg.preset, **overrides)
+    """The run's network (ConfigError, a ValueError, names a bad ``unet_overrides`` field)."""
+    return training_unet_config(
+        cfg.preset, cfg.image_size, cfg.channels, num_classes, cfg.unet_overrides
+    )
+
+
+def _public_name(path: str | None) -> str | None:
+    """A dataset or directory by name: the last component of a path, never the path."""
+    return None if path is None else (Path(path).name or str(path))
+
+
+def public_train_config(cfg: TrainConfig) -> dict:
+    """``cfg`` as meta.json records it: datasets and directories by name, not by path."""
+    d = cfg.to_dict()
+    for key in ("dataset", "out", "resume_from"):
+        d[key] = _public_name(d[key])
+    return d
 
 
 def _autocast(device: torch.device, precision: str):
@@ -345,8 +381,12 @@ def train(
     ``cfg.out`` is (re)written on every save, model + EMA + meta + samples.png,
     with the resumable state in ``cfg.out/train_state/``; an existing directory
     there is replaced. Previews of ``sample_every`` go to ``<out>.samples/``.
-    Raises ValueError for unusable settings (e.g. fp16 without CUDA) and
-    :class:`~ddpm_core.data.DatasetError` (a ValueError) for unusable data.
+    Raises ValueError for unusable settings (e.g. fp16 without CUDA),
+    :class:`~ddpm_core.data.DatasetError` (a ValueError) for unusable data, and
+    :class:`TrainingDiverged` when the weights (raw or EMA) become non-finite or the
+    loss stays non-finite for more than ``MAX_NONFINITE_STEPS`` steps in a row; weights
+    with a NaN or an infinity are never saved. meta.json names the dataset and the
+    directories, never their absolute paths.
     """
     device = resolve_device(cfg.device)
     if cfg.precision == "fp16" and device.type != "cuda":
@@ -420,18 +460,34 @@ def train(
     ema.to(device)
     net = torch.compile(model) if cfg.compile else model
 
+    def check_weights(step: int, with_ema: bool = False) -> None:
+        """TrainingDiverged when the raw (or EMA) weights hold a NaN or an infinity."""
+        for which, tensors in (("weights", dict(model.named_parameters())), ("EMA", ema.shadow)):
+            if which == "EMA" and not with_ema:
+                continue
+            bad = non_finite_tensors(tensors)
+            if bad:
+                raise TrainingDiverged(
+                    f"training diverged: the {which} became non-finite by step {step} "
+                    f"(e.g. {bad[:3]}); nothing more is saved. Check lr, weight_decay, grad_clip."
+                )
+
+    check_weights(start_step, with_ema=True)
+
     def save(step: int, loss: float) -> Path:
+        check_weights(step, with_ema=True)  # never write non-finite weights
         elapsed = prev_elapsed + time.perf_counter() - started
         png = _sample_grid(ckpt_cfg, ema_model, ema, cfg.sample_count, out)
+        # Served as it is (GET /checkpoints): names, never the server's paths.
         meta = {
-            "dataset": ds.describe(),
+            "dataset": ds.describe() | {"name": _public_name(ds.name)},
             "training_steps": step,
             "total_steps": cfg.steps,
             "images_seen": step * cfg.batch_size * cfg.accumulate,
             "loss": loss,
             "skipped_steps": skipped,
-            "train_config": cfg.to_dict(),
-            "command": command,
+            "train_config": public_train_config(cfg),
+            "command": scrub_paths(command),
             "job_id": job_id,
             "device": str(device)
             + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
@@ -464,6 +520,7 @@ def train(
     stopped = False
     step = start_step
     last_saved = -1
+    nonfinite_run = 0  # consecutive steps whose loss was not finite
     while step < cfg.steps:
         lr = lr_at(cfg, step)
         for group in opt.param_groups:
@@ -476,7 +533,7 @@ def train(
         noise_all = torch.randn(x0_all.shape, generator=g)
         drop = torch.rand(per_step, generator=g) < cfg.p_uncond
         opt.zero_grad(set_to_none=True)
-        step_loss, finite = 0.0, True
+        step_loss, finite, loss_finite = 0.0, True, True
         for m in range(cfg.accumulate):
             sl = slice(m * cfg.batch_size, (m + 1) * cfg.batch_size)
             x0 = x0_all[sl].to(device, non_blocking=True).contiguous(memory_format=memory_format)
@@ -493,7 +550,7 @@ def train(
             loss = diffusion_loss(eps, noise, cfg.loss) / cfg.accumulate
             lv = float(loss.detach())
             if not math.isfinite(lv):
-                finite = False
+                finite = loss_finite = False
                 break
             step_loss += lv
             (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -518,6 +575,8 @@ def train(
             else:
                 finite = False
         if finite:
+            check_weights(step + 1)  # e.g. an infinite weight decay: stop before the EMA
+
             ema.update(model)
             # Bias-corrected exponential smoothing of the loss (as Adam's moments).
             smooth = 0.98 * smooth + 0.02 * step_loss
@@ -527,6 +586,12 @@ def train(
             skipped += 1
             opt.zero_grad(set_to_none=True)
             losses.append(float("nan"))
+        nonfinite_run = 0 if loss_finite else nonfinite_run + 1
+        if nonfinite_run > MAX_NONFINITE_STEPS:
+            raise TrainingDiverged(
+                f"training diverged: the loss was not finite for {nonfinite_run} consecutive "
+                f"steps (up to step {step + 1}); nothing more is saved. Check data, lr, precision."
+            )
         step += 1
         window_n += per_step
         now = time.perf_counter()

@@ -12,81 +12,15 @@ one extra "null" class for classifier-free guidance (Ho & Salimans 2022).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The config lives in a torch-free module (the API validates checkpoints with it).
+from .unet_config import PRESETS, StagePlan, UNetConfig, preset, unet_layout
+
 __all__ = ["UNetConfig", "UNet", "PRESETS", "preset", "timestep_embedding"]
-
-
-@dataclass(frozen=True)
-class UNetConfig:
-    """Hyper-parameters of :class:`UNet` (JSON-serialisable via ``to_dict``)."""
-
-    image_size: int = 32
-    in_channels: int = 3
-    out_channels: int = 3
-    base_channels: int = 128
-    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
-    num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (16,)
-    # Resolutions with attention on the up path; None mirrors the down path.
-    up_attention_resolutions: tuple[int, ...] | None = None
-    mid_attention: bool = True
-    attention_head_dim: int | None = None  # None: one head spanning all channels
-    dropout: float = 0.1
-    norm_groups: int = 32
-    norm_eps: float = 1e-6
-    num_classes: int | None = None
-    # Time embedding of the original TF code: [sin, cos], frequencies over half-1.
-    flip_sin_to_cos: bool = False
-    freq_shift: float = 1.0
-    # 0: pad right/bottom by one then a stride-2 valid conv (original DDPM); 1: symmetric.
-    downsample_padding: int = 0
-    extra: dict = field(default_factory=dict, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        object.__setattr__(
-            self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions)
-        )
-        if self.up_attention_resolutions is not None:
-            up = tuple(int(r) for r in self.up_attention_resolutions)
-            object.__setattr__(self, "up_attention_resolutions", up)
-        problems = []
-        if self.image_size % (2 ** (len(self.channel_mult) - 1)):
-            problems.append(
-                f"image_size {self.image_size} is not divisible by 2^{len(self.channel_mult) - 1}"
-            )
-        for m in self.channel_mult:
-            if (self.base_channels * m) % self.norm_groups:
-                problems.append(
-                    f"{self.base_channels * m} channels not divisible by "
-                    f"norm_groups {self.norm_groups}"
-                )
-        if self.num_classes is not None and self.num_classes < 1:
-            problems.append("num_classes must be >= 1 or None")
-        if problems:
-            raise ValueError("invalid UNetConfig: " + "; ".join(problems))
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("extra")
-        d["channel_mult"] = list(self.channel_mult)
-        d["attention_resolutions"] = list(self.attention_resolutions)
-        if self.up_attention_resolutions is not None:
-            d["up_attention_resolutions"] = list(self.up_attention_resolutions)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> UNetConfig:
-        known = {f.name for f in fields(cls)} - {"extra"}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown UNetConfig fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 def timestep_embedding(
@@ -232,47 +166,27 @@ class UNet(nn.Module):
         self.class_embed = nn.Embedding(cfg.num_classes + 1, temb) if cfg.num_classes else None
         self.conv_in = nn.Conv2d(cfg.in_channels, ch0, 3, padding=1)
 
-        skips = [ch0]
-        ch, res = ch0, cfg.image_size
-        down = []
-        for level, mult in enumerate(cfg.channel_mult):
-            cout = ch0 * mult
-            use_attn = res in cfg.attention_resolutions
-            blocks, attns = [], []
-            for _ in range(cfg.num_res_blocks):
-                blocks.append(ResBlock(ch, cout, temb, cfg))
-                if use_attn:
-                    attns.append(SelfAttention(cout, cfg))
-                ch = cout
-                skips.append(ch)
-            last = level == len(cfg.channel_mult) - 1
-            resample = None if last else Downsample(ch, cfg.downsample_padding)
-            if not last:
-                skips.append(ch)
-            down.append(Stage(blocks, attns, resample))
-            res = res if last else res // 2
-        self.down = nn.ModuleList(down)
-        self.mid = MidBlock(ch, temb, cfg)
-
-        up = []
-        up_attn = cfg.up_attention_resolutions
-        up_attn = cfg.attention_resolutions if up_attn is None else up_attn
-        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            cout = ch0 * mult
-            use_attn = res in up_attn
-            blocks, attns = [], []
-            for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(ResBlock(ch + skips.pop(), cout, temb, cfg))
-                if use_attn:
-                    attns.append(SelfAttention(cout, cfg))
-                ch = cout
-            resample = Upsample(ch) if level > 0 else None
-            up.append(Stage(blocks, attns, resample))
-            res = res * 2 if level > 0 else res
-        self.up = nn.ModuleList(up)
+        # One plan for the modules and for the closed-form sizes of unet_config.
+        plan = unet_layout(cfg)
+        self.down = nn.ModuleList(self._stage(s, temb, cfg, down=True) for s in plan.down)
+        self.mid = MidBlock(plan.mid_channels, temb, cfg)
+        self.up = nn.ModuleList(self._stage(s, temb, cfg, down=False) for s in plan.up)
 
         self.norm_out = nn.GroupNorm(cfg.norm_groups, ch0, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(ch0, cfg.out_channels, 3, padding=1)
+
+    @staticmethod
+    def _stage(plan: StagePlan, temb: int, cfg: UNetConfig, down: bool) -> Stage:
+        blocks, attns = [], []
+        for cin, cout in plan.blocks:  # block, attention, block, ...: the historic init order
+            blocks.append(ResBlock(cin, cout, temb, cfg))
+            if plan.attention:
+                attns.append(SelfAttention(cout, cfg))
+        ch = plan.blocks[-1][1]
+        resample: nn.Module | None = None
+        if plan.resample:
+            resample = Downsample(ch, cfg.downsample_padding) if down else Upsample(ch)
+        return Stage(blocks, attns, resample)
 
     @property
     def null_label(self) -> int | None:
@@ -314,34 +228,3 @@ class UNet(nn.Module):
             if stage.resample is not None:
                 h = stage.resample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
-
-
-PRESETS: dict[str, dict] = {
-    # Ho et al. 2020, CIFAR-10: ch 128, mult (1,2,2,2), 2 res blocks, attention at 16x16.
-    "ddpm-cifar10": {},
-    # CPU-sized models for tests and the built-in checkpoint.
-    "tiny": {
-        "base_channels": 32,
-        "channel_mult": (1, 2),
-        "num_res_blocks": 1,
-        "attention_resolutions": (),
-        "mid_attention": True,
-        "norm_groups": 8,
-        "dropout": 0.0,
-    },
-    "small": {
-        "base_channels": 64,
-        "channel_mult": (1, 2, 2),
-        "num_res_blocks": 2,
-        "attention_resolutions": (8,),
-        "norm_groups": 16,
-        "dropout": 0.1,
-    },
-}
-
-
-def preset(name: str, **overrides: object) -> UNetConfig:
-    """A named :class:`UNetConfig` (``ddpm-cifar10``, ``small``, ``tiny``) with overrides."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown UNet preset {name!r} (choose from {sorted(PRESETS)})")
-    return UNetConfig(**(PRESETS[name] | overrides))

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from app.logs import log_event
+from app.settings import get_settings
 from ddpm_core.acceleration import FastDenoiser, FastOptions, probe_max_batch
 from ddpm_core.checkpoint import Checkpoint, load_checkpoint
 from ddpm_core.guidance import guided_eps
@@ -255,7 +256,12 @@ class Engine:
         if key in self._cache:
             self._cache.move_to_end(key)
             return key, self._cache[key]
-        ckpt = load_checkpoint(spec.checkpoint_path, use_ema=spec.use_ema, device=self.device)
+        ckpt = load_checkpoint(
+            spec.checkpoint_path,
+            use_ema=spec.use_ema,
+            device=self.device,
+            **get_settings().model_limits,
+        )
         self._cache[key] = ckpt
         net = FastDenoiser(ckpt.model, self.fast)
         self._nets[key] = net

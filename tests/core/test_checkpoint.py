@@ -103,10 +103,10 @@ def test_non_finite_weights_are_rejected(tmp_path: Path) -> None:
     "mutate,message",
     [
         (lambda d: d.update(format_version=99), "format_version"),
-        (lambda d: d["unet"].update(base_channels="x"), "invalid config"),
+        (lambda d: d["unet"].update(base_channels="x"), "unet.base_channels must be an integer"),
         (lambda d: d.update(variance_type="learned"), "variance_type"),
         (lambda d: d.update(default_steps=5000), "default_steps"),
-        (lambda d: d["schedule"].update(kind="sigmoid"), "unknown schedule"),
+        (lambda d: d["schedule"].update(kind="sigmoid"), "schedule.kind must be one of"),
         (lambda d: d.pop("unet"), "unet"),
     ],
 )
@@ -167,3 +167,19 @@ def test_generate_in_chunks_gives_the_same_images(tmp_path: Path) -> None:
     assert calls == [2] * 4 + [2] * 4 + [1] * 4
     with pytest.raises(ValueError, match="labels must lie"):
         generate(ckpt, count=2, labels=9)
+
+
+def test_save_refuses_non_finite_weights(tmp_path: Path) -> None:
+    model, _ = _write(tmp_path / "ck")
+    before = (tmp_path / "ck" / "ema.safetensors").read_bytes()
+    cfg = read_config(tmp_path / "ck")
+    for bad in (float("nan"), float("inf")):
+        sd = {k: v.clone() for k, v in model.state_dict().items()}
+        sd["conv_out.bias"][0] = bad
+        with pytest.raises(CheckpointError, match=r"ema\.safetensors: refusing to save non-finite"):
+            save_checkpoint(tmp_path / "ck", cfg, model, sd, overwrite=True)
+        with pytest.raises(CheckpointError, match=r"model\.safetensors: refusing"):
+            save_checkpoint(tmp_path / "new", cfg, sd)
+    # The existing checkpoint is untouched, nothing new or temporary was written.
+    assert (tmp_path / "ck" / "ema.safetensors").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]

@@ -12,7 +12,15 @@ from safetensors.torch import load_file
 from ddpm_core import train_cli
 from ddpm_core.checkpoint import load_checkpoint
 from ddpm_core.data import load_digits
-from ddpm_core.train import STATE_DIR, TrainConfig, batch_indices, lr_at, train
+from ddpm_core.train import (
+    MAX_NONFINITE_STEPS,
+    STATE_DIR,
+    TrainConfig,
+    TrainingDiverged,
+    batch_indices,
+    lr_at,
+    train,
+)
 
 
 def _cfg(out: Path, **kw) -> TrainConfig:
@@ -83,8 +91,9 @@ def test_checkpoint_contents_and_provenance(tmp_path: Path) -> None:
     assert ck.config.class_names == [str(i) for i in range(10)]
     assert ck.meta["command"] == "ddpm train --test" and ck.meta["job_id"] == "job-123"
     assert ck.meta["training_steps"] == 4 and math.isfinite(ck.meta["loss"])
+    # Directories by name only: meta.json is served as it is.
     assert TrainConfig.from_dict(ck.meta["train_config"]) == _cfg(
-        out, class_cond=True, steps=4, sample_every=2
+        Path("ck"), class_cond=True, steps=4, sample_every=2
     )
     assert (out / "samples.png").read_bytes().startswith(b"\x89PNG")
     assert [p.step for p in seen] == [1, 2, 3, 4]
@@ -228,3 +237,76 @@ def test_class_conditional_training_on_an_image_folder(tmp_path: Path) -> None:
     ck = load_checkpoint(tmp_path / "ck")
     assert ck.config.class_names == ["dark", "light"] and ck.config.channels == 3
     assert ck.meta["dataset"]["size"] == 6 and ck.meta["dataset"]["skipped_files"] == 1
+
+
+def test_meta_names_datasets_and_directories_never_their_paths(tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "srv" / "datasets" / "grey"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        Image.new("L", (8, 8), 40 * i).save(folder / f"{i}.png")
+    out = tmp_path / "srv" / "runs" / "job-1"
+    cmd = f"ddpm train --dataset {folder} --out {out} --steps 1"
+    train(_cfg(out, dataset=str(folder), steps=1, batch_size=4), command=cmd)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["dataset"]["name"] == "grey"
+    assert meta["train_config"]["dataset"] == "grey" and meta["train_config"]["out"] == "job-1"
+    assert meta["command"] == "ddpm train --dataset grey --out job-1 --steps 1"
+    assert str(tmp_path) not in (out / "meta.json").read_text()
+
+
+def test_infinite_weight_decay_fails_the_run_and_saves_nothing(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path / "ck", steps=6, save_every=1)
+    cfg.weight_decay = float("inf")  # past TrainConfig's own validation, as a bug might
+    with pytest.raises(TrainingDiverged, match="weights became non-finite by step 1"):
+        train(cfg)
+    assert not (tmp_path / "ck").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no half-written directory either
+
+
+def test_a_loss_that_stays_non_finite_fails_the_run(tmp_path: Path) -> None:
+    ds = load_digits(image_size=8)
+    ds.pixels = torch.full_like(ds.pixels, float("nan"))
+    seen = []
+    with pytest.raises(TrainingDiverged, match="loss was not finite"):
+        train(_cfg(tmp_path / "ck", steps=20), dataset=ds, progress=seen.append)
+    assert len(seen) == MAX_NONFINITE_STEPS  # the next step gives up
+    assert not (tmp_path / "ck").exists()
+
+
+def test_non_finite_ema_is_never_saved(tmp_path: Path, monkeypatch) -> None:
+    from ddpm_core.ema import EMA
+
+    update = EMA.update
+
+    def poisoned(self, model):  # a finite model, but an average that overflowed
+        d = update(self, model)
+        next(iter(self.shadow.values())).fill_(float("inf"))
+        return d
+
+    monkeypatch.setattr(EMA, "update", poisoned)
+    with pytest.raises(TrainingDiverged, match="EMA became non-finite"):
+        train(_cfg(tmp_path / "ck", steps=2))
+    assert not (tmp_path / "ck").exists()
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"weight_decay": float("inf")}, "weight_decay must be finite"),
+        ({"lr": float("nan")}, "lr must be finite"),
+        ({"grad_clip": float("inf")}, "grad_clip must be finite"),
+        ({"adam_betas": (float("nan"), 0.9)}, "adam_betas"),
+        ({"adam_betas": (0.9, 1.0)}, "adam_betas"),
+        ({"weight_decay": -1.0}, "weight_decay must be >= 0"),
+        ({"unet_overrides": {"base_channels": "16"}}, None),
+    ],
+)
+def test_train_config_refuses_non_finite_values(tmp_path: Path, kw: dict, message) -> None:
+    if message is None:  # the network's fields are checked when it is built
+        with pytest.raises(ValueError, match="unet_overrides.base_channels must be an integer"):
+            train(_cfg(tmp_path / "ck", **kw))
+        return
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kw)

@@ -41,7 +41,7 @@ def test_config_round_trip_and_validation() -> None:
     assert UNetConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="divisible"):
         preset("small", image_size=18)
-    with pytest.raises(ValueError, match="unknown UNetConfig fields"):
+    with pytest.raises(ValueError, match="widht is not a UNetConfig field"):
         UNetConfig.from_dict({"widht": 3})
     with pytest.raises(ValueError, match="unknown UNet preset"):
         preset("huge")
