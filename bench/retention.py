@@ -75,7 +75,7 @@ def main() -> None:
                 "succeeded",
                 claim.attempt,
                 result={
-                    "images": [{"index": 0, "seed": request["seed"], "url": f"{url_}/images/0.png"}],
+                    "images": [{"index": 0, "seed": 1, "url": f"{url_}/images/0.png"}],
                     "grid_url": f"{url_}/grid.png",
                     "trajectory_url": None,
                 },

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 
 from app.logs import log_event
-from app.settings import get_settings
 from ddpm_core.acceleration import FastDenoiser, FastOptions, probe_max_batch
 from ddpm_core.checkpoint import Checkpoint, load_checkpoint
 from ddpm_core.guidance import guided_eps
@@ -128,11 +127,13 @@ class Engine:
         fast: FastOptions | None = None,
         autocast: str = "auto",
         finite_check_every: int = 16,
+        model_limits: dict[str, int] | None = None,
     ) -> None:
         self.threads = threads
         self.fast = fast or FastOptions()
         self.autocast = autocast
         self.finite_check_every = finite_check_every
+        self.model_limits = model_limits or {}  # load_checkpoint's size limits
         self._calls = 0
         self.device_spec = device
         self.device: torch.device | None = None
@@ -260,7 +261,7 @@ class Engine:
             spec.checkpoint_path,
             use_ema=spec.use_ema,
             device=self.device,
-            **get_settings().model_limits,
+            **self.model_limits,
         )
         self._cache[key] = ckpt
         net = FastDenoiser(ckpt.model, self.fast)

@@ -88,6 +88,7 @@ class Runtime:
                     threads=s.torch_threads,
                     fast=fast,
                     autocast=s.autocast,
+                    model_limits=s.model_limits,
                 ).start()
             return self._engine
 

@@ -9,10 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
+from app.jobs import ApiError, validate_train_options
 from app.registry import NAME_RE, RegistryError
-from app.schemas import TrainOptions
 from app.store import Claim
 
 from .jobrun import Outcome
@@ -31,10 +29,10 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
     name = req.get("name")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         return Outcome.failed("InvalidJob", "the stored checkpoint name is invalid")
-    try:
-        options = TrainOptions.model_validate(req.get("options") or {})
-    except ValidationError as exc:
-        return Outcome.failed("InvalidJob", f"the stored training options are invalid: {exc}")
+    try:  # the API's own checks: model, dataset under DATA_DIR/datasets, network size
+        options = validate_train_options(req.get("options") or {}, s)
+    except ApiError as exc:
+        return Outcome.failed("InvalidJob", f"stored training options: {exc.field}: {exc}")
     if (done := rt.registry.published_by(name, job_id)) is not None:
         # An earlier attempt published and died before recording it: record that version.
         loss = _meta(done.path).get("loss")
@@ -42,11 +40,8 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         return Outcome("succeeded", {"result": {"checkpoint": done.ref, "final_loss": final}})
     data_dir = Path(s.data_dir).resolve()
     config: dict[str, Any] = options.model_dump(exclude_unset=True)
-    if options.dataset != "digits":
-        folder = data_dir / "datasets" / options.dataset  # a plain name: checked by the model
-        if not folder.is_dir():
-            return Outcome.failed("DatasetNotFound", f"no dataset {options.dataset!r}")
-        config["dataset"] = str(folder)
+    if options.dataset != "digits":  # a plain folder name, checked to exist above
+        config["dataset"] = str(data_dir / "datasets" / options.dataset)
     config["device"] = s.device
     config.setdefault("save_every", max(100, options.steps // 10))  # resumable state
     out = data_dir / "runs" / job_id

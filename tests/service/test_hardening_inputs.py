@@ -260,22 +260,17 @@ def test_size_settings_default_to_the_library_limits() -> None:
     assert limits == {"max_params": 5, "max_activation_bytes": 6}
 
 
-def test_engine_loads_checkpoints_within_the_size_settings(monkeypatch, tmp_path) -> None:
-    from app.settings import get_settings
+def test_engine_loads_checkpoints_within_the_size_settings(tmp_path) -> None:
+    from app.settings import Settings
     from worker.engine import Engine, GenSpec
 
     ck = str(make_tiny_checkpoint(tmp_path / "ck"))  # 651,041 parameters
-    monkeypatch.setenv("DDPM_MAX_MODEL_PARAMS", "600000")
-    get_settings.cache_clear()
+    limits = Settings(max_model_params=600_000).model_limits  # what the runtime passes
+    engine = Engine("cpu", threads=1, model_limits=limits).start()
     try:
-        engine = Engine("cpu", threads=1).start()
-        try:
-            job = engine.submit(GenSpec("j", ck, "ck", count=1, seed=0, steps=2))
-            assert job.wait(60)
-        finally:
-            engine.stop()
+        job = engine.submit(GenSpec("j", ck, "ck", count=1, seed=0, steps=2))
+        assert job.wait(60)
     finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
+        engine.stop()
     assert job.status == "failed" and job.error.type == "CheckpointError"
     assert "651,041 parameters, above the limit of 600,000" in job.error.message
