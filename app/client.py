@@ -494,12 +494,13 @@ class _Core:
             interval = min(interval * 1.5, 2.0)
 
     def final(self, doc: dict[str, Any], done: dict[str, Any]) -> _Op:
-        """The document after a ``done`` event: fetched again for the full record, or the
-        event's data when the job has expired in between."""
+        """The document after a ``done`` event: fetched again for the full record, or
+        completed from the event's data when that fails (the job expired in between, the
+        API went away)."""
         try:
             return (yield from self.get_json(f"/jobs/{doc['id']}"))
-        except ApiError as exc:
-            if exc.status != 404:
+        except (ApiError, ServiceUnreachable) as exc:
+            if isinstance(exc, ApiError) and exc.status != 404:
                 raise
             return doc | {k: done[k] for k in ("status", "result", "error") if k in done}
 
