@@ -20,6 +20,7 @@ submit whose first response was lost never makes a second job.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import inspect
 import io
@@ -127,7 +128,10 @@ class JobFailed(ClientError):
         self.status = job.status
         self.error_type = str(err.get("type") or "Error")
         self.message = str(err.get("message") or "")
-        super().__init__(f"job {job.id} {job.status}: {self.error_type}: {self.message}")
+        what = (
+            self.message if self.error_type == "Canceled" else f"{self.error_type}: {self.message}"
+        )
+        super().__init__(f"job {job.id} {job.status}: {what}")
 
 
 class JobCanceled(JobFailed):
@@ -879,8 +883,6 @@ class AsyncClient(_ClientBase):
 
     async def _run(self, op: _Op) -> Any:
         """Carry out an operation's I/O instructions with awaits."""
-        import asyncio
-
         stream: httpx.Response | None = None
         lines = None
         value: Any = None

@@ -271,7 +271,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     loss = result.get("final_loss")
     print(
         f"published {result.get('checkpoint')} in {time.perf_counter() - started:.1f}s"
-        + (f" (final loss {loss:.4f})" if isinstance(loss, int | float) else "")
+        + (f", final loss {loss:.4f}" if isinstance(loss, int | float) else "")
         + f" (job {job.id})"
     )
     return 0
