@@ -164,7 +164,7 @@ class Proxy:
       did the work), then close the client's connection (FIN / RST) instead of answering;
     - ``"reset-now"``: reset the client's connection without forwarding (a pooled
       keep-alive connection that the server had just closed);
-    - ``"cut"``: relay an answer but close the connection after its third chunk;
+    - ``"cut"``: relay an answer but end it (cleanly) after its third chunk;
     - ``("respond", bytes)``: answer with these bytes instead.
     ``seen`` lists (method, path, action) for every request.
     """
@@ -251,4 +251,5 @@ class Proxy:
                 if size == 0:
                     return True
                 if action == "cut" and chunks >= 3:
-                    return False
+                    conn.sendall(b"0\r\n\r\n")  # a clean end, as a stream lifetime cap ends
+                    return True

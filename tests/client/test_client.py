@@ -211,8 +211,9 @@ def test_submit_whose_answer_is_lost_makes_one_job(served, loss, caplog):
 
 
 def test_wait_reconnects_with_last_event_id_when_streams_end(served):
-    """Every event stream is cut after a few chunks (as a lifetime cap or a flaky network
-    does): wait() resumes from the last event each time, so no event comes twice."""
+    """Every event stream ends after a few chunks (as the service's stream lifetime cap
+    ends them): wait() resumes from the last event each time, so no event comes twice.
+    (Streams that break instead: test_resilience.py restarts the API.)"""
     proxy = Proxy(served.port, lambda m, p, n: "cut" if p.endswith("/events") else "forward")
     try:
         with Client(proxy.url) as client:

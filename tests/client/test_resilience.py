@@ -48,6 +48,19 @@ def split(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         s.worker.stop(30)
 
 
+class _LogEvent(logging.Handler):
+    """``seen`` is set once a log record containing ``text`` is emitted."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
 def _running(url: str, job_id: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while httpx.get(f"{url}/jobs/{job_id}").json()["status"] != "running":
@@ -65,13 +78,24 @@ def test_submit_meeting_a_full_queue_succeeds_after_the_wait_once(split, caplog)
         _running(url, a.id)
         b = client.generate(count=1, steps=5)
         assert b.status == "queued"
-        timer = threading.Timer(1.0, b.cancel)
-        timer.start()
+        refused = _LogEvent("HTTP 429")
+        logging.getLogger("ddpm.client").addHandler(refused)
+
+        def cancel_b_once_c_was_refused() -> None:
+            if refused.seen.wait(30):
+                b.cancel()
+
+        canceler = threading.Thread(target=cancel_b_once_c_was_refused)
+        canceler.start()
         started = time.monotonic()
-        with caplog.at_level(logging.INFO, "ddpm.client"):
-            c = client.generate(count=1, seed=9, steps=5)
+        try:
+            with caplog.at_level(logging.INFO, "ddpm.client"):
+                c = client.generate(count=1, seed=9, steps=5)
+        finally:
+            refused.seen.set()
+            canceler.join(30)
+            logging.getLogger("ddpm.client").removeHandler(refused)
         waited = time.monotonic() - started
-        timer.join()
         retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
         assert len(retries) == 1 and "HTTP 429" in retries[0], retries
         assert waited >= 4.5  # the service's Retry-After (5 s) was honoured
