@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from ddpm_core import cli as core_cli
 from ddpm_core import train_cli
 
-from . import service_cli
+from . import remote_cli, service_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     core_cli.add_commands(sub)
     train_cli.add_commands(sub)
     service_cli.add_commands(sub)
+    remote_cli.add_commands(sub)
     return parser
 
 
