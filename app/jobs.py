@@ -287,10 +287,10 @@ def cancel_job(store: JobStore, job_id: str) -> JobDocument:
     doc = store.get(job_id)
     if doc is None:
         raise ApiError(404, f"job {job_id} not found (unknown or expired)")
-    outcome = store.cancel(job_id, doc["kind"])
+    outcome, status = store.cancel(job_id, doc["kind"])
     if outcome == "gone":
         raise ApiError(404, f"job {job_id} not found (unknown or expired)")
     if outcome == "finished":
-        raise ApiError(409, f"job {job_id} has already finished")
+        raise ApiError(409, f"job {job_id} has already {status}")
     log_event(log, "job canceled" if outcome == "canceled" else "cancel requested", job_id=job_id)
     return job_document(store, job_id)

@@ -207,7 +207,9 @@ return redis.call('EXISTS', KEYS[3])
 )
 
 # KEYS: job keys. ARGV: id, prefix, kind, ttl, events_ttl, maxlen, attempt ('' = any),
-#       to, allowed (comma list), done, n_stats, stat pairs..., field pairs...
+#       to, allowed (comma list), done, last progress ('' = none; an event unless the
+#       document already says so), n_stats,
+#       stat pairs..., field pairs...
 _FINISH = (
     _LIB
     + """
@@ -220,9 +222,12 @@ if not ok then return {'refused', st} end
 if ARGV[7] ~= '' and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[7] then
   return {'stale', st}
 end
-local n = tonumber(ARGV[11])
-for i = 12, 11 + 2 * n, 2 do redis.call('HINCRBYFLOAT', KEYS[6], ARGV[i], ARGV[i + 1]) end
-hset_pairs(KEYS[1], ARGV, 12 + 2 * n, #ARGV)
+if ARGV[11] ~= '' and redis.call('HGET', KEYS[1], 'progress') ~= ARGV[11] then
+  event(KEYS[2], tonumber(ARGV[6]), tonumber(ARGV[5]), 'progress', ARGV[11])
+end
+local n = tonumber(ARGV[12])
+for i = 13, 12 + 2 * n, 2 do redis.call('HINCRBYFLOAT', KEYS[6], ARGV[i], ARGV[i + 1]) end
+hset_pairs(KEYS[1], ARGV, 13 + 2 * n, #ARGV)
 finish_job(id, prefix, kind, ARGV[8], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
            ARGV[10], now_ms())
 return {'done', st}
@@ -629,8 +634,9 @@ class JobStore:
         **fields: Any,
     ) -> bool:
         """Move a job to a terminal ``status`` with ``fields`` (result, error, metrics...),
-        its ``done`` event and counters, in one step. ``attempt`` fences it: a worker whose
-        attempt is no longer the job's changes nothing (False)."""
+        its last ``progress`` event (when ``fields`` has one), ``status`` and ``done`` events
+        and counters, in one step. ``attempt`` fences it: a worker whose attempt is no
+        longer the job's changes nothing (False)."""
         fields = {"finished_at": now_iso(), "finished_ts": time.time()} | fields
         done = {"status": status} | {k: fields[k] for k in ("result", "error") if k in fields}
         args: list[Any] = [
@@ -639,6 +645,7 @@ class JobStore:
             status,
             ",".join(allowed),
             json.dumps(done),
+            json.dumps(fields["progress"]) if "progress" in fields else "",
             len(stats),
         ]
         for name, amount in stats:
@@ -647,14 +654,15 @@ class JobStore:
         res = self._finish(keys=self._job_keys(job_id, kind), args=args)
         return res[0] == "done"
 
-    def cancel(self, job_id: str, kind: str) -> str:
+    def cancel(self, job_id: str, kind: str) -> tuple[str, str | None]:
         """Cancel: ``canceled`` (it was queued: it never starts), ``requested`` (running: its
-        worker stops at the next step), ``finished`` (too late) or ``gone``."""
+        worker stops at the next step), ``finished`` (too late; with its status) or
+        ``gone``. Returns (outcome, terminal status or None)."""
         done = json.dumps({"status": "canceled", "error": _CANCELED_QUEUED})
         res = self._cancel(
             keys=self._job_keys(job_id, kind), args=[*self._common(job_id, kind), done]
         )
-        return res[0]
+        return res[0], (json.loads(res[1]) if len(res) > 1 else None)
 
     def requeue(self, job_id: str, kind: str, attempt: int | None = None) -> str:
         """A running job whose lease expired: ``requeued`` (its worker is gone; it runs

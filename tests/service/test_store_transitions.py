@@ -88,23 +88,23 @@ def test_queue_and_client_limits(store):
     third = store.create("generate", {}, client="b", queue_limit=3, client_limit=2)
     with pytest.raises(QueueFull):
         store.create("generate", {}, client="c", queue_limit=3, client_limit=2)
-    assert store.cancel(third.job_id, "generate") == "canceled"  # frees a place for b and all
+    assert store.cancel(third.job_id, "generate")[0] == "canceled"  # frees a place for b and all
     store.create("generate", {}, client="b", queue_limit=3, client_limit=2)
     assert store.queue_depth("generate") == 3
 
 
 def test_cancel_queued_running_finished(store):
     q = store.create("generate", {}).job_id
-    assert store.cancel(q, "generate") == "canceled"
+    assert store.cancel(q, "generate") == ("canceled", None)
     assert assert_consistent(store, q) == "canceled"
     assert store.claim(q, "generate", "w") is None  # its message arrives later: nothing runs
     r = store.create("generate", {}).job_id
     claim = store.claim(r, "generate", "w")
-    assert store.cancel(r, "generate") == "requested"
+    assert store.cancel(r, "generate") == ("requested", None)
     assert store.renew("generate", {r: claim.attempt}) == {r: 1}  # the worker sees it
     assert store.finish(r, "generate", "canceled", claim.attempt, error={"type": "Canceled"})
-    assert store.cancel(r, "generate") == "finished"
-    assert store.cancel("0b7c6f0e-6a51-4c55-9d1b-3f2a3c1e8d11", "generate") == "gone"
+    assert store.cancel(r, "generate") == ("finished", "canceled")
+    assert store.cancel("0b7c6f0e-6a51-4c55-9d1b-3f2a3c1e8d11", "generate") == ("gone", None)
 
 
 def test_fencing_a_stale_worker_changes_nothing(store):
