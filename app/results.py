@@ -47,22 +47,23 @@ class DiskResults:
     def __init__(self, data_dir: Path | str) -> None:
         self.root = Path(data_dir).resolve() / "results"
 
-    def _dir(self, job_id: str, name: str, attempt: int | None) -> Path:
+    def _path(self, job_id: str, name: str, attempt: int | None) -> Path:
         _check(job_id, name)
-        d = self.root / job_id
-        return d if attempt is None else d / f"a{int(attempt)}"
+        # One folder per job; the attempt prefixes the name (a folder per attempt would
+        # cost another disk block for every job).
+        return self.root / job_id / (name if attempt is None else f"a{int(attempt)}_{name}")
 
     def put(self, job_id: str, name: str, data: bytes, attempt: int | None = None) -> None:
-        d = self._dir(job_id, name, attempt)
-        d.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+        path = self._path(job_id, name, attempt)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, d / name)
+        os.replace(tmp, path)
 
     def get(self, job_id: str, name: str, attempt: int | None = None) -> bytes | None:
         try:
-            return (self._dir(job_id, name, attempt) / name).read_bytes()
+            return self._path(job_id, name, attempt).read_bytes()
         except FileNotFoundError:
             return None
 

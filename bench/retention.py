@@ -19,7 +19,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "service"))
 
 
 def main() -> None:
@@ -29,20 +28,20 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from svc_helpers import start_redis_server
 
     from app.results import DiskResults
+    from app.service_cli import EmbeddedRedis
     from app.settings import Settings
     from app.store import store_from_settings
     from ddpm_core.builtin import builtin_path
     from ddpm_core.checkpoint import load_checkpoint
-    from ddpm_core.images import make_grid, png_bytes
+    from ddpm_core.images import png_bytes
     from ddpm_core.pipeline import generate
 
     tmp = Path(tempfile.mkdtemp(prefix="ddpm-retention-"))
-    proc, url = start_redis_server(tmp)
+    server = EmbeddedRedis(tmp, "bench").start()  # the Redis `ddpm serve` runs
     try:
-        s = Settings(redis_url=url, data_dir=tmp / "data")
+        s = Settings(redis_url=server.url, redis_password="bench", data_dir=tmp / "data")
         store = store_from_settings(s)
         request = {
             "count": 1, "seed": 4611686018427387904, "steps": 25, "sampler": "ddpm", "eta": 0.0,
@@ -102,17 +101,15 @@ def main() -> None:
         ckpt = load_checkpoint(builtin_path("digits"))
         img = generate(ckpt, count=1, seed=1, labels=7)
         results = DiskResults(s.data_dir)
-        for j in ids[:50]:
+        for j in ids[:50]:  # what the worker writes for a one-image job
             results.put(j, "0.png", png_bytes(img[0]), 1)
-            results.put(j, "grid.png", png_bytes(make_grid(img)), 1)
         files = [p for p in (Path(s.data_dir) / "results").rglob("*") if p.is_file()]
         apparent = sum(p.stat().st_size for p in files) / 50
         blocks = sum(os.stat(p).st_blocks * 512 for p in files) / 50
         dirs = [p for p in (Path(s.data_dir) / "results").rglob("*") if p.is_dir()]
         dir_blocks = sum(os.stat(p).st_blocks * 512 for p in dirs) / 50
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
 
     kept = doc + idem + expiry
     print(f"single-image job, {args.progress_events} progress events, {args.jobs} jobs")

@@ -103,7 +103,8 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
     results = rt.results(store_kind)
     attempt = claim.attempt
     files = {f"{i}.png": png_bytes(job.images[i]) for i in range(req.count)}
-    files["grid.png"] = png_bytes(make_grid(job.images))
+    if req.count > 1:  # a one-image grid is the image itself: the API serves 0.png
+        files["grid.png"] = png_bytes(make_grid(job.images))
     if job.frames:
         files["trajectory.gif"] = gif_bytes([make_grid(f) for f in job.frames])
     try:

@@ -123,6 +123,8 @@ def _result(store: JobStore, results_for, job_id: str, name: str, media: str) ->
             f"job {job_id} is {doc['status']}: no results",
         )
     store_kind = doc.get("result_store") or "disk"
+    if name == "grid.png" and (doc.get("request") or {}).get("count") == 1:
+        name = "0.png"  # a one-image job stores no separate grid
     data = results_for(store_kind).get(job_id, name, doc.get("result_attempt"))
     if data is None:
         raise ApiError(404, f"{name} not found for job {job_id}")
