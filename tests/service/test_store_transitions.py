@@ -210,3 +210,48 @@ def test_api_per_client_limit(isolated):
     r = c.post("/generate", json={}, headers={"X-API-Key": "ka"})
     assert r.status_code == 429 and r.headers["retry-after"]
     assert c.post("/generate", json={}, headers={"X-API-Key": "kb"}).status_code == 202
+
+
+def test_expired_jobs_lose_their_results_and_runs(settings, tmp_path):
+    """The reaper deletes the result files and training run folders of expired jobs."""
+    from app.results import DiskResults
+    from app.store import JobStore
+    from worker.reaper import Reaper
+
+    short = JobStore(store_for(settings).r, settings.key_prefix, ttl=1, lease_ttl=0.3)
+    keep = JobStore(store_for(settings).r, settings.key_prefix, ttl=600, lease_ttl=0.3)
+    results = DiskResults(settings.data_dir)
+    jobs = {}
+    for name, st in (("old", short), ("new", keep)):
+        job = st.create("train", {}).job_id
+        claim = st.claim(job, "train", "w")
+        results.put(job, "0.png", b"png", claim.attempt)
+        (settings.data_dir / "runs" / job).mkdir(parents=True)
+        assert st.finish(job, "train", "failed", claim.attempt, error={"type": "X"})
+        jobs[name] = job
+    time.sleep(2.1)  # "old" expired (1 s TTL); Redis dropped its document
+    Reaper(keep, None, settings).delete_expired_results()
+    assert results.get(jobs["old"], "0.png", 1) is None
+    assert not (settings.data_dir / "runs" / jobs["old"]).exists()
+    assert results.get(jobs["new"], "0.png", 1) == b"png"
+    assert (settings.data_dir / "runs" / jobs["new"]).exists()
+
+
+def test_train_queue_limit(isolated):
+    _, c = isolated(train_queue_limit=1)
+    admin = {"Authorization": "Bearer admin-secret"}
+    body = {"name": "x", "options": {"steps": 1}}
+    assert c.post("/train", json=body, headers=admin).status_code == 202
+    r = c.post("/train", json=body, headers=admin)
+    assert r.status_code == 429 and r.headers["retry-after"] == "5", r.text
+
+
+def test_readyz_needs_a_consuming_gen_worker(isolated):
+    s, c = isolated()
+    store = store_for(s)
+    assert c.get("/readyz").json()["reason"] == "no generation worker heartbeat"
+    store.heartbeat("gen@a:1", {"queues": ["gen"], "consuming": False}, 10)
+    r = c.get("/readyz")
+    assert r.status_code == 503 and "consuming" in r.json()["reason"]
+    store.heartbeat("gen@b:2", {"queues": ["gen"], "consuming": True}, 10)
+    assert c.get("/readyz").status_code == 200
