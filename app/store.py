@@ -172,6 +172,7 @@ local ttl, events_ttl, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(A
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'gone'} end
 if st ~= '"queued"' then return {'busy', st} end
+if redis.call('HGET', KEYS[1], 'kind') ~= '"' .. kind .. '"' then return {'wrong_kind'} end
 local now = now_ms()
 if redis.call('EXISTS', KEYS[3]) == 1 then
   finish_job(id, prefix, kind, 'canceled', ttl, events_ttl, maxlen, ARGV[11], now)

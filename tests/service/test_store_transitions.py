@@ -55,6 +55,9 @@ def test_lifecycle_progress_and_ttls(store, settings):
     assert claim.attempt == 1 and claim.doc["status"] == "running" and claim.doc["worker"] == "w1"
     assert assert_consistent(store, sub.job_id) == "running"
     assert store.claim(sub.job_id, "generate", "w2") is None  # a duplicate message: no-op
+    other = store.create("generate", {}).job_id
+    assert store.claim(other, "train", "w3") is None  # a message of the wrong kind
+    assert assert_consistent(store, other) == "queued"
     data = {"step": 3, "total": 10, "fraction": 0.3, "loss": 0.5}
     assert store.renew("generate", {sub.job_id: 1}, {sub.job_id: data}) == {sub.job_id: 0}
     assert store.get(sub.job_id)["progress"] == {"step": 3, "total": 10, "fraction": 0.3}
@@ -65,7 +68,7 @@ def test_lifecycle_progress_and_ttls(store, settings):
     assert 0 < store.r.ttl(store.job_key(sub.job_id)) <= settings.job_ttl
     assert 0 < store.r.ttl(store.job_key(sub.job_id, "events")) <= settings.events_ttl
     stats = store.stats()
-    assert stats["jobs_submitted:generate"] == 1 and stats["jobs_finished:generate:succeeded"] == 1
+    assert stats["jobs_submitted:generate"] == 2 and stats["jobs_finished:generate:succeeded"] == 1
 
 
 def test_idempotency_is_bound_to_the_body(store):
