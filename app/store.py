@@ -114,6 +114,8 @@ local function finish_job(id, prefix, kind, to, ttl, events_ttl, maxlen, done, n
   if client then redis.call('ZREM', prefix .. 'inflight:' .. cjson.decode(client), id) end
   redis.call('DEL', KEYS[3])
   redis.call('EXPIRE', KEYS[1], ttl)
+  local idem = redis.call('HGET', KEYS[1], 'idem')  -- the key lives as long as the job
+  if idem then redis.call('EXPIRE', cjson.decode(idem), ttl) end
   event(KEYS[2], maxlen, events_ttl, 'status', '{"status": "' .. to .. '"}')
   event(KEYS[2], maxlen, events_ttl, 'done', done)
   redis.call('HINCRBYFLOAT', KEYS[6], 'jobs_finished:' .. kind .. ':' .. to, 1)
@@ -512,6 +514,8 @@ class JobStore:
             "progress": {"step": 0, "total": 0, "fraction": 0.0},
         } | (extra or {})
         idem = self.key("idem", idem_key) if idem_key else ""
+        if idem:
+            doc["idem"] = idem
         res = self._create(
             keys=[
                 self.job_key(job_id),

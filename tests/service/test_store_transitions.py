@@ -81,6 +81,10 @@ def test_idempotency_is_bound_to_the_body(store):
     other = store.create("generate", {"n": 1}, idem_key="c2:generate:k", body_fingerprint="fp1")
     assert other.created and other.job_id != a.job_id  # another client's scope
     assert store.stats()["jobs_submitted:generate"] == 2
+    store.r.expire(store.key("idem", "c1:generate:k"), 5)
+    claim = store.claim(a.job_id, "generate", "w")
+    assert store.finish(a.job_id, "generate", "succeeded", claim.attempt)
+    assert store.r.ttl(store.key("idem", "c1:generate:k")) > 5  # as long as the job
 
 
 def test_queue_and_client_limits(store):
