@@ -7,6 +7,8 @@ and work is enqueued by task name.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import redis
@@ -19,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .events import AsyncRedis, StreamSlots
 from .jobs import ApiError
 from .logs import configure_logging, log_event
 from .metrics import StoreCollector
@@ -119,7 +122,14 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     """Build the API for ``settings`` (default: the environment)."""
     s = settings or get_settings()
     configure_logging(s.log_level, s.log_format)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await app.state.aredis.aclose()
+
     api = FastAPI(
+        lifespan=lifespan,
         title="ddpm-service",
         version="0.1.0",
         description="DDPM image generation with a job queue. Jobs run on Celery workers; "
@@ -129,6 +139,12 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     api.state.settings = s
     api.state.store = JobStore(connect(url), s.key_prefix, s.job_ttl, s.events_maxlen)
     api.state.bin_redis = connect(url, decode=False)
+    # Event streams read Redis on the event loop: a waiting stream holds no thread, only
+    # one async connection (its blocking XREAD); hence the pool's size.
+    api.state.aredis = AsyncRedis(
+        url, read_timeout=s.stream_keepalive + 10, max_connections=s.max_streams + 64
+    )
+    api.state.stream_slots = StreamSlots(s.max_streams, s.max_streams_per_client)
     api.state.registry = Registry(s.data_dir)
     api.state.celery = celery or make_celery(s)
     api.state.metrics = CollectorRegistry(auto_describe=False)

@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     progress_interval: float = Field(0.25, ge=0.0, description="min seconds between updates")
     max_trajectory_frames: int = Field(64, ge=0)
     events_maxlen: int = Field(1000, ge=10)
+    # Server-Sent Events (GET /jobs/{id}/events): caps are per API process.
+    max_streams: int = Field(1000, ge=1, description="open event streams, all clients")
+    max_streams_per_client: int = Field(
+        50, ge=1, description="open event streams per client (API key, or address when anonymous)"
+    )
+    stream_lifetime: float = Field(
+        300.0, gt=0, description="seconds after which the server ends a stream (clients resume)"
+    )
+    stream_keepalive: float = Field(15.0, gt=0, description="seconds between keep-alive comments")
+    stream_retry_ms: int = Field(2000, ge=0, description="reconnect delay hinted to SSE clients")
 
     @field_validator("key_prefix")
     @classmethod

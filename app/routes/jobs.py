@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
-
 from celery import Celery
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
 
 from ..deps import (
+    client_id,
     get_celery,
     get_registry,
     get_results,
@@ -19,6 +14,7 @@ from ..deps import (
     get_store,
     require_api_key,
 )
+from ..events import EventStreamResponse, job_event_stream
 from ..jobs import ApiError, cancel_job, job_document, normalise_generate, submit_job
 from ..registry import Registry
 from ..schemas import GenerateRequest, JobDocument
@@ -62,44 +58,20 @@ def cancel(job_id: str = JobId, store: JobStore = Depends(get_store)) -> JobDocu
     return cancel_job(store, job_id)
 
 
-def _sse(eid: str, event: str, data: dict) -> bytes:
-    return f"id: {eid}\nevent: {event}\ndata: {json.dumps(data)}\n\n".encode()
-
-
-@router.get("/jobs/{job_id}/events", response_class=StreamingResponse)
+@router.get("/jobs/{job_id}/events", status_code=200, response_class=EventStreamResponse)
 async def events(
     request: Request,
     job_id: str = JobId,
-    last_event_id: str | None = Header(None, pattern=r"^[0-9]+-[0-9]+$"),
-    store: JobStore = Depends(get_store),
-) -> StreamingResponse:
+    last_event_id: str | None = Header(
+        None, max_length=64, description="resume after this event id (`<ms>-<seq>`)"
+    ),
+    client: str = Depends(client_id),
+) -> EventStreamResponse:
     """Server-Sent Events: ``status``, ``progress`` and a final ``done``; resumable
-    with ``Last-Event-ID``."""
-    if await run_in_threadpool(store.get, job_id) is None:
-        raise ApiError(404, f"job {job_id} not found (unknown or expired)")
-
-    async def stream() -> AsyncIterator[bytes]:
-        last = last_event_id or "0-0"
-        yield b"retry: 1000\n\n"
-        while not await request.is_disconnected():
-            batch = await run_in_threadpool(store.read_events, job_id, last, 1000)
-            if not batch:
-                yield b": keep-alive\n\n"
-                if await run_in_threadpool(store.get, job_id) is None:
-                    return
-                continue
-            for eid, event, data in batch:
-                last = eid
-                yield _sse(eid, event, data)
-                if event == "done":
-                    return
-            await asyncio.sleep(0)
-
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    with ``Last-Event-ID``. The server ends a stream after ``DDPM_STREAM_LIFETIME``
+    seconds (the client reconnects with ``Last-Event-ID``); open streams are capped
+    (``DDPM_MAX_STREAMS``, ``DDPM_MAX_STREAMS_PER_CLIENT``: 429 beyond)."""
+    return await job_event_stream(request, job_id, last_event_id, client)
 
 
 def _result(store: JobStore, results_for, job_id: str, name: str, media: str) -> Response:
