@@ -37,14 +37,36 @@ __all__ = [
     "StreamSlots",
     "EventStreamResponse",
     "parse_last_event_id",
+    "EVENT_ID_PATTERN",
+    "SSE_EVENT_SCHEMA",
     "job_event_stream",
 ]
 
-_EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+# Event ids are Redis stream ids, <ms>-<seq>. Up to 19 digits each, so always below 2^64
+# (what Redis accepts); the OpenAPI document declares this pattern.
+# Empty is "no id" (what an SSE client resends after an empty ``id:``).
+EVENT_ID_PATTERN = r"^([0-9]{1,19}-[0-9]{1,19})?$"
+_EVENT_ID = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")
 _EVENT_NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]")
-_U64 = 2**64
 _BATCH = 100
 RETRY_AFTER = "5"
+
+# One event as an SSE client parses it (OpenAPI 3.1: the schema of ``text/event-stream``
+# describes each event).
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": EVENT_ID_PATTERN, "description": "resume after it"},
+        "event": {"type": "string", "enum": ["status", "progress", "done"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "status: {status}; progress: {step, total, fraction, ...}; "
+            "done: {status, result?, error?}",
+        },
+    },
+}
 
 
 class AsyncRedis:
@@ -145,15 +167,14 @@ class EventStreamResponse(StreamingResponse):
 
 
 def parse_last_event_id(value: str | None) -> str:
-    """The stream id to read after: ``0-0`` when absent; ApiError 400 unless ``ms-seq``
-    with both parts below 2**64 (what Redis accepts)."""
-    if value is None or not value.strip():
+    """The stream id to read after: ``0-0`` when absent; ApiError 400 unless it matches
+    :data:`EVENT_ID_PATTERN` (as every ``id:`` the server sends does)."""
+    if not value:
         return "0-0"
-    m = _EVENT_ID.fullmatch(value.strip())
-    if not m or int(m[1]) >= _U64 or int(m[2]) >= _U64:
+    m = _EVENT_ID.fullmatch(value)
+    if not m:
         raise ApiError(
-            400,
-            "Last-Event-ID must be an event id as sent in `id:` (<ms>-<seq>, each below 2^64)",
+            400, f"Last-Event-ID must be an event id as sent in `id:` ({EVENT_ID_PATTERN})"
         )
     return f"{int(m[1])}-{int(m[2])}"
 

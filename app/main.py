@@ -25,6 +25,8 @@ from .events import AsyncRedis, StreamSlots
 from .jobs import ApiError
 from .logs import configure_logging, log_event
 from .metrics import StoreCollector
+from .openapi import allowed_methods, operation_id
+from .openapi import install as install_openapi
 from .queue import make_celery
 from .registry import Registry
 from .routes import admin, checkpoints, health, jobs
@@ -113,6 +115,9 @@ class BodyLimitMiddleware:
         await resp({"type": "http"}, None, send)  # type: ignore[arg-type]
 
 
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
 def _field(loc: tuple | list) -> str:
     parts = [str(p) for p in loc if p not in ("body",)]
     return ".".join(parts) or "body"
@@ -130,6 +135,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
 
     api = FastAPI(
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
         title="ddpm-service",
         version="0.1.0",
         description="DDPM image generation with a job queue. Jobs run on Celery workers; "
@@ -153,16 +159,20 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     @api.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         body: dict[str, Any] = {"detail": exc.message}
-        if exc.field:
-            body["detail"] = [{"field": exc.field, "reason": exc.message}]
+        if exc.field or exc.status == 422:  # 422 always lists fields (the declared body)
+            body["detail"] = [{"field": exc.field or "request", "reason": exc.message}]
         return JSONResponse(body, exc.status, headers=exc.headers)
 
     @api.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"field": _field(e.get("loc", ())), "reason": e.get("msg", "invalid")}
-            for e in exc.errors()
-        ]
+        errors = []
+        for e in exc.errors():
+            if e.get("type") == "json_invalid":  # loc is ("body", byte offset)
+                pos = e.get("loc", ("body", "?"))[-1]
+                errors.append({"field": "body", "reason": f"invalid JSON at byte {pos}"})
+            else:
+                field = _field(e.get("loc", ()))
+                errors.append({"field": field, "reason": e.get("msg", "invalid")})
         return JSONResponse({"detail": errors}, 422)
 
     @api.exception_handler(redis.exceptions.ConnectionError)
@@ -176,11 +186,20 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
 
     @api.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+        if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR:
+            # FastAPI's answer to a JSON body it cannot decode (e.g. invalid UTF-8): the
+            # same 422 as any other malformed JSON.
+            reason = "the body is not valid JSON (UTF-8)"
+            return JSONResponse({"detail": [{"field": "body", "reason": reason}]}, 422)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(api, request.url.path))
+        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=headers)
 
     for module in (jobs, checkpoints, admin, health):
         api.include_router(module.router)
     api.add_middleware(BodyLimitMiddleware, limit=s.max_body_bytes)
+    install_openapi(api, s)
     return api
 
 

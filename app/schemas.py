@@ -205,3 +205,39 @@ class CheckpointInfo(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: Any
+
+
+# -- error and health bodies (what the API sends; the OpenAPI document declares them) ------
+class FieldError(BaseModel):
+    field: str = Field(
+        ...,
+        description="the offending field: dotted for the body (options.lr), or the "
+        "header/path/query name (header.last-event-id); `body` for the body as a whole",
+    )
+    reason: str = Field(..., description="why it was refused")
+
+
+class ValidationErrorBody(BaseModel):
+    """422: the request is well-formed HTTP but a field is invalid; every problem listed."""
+
+    detail: list[FieldError]
+
+
+class ErrorMessage(BaseModel):
+    """Every error status but 422: one human-readable message."""
+
+    detail: str
+
+
+class WorkerStatus(BaseModel):
+    name: str
+    device: str | None = None
+    age_s: float
+
+
+class Readiness(BaseModel):
+    """``GET /readyz``: ``ok`` with the live workers, or ``unavailable`` with the reason."""
+
+    status: Literal["ok", "unavailable"]
+    workers: list[WorkerStatus] | None = None
+    reason: str | None = None
