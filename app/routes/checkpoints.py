@@ -20,7 +20,7 @@ def _describe(registry: Registry, name: str) -> CheckpointInfo:
     try:
         return CheckpointInfo(**registry.describe(name))
     except InvalidName as exc:
-        raise ApiError(422, str(exc), "name") from None
+        raise ApiError(422, str(exc), "ref") from None
     except NotFound as exc:
         raise ApiError(404, str(exc)) from None
 
@@ -37,21 +37,23 @@ def list_checkpoints(registry: Registry = Depends(get_registry)) -> list[Checkpo
 
 
 @router.get(
-    "/checkpoints/{name}",
+    "/checkpoints/{ref}",
     response_model=CheckpointInfo,
     dependencies=[Depends(require_api_key)],
     responses=errors(401, (404, "unknown checkpoint"), (422, "not a checkpoint name")),
 )
 def get_checkpoint(
-    name: str = Path(..., pattern=NAME_PATTERN), registry: Registry = Depends(get_registry)
+    name: str = Path(..., alias="ref", pattern=NAME_PATTERN, description="checkpoint name"),
+    registry: Registry = Depends(get_registry),
 ) -> CheckpointInfo:
     """One checkpoint's versions; 404 when unknown."""
     return _describe(registry, name)
 
 
 @router.delete(
-    # One path template with GET, so that a 405's Allow lists both methods as documented.
-    "/checkpoints/{name}",
+    # One path template with GET, so that a 405's Allow lists both methods as documented
+    # (``ref``, not ``name``: a fuzzer must not take a listed name for a name@version).
+    "/checkpoints/{ref}",
     status_code=204,
     dependencies=[Depends(require_admin)],
     tags=["admin"],
@@ -67,17 +69,17 @@ def get_checkpoint(
     },
 )
 def delete_checkpoint(
-    ref: str = Path(..., alias="name", pattern=REF_PATTERN, description="name@version"),
+    ref: str = Path(..., pattern=REF_PATTERN, description="name@version"),
     registry: Registry = Depends(get_registry),
 ) -> Response:
     """Delete one published version (admin). Built-ins are read-only (409)."""
     name, _, version = ref.partition("@")
     if not version:
-        raise ApiError(422, "give name@version", "name")
+        raise ApiError(422, "give name@version", "ref")
     try:
         registry.delete(name, version)
     except InvalidName as exc:
-        raise ApiError(422, str(exc), "name") from None
+        raise ApiError(422, str(exc), "ref") from None
     except NotFound as exc:
         raise ApiError(404, str(exc)) from None
     except ReadOnly as exc:

@@ -68,7 +68,7 @@ def test_every_error_is_declared_with_the_body_the_api_sends(isolated):
     }
     for path, kind in media.items():
         assert list(doc["paths"][path]["get"]["responses"]["200"]["content"]) == [kind]
-    ckpt = doc["paths"]["/checkpoints/{name}"]
+    ckpt = doc["paths"]["/checkpoints/{ref}"]
     assert set(ckpt) == {"get", "delete"}
     assert {"401", "403", "404", "409", "422"} <= set(ckpt["delete"]["responses"])
     assert set(doc["paths"]["/readyz"]["get"]["responses"]) == {"200", "503"}
