@@ -20,7 +20,15 @@ from .deps import require_admin, require_api_key
 from .schemas import ErrorMessage, ValidationErrorBody
 from .settings import Settings
 
-__all__ = ["errors", "install", "operation_id", "api_routes", "allowed_methods", "JOB_LINKS"]
+__all__ = [
+    "errors",
+    "install",
+    "operation_id",
+    "api_routes",
+    "allowed_methods",
+    "JOB_LINKS",
+    "CHECKPOINT_LINKS",
+]
 
 _DEFAULT_TEXT = {
     400: "a header value is malformed or out of range",
@@ -75,6 +83,17 @@ JOB_LINKS = {
     "GetJob": _link("get_job", "poll the job"),
     "CancelJob": _link("cancel", "cancel the job"),
     "JobEvents": _link("events", "stream the job's events"),
+    "GetGrid": _link("grid", "the grid of a finished generate job"),
+    "GetTrajectory": _link("trajectory", "the denoising GIF of a finished generate job"),
+}
+
+# From the registry listing to one checkpoint.
+CHECKPOINT_LINKS = {
+    "GetCheckpoint": {
+        "operationId": "get_checkpoint",
+        "parameters": {"ref": "$response.body#/0/name"},
+        "description": "the first listed checkpoint",
+    }
 }
 
 

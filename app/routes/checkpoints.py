@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Path, Response
 
 from ..deps import get_registry, require_admin, require_api_key
 from ..jobs import ApiError
-from ..openapi import errors
+from ..openapi import CHECKPOINT_LINKS, errors
 from ..registry import InvalidName, NotFound, ReadOnly, Registry
 from ..schemas import NAME_PATTERN, CheckpointInfo
 
@@ -29,7 +29,7 @@ def _describe(registry: Registry, name: str) -> CheckpointInfo:
     "/checkpoints",
     response_model=list[CheckpointInfo],
     dependencies=[Depends(require_api_key)],
-    responses=errors(401),
+    responses={200: {"description": "the registry", "links": CHECKPOINT_LINKS}, **errors(401)},
 )
 def list_checkpoints(registry: Registry = Depends(get_registry)) -> list[CheckpointInfo]:
     """Every checkpoint with its versions, configs and metadata."""
@@ -43,7 +43,9 @@ def list_checkpoints(registry: Registry = Depends(get_registry)) -> list[Checkpo
     responses=errors(401, (404, "unknown checkpoint"), (422, "not a checkpoint name")),
 )
 def get_checkpoint(
-    name: str = Path(..., alias="ref", pattern=NAME_PATTERN, description="checkpoint name"),
+    name: str = Path(
+        ..., alias="ref", pattern=NAME_PATTERN, description="checkpoint name", examples=["digits"]
+    ),
     registry: Registry = Depends(get_registry),
 ) -> CheckpointInfo:
     """One checkpoint's versions; 404 when unknown."""
@@ -69,7 +71,9 @@ def get_checkpoint(
     },
 )
 def delete_checkpoint(
-    ref: str = Path(..., pattern=REF_PATTERN, description="name@version"),
+    ref: str = Path(
+        ..., pattern=REF_PATTERN, description="name@version", examples=["digits@builtin"]
+    ),
     registry: Registry = Depends(get_registry),
 ) -> Response:
     """Delete one published version (admin). Built-ins are read-only (409)."""
