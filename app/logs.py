@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
 
 __all__ = ["configure_logging", "log_event"]
 
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_.-]")
 _STD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
 def _fmt_value(v: Any) -> str:
+    """A kv value: bare when it is plainly one token, else a JSON string. Newlines and other
+    control or separator characters are escaped (``ensure_ascii``), so a value cannot end
+    the line and forge another log entry."""
     s = v if isinstance(v, str) else json.dumps(v, default=str)
-    return json.dumps(s) if (not s or any(c in s for c in ' ="')) else s
+    if not s or any(c in ' ="\\' or not c.isprintable() for c in s):
+        return json.dumps(s, ensure_ascii=True)
+    return s
+
+
+def _fmt_key(k: str) -> str:
+    # Keys come from code, but ``**fields`` may carry any string: keep them one bare token.
+    return _KEY_BAD.sub("_", k) or "_"
 
 
 class _Formatter(logging.Formatter):
@@ -36,7 +48,7 @@ class _Formatter(logging.Formatter):
             fields["exc"] = self.formatException(record.exc_info)
         if self.kind == "json":
             return json.dumps(fields, default=str)
-        return " ".join(f"{k}={_fmt_value(v)}" for k, v in fields.items())
+        return " ".join(f"{_fmt_key(k)}={_fmt_value(v)}" for k, v in fields.items())
 
 
 def configure_logging(level: str = "INFO", fmt: str = "kv") -> None:

