@@ -59,7 +59,7 @@ class Api:
             time.sleep(0.2)
 
     def job(self) -> str:
-        job_id, _ = self.store.create("generate", {"count": 1})
+        job_id = self.store.create("generate", {"count": 1}).job_id
         return job_id
 
     def stop(self) -> None:
@@ -191,8 +191,8 @@ def test_largest_event_id_is_accepted(capped_api: Api) -> None:
 def test_finished_job_replays_and_closes(busy_api: Api) -> None:
     job_id = busy_api.job()
     store = busy_api.store
-    store.start(job_id, "generate", "w@test")
-    store.finish(job_id, "generate", "succeeded", result={"images": []})
+    claim = store.claim(job_id, "generate", "w@test")
+    store.finish(job_id, "generate", "succeeded", claim.attempt, result={"images": []})
     r = httpx.get(f"{busy_api.url}/jobs/{job_id}/events", timeout=10)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
@@ -218,7 +218,14 @@ def test_finished_job_replays_and_closes(busy_api: Api) -> None:
 def test_dropped_event_stream_of_a_finished_job_gives_one_done(busy_api: Api) -> None:
     job_id = busy_api.job()
     store = busy_api.store
-    store.finish(job_id, "generate", "failed", error={"type": "X", "message": "boom"})
+    store.finish(
+        job_id,
+        "generate",
+        "failed",
+        None,
+        allowed=("queued",),
+        error={"type": "X", "message": "boom"},
+    )
     store.r.delete(store.job_key(job_id, "events"))
     r = httpx.get(f"{busy_api.url}/jobs/{job_id}/events", timeout=10)
     assert r.status_code == 200
@@ -288,7 +295,7 @@ def test_lifetime_ends_the_stream_and_the_client_resumes(capped_api: Api) -> Non
     (queued,) = _events(text)
     # Events written while the client was away arrive after it reconnects.
     store.add_event(job_id, "progress", {"step": 1, "total": 2, "fraction": 0.5})
-    store.finish(job_id, "generate", "canceled", error={"type": "Canceled", "message": "x"})
+    store.cancel(job_id, "generate")
     r = httpx.get(
         f"{capped_api.url}/jobs/{job_id}/events",
         headers={"X-API-Key": "k3", "Last-Event-ID": queued["id"]},
