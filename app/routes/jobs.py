@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 
 from celery import Celery
-from fastapi import APIRouter, Depends, Header, Path, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
@@ -21,6 +21,7 @@ from ..deps import (
     require_api_key,
 )
 from ..jobs import ApiError, cancel_job, job_document, normalise_generate, submit_job
+from ..preview import PreviewWatch
 from ..registry import Registry
 from ..schemas import GenerateRequest, JobDocument
 from ..settings import Settings
@@ -82,17 +83,22 @@ async def events(
     request: Request,
     job_id: str = JobId,
     last_event_id: str | None = Header(None, pattern=r"^[0-9]+-[0-9]+$"),
+    preview: bool = Query(False, description="also send live `preview` events while open"),
     store: JobStore = Depends(get_store),
 ) -> StreamingResponse:
     """Server-Sent Events: ``status``, ``progress`` and a final ``done``; resumable
-    with ``Last-Event-ID``."""
+    with ``Last-Event-ID``. With ``preview=1`` also ``preview`` events (``step``, ``total``,
+    ``url`` of a small PNG grid of the current x0 estimate), made only while watched."""
     if await run_in_threadpool(store.get, job_id) is None:
         raise ApiError(404, f"job {job_id} not found (unknown or expired)")
+    watch = PreviewWatch(store, job_id) if preview else None
 
     async def stream() -> AsyncIterator[bytes]:
         last = last_event_id or "0-0"
         yield b"retry: 1000\n\n"
         while not await request.is_disconnected():
+            if watch is not None:
+                await watch.refresh()
             batch = await run_in_threadpool(store.read_events, job_id, last, 1000)
             if not batch:
                 yield b": keep-alive\n\n"
