@@ -24,7 +24,7 @@ from .logs import configure_logging, log_event
 from .metrics import StoreCollector
 from .queue import make_celery
 from .registry import Registry
-from .routes import admin, checkpoints, health, jobs
+from .routes import admin, checkpoints, health, jobs, previews, ui
 from .settings import Settings, get_settings
 from .store import connect, is_transient, store_from_settings
 
@@ -141,7 +141,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
 
-    for module in (jobs, checkpoints, admin, health):
+    for module in (jobs, checkpoints, admin, health, previews, ui):
         api.include_router(module.router)
     api.add_middleware(BodyLimitMiddleware, limit=s.max_body_bytes)
     return api

@@ -25,7 +25,9 @@ def _read_events(response, until, timeout: float = 60.0) -> list[tuple[str, str,
         while "\n\n" in buf:
             block, buf = buf.split("\n\n", 1)
             fields = dict(
-                line.split(": ", 1) for line in block.splitlines() if ": " in line and line[0] != ":"
+                line.split(": ", 1)
+                for line in block.splitlines()
+                if ": " in line and line[0] != ":"
             )
             if "event" in fields:
                 out.append((fields["id"], fields["event"], json.loads(fields["data"])))
@@ -104,9 +106,7 @@ def test_renew_reports_the_preview_flag_and_fences_preview_events(redis_url, tmp
     assert store.renew("generate", {job_id: claim.attempt}) == {job_id: 3}
     # A stale attempt writes no preview event.
     stale = {"step": 4, "total": 10, "url": "x"}
-    assert store.renew("generate", {job_id: claim.attempt + 1}, {}, {job_id: stale}) == {
-        job_id: -1
-    }
+    assert store.renew("generate", {job_id: claim.attempt + 1}, {}, {job_id: stale}) == {job_id: -1}
     previews = [e[2] for e in store.read_events(job_id, count=100) if e[1] == "preview"]
     assert previews == [data]
     # The flag lapses by itself once nobody refreshes it.
