@@ -150,6 +150,7 @@ export class JobView {
   }
 
   async renderDone(d) {
+    this.$('job-mode').textContent = '';
     this.renderDoc(d);
     this.setStatus(d.status);
     this.$('job-cancel').hidden = true;

@@ -78,11 +78,12 @@ class Service:
         self._out.close()
 
 
-def save_screenshot(page, path: Path, **kw) -> Path:
-    """A screenshot as a 256-colour PNG (small enough to commit)."""
+def save_screenshot(target, path: Path, **kw) -> Path:
+    """A screenshot of a page or an element (locator) as a 256-colour PNG (small enough
+    to commit)."""
     from PIL import Image
 
-    img = Image.open(io.BytesIO(page.screenshot(**kw))).convert("RGB")
+    img = Image.open(io.BytesIO(target.screenshot(**kw))).convert("RGB")
     img.quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
     return path
 

@@ -75,9 +75,7 @@ def test_generate_queue_progress_preview_and_results(page, served, screenshot_di
     assert_same_image(page_pixels(page, "#job-grid"), http.get(doc["result"]["grid_url"]).content)
     href = page.get_attribute("#job-images li:nth-child(6) a[download]", "href")
     assert href == doc["result"]["images"][5]["url"]
-    page.locator("#job-grid").scroll_into_view_if_needed()
-    page.evaluate("() => window.scrollTo(0, 0)")
-    save_screenshot(page, screenshot_dir / "page-results.png")
+    save_screenshot(page.locator("#job"), screenshot_dir / "page-results.png")
 
 
 def test_this_image_alone_gives_equal_pixels(page, served):
@@ -150,10 +148,15 @@ def test_refused_stream_falls_back_to_polling(page, served):
     open_page(page, served)
     page.fill("#f-count", "2")
     page.fill("#f-steps", "30")
+    page.check("#f-trajectory")  # and the denoising as a GIF
     page.click("#gen-submit")
     page.wait_for_selector("#job[data-status=succeeded][data-results='2']")
     assert refused and page.get_attribute("#job", "data-mode") == "polling"
-    assert "checking every second" in page.inner_text("#job-mode")
+    job_id = page.url.rsplit("/", 1)[1]
+    assert served.http.get(f"/jobs/{job_id}").json()["request"]["trajectory_frames"] == 30
+    gif = page.get_attribute("#job-trajectory", "src")
+    assert gif == f"/jobs/{job_id}/trajectory.gif" and page.is_visible("#job-trajectory")
+    page.wait_for_function("() => document.querySelector('#job-trajectory').naturalWidth > 0")
 
 
 def test_checkpoints_page_lists_the_builtin_with_its_grid(page, served):
@@ -221,7 +224,7 @@ def test_admin_training_run_live_curve_then_generate_form(page, served, screensh
     ]
     assert 20 in steps and 60 in steps, steps
     assert "Published browsertrain@1" in page.inner_text("#train-result")
-    save_screenshot(page, screenshot_dir / "page-training.png")
+    save_screenshot(page.locator("#train-job"), screenshot_dir / "page-training.png")
 
     # The token stays in this tab's session: never in the URL or in local storage.
     assert token not in page.url
