@@ -186,3 +186,38 @@ def test_web_page_and_its_files(client):
     assert client.get("/docs").status_code == 200  # the OpenAPI page still works
     # The page loads nothing from elsewhere.
     assert "http://" not in r.text and "https://" not in r.text
+
+
+def test_engine_hands_previews_only_while_watched_at_most_every_interval(tmp_path):
+    """The engine calls on_preview only while the job's preview event is set, with the
+    first 16 rows' x0 estimate, never more often than preview_interval."""
+    import threading
+
+    from svc_helpers import make_tiny_checkpoint
+
+    from worker.engine import Engine, GenSpec
+
+    ckpt = str(make_tiny_checkpoint(tmp_path / "u"))
+    engine = Engine("cpu", max_batch=64, threads=1, preview_interval=0.05).start()
+    try:
+        watched = threading.Event()
+        calls: list[tuple[float, int, int, tuple]] = []
+
+        def on_preview(step, total, x0):
+            calls.append((time.monotonic(), step, total, tuple(x0.shape)))
+
+        spec = GenSpec("p", ckpt, "u", count=20, seed=1, steps=200, sampler="ddpm")
+        job = engine.submit(spec, preview=watched, on_preview=on_preview)
+        while job._steps_done < 20 * 40 and not job.done.is_set():  # 40 steps unwatched
+            time.sleep(0.01)
+        assert calls == []
+        watched.set()
+        assert job.wait(120) and job.status == "succeeded"
+    finally:
+        engine.stop()
+    assert len(calls) >= 2
+    assert all(c[3] == (16, 1, 16, 16) and c[2] == 200 for c in calls)
+    steps = [c[1] for c in calls]
+    assert steps == sorted(steps) and steps[0] >= 40
+    gaps = [b[0] - a[0] for a, b in zip(calls, calls[1:], strict=False)]
+    assert min(gaps) >= 0.05 - 1e-3
