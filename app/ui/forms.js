@@ -18,6 +18,8 @@ function errorBox(form, field) {
   const input = inputFor(form, field);
   const wrap = input && input.closest('.field');
   if (!wrap) return null;
+  const near = wrap.querySelector('[data-error-for]');
+  if (near) return near; // the parent's box: one message per control
   const p = document.createElement('p');
   p.className = 'error';
   p.dataset.errorFor = field;
@@ -26,8 +28,16 @@ function errorBox(form, field) {
   return p;
 }
 
+/** The control named `field`, or that of its closest parent (options.unet_overrides.x). */
 function inputFor(form, field) {
-  return [...form.elements].find((e) => e.name === field) || null;
+  const parts = field.split('.');
+  while (parts.length) {
+    const name = parts.join('.');
+    const input = [...form.elements].find((e) => e.name === name);
+    if (input) return input;
+    parts.pop();
+  }
+  return null;
 }
 
 /**
@@ -41,9 +51,10 @@ export function showErrors(form, err, general) {
   for (const { field, reason } of err.fields || []) {
     const box = errorBox(form, field);
     if (!box) { rest.push(`${field}: ${reason}`); continue; }
-    box.textContent = reason;
-    box.hidden = false;
     const input = inputFor(form, field);
+    // A sub-field (options.unet_overrides.channel_mult) is named in its parent's box.
+    box.textContent = input && input.name !== field ? `${field.slice(input.name.length + 1)}: ${reason}` : reason;
+    box.hidden = false;
     if (input) {
       input.setAttribute('aria-invalid', 'true');
       input.setAttribute('aria-describedby', box.id);

@@ -49,7 +49,11 @@ export class GenerateView {
     const sel = this.$('f-checkpoint');
     const want = params.checkpoint || sel.value;
     sel.replaceChildren(...this.checkpoints.map((c) => option(c.name, c.name, c.name === want)));
-    if (!sel.value && this.checkpoints.length) sel.value = this.checkpoints[0].name;
+    if (!this.checkpoints.some((c) => c.name === want) && this.checkpoints.length) {
+      // Nothing chosen yet: a built-in checkpoint (the service's default ships as one).
+      const builtin = this.checkpoints.find((c) => c.versions.some((v) => v.builtin));
+      sel.value = (builtin || this.checkpoints[0]).name;
+    }
     this.fillVersions(params.version);
     this.applyConfig();
   }

@@ -198,6 +198,12 @@ def test_admin_training_run_live_curve_then_generate_form(page, served, screensh
         "sample_every": "20",
         "sample_count": "9",
     }
+    # A refused option is shown at its field (422 "options.steps"); nothing starts.
+    page.fill("[name='options.steps']", "0")
+    page.click("#train-submit")
+    page.locator("[data-error-for='options.steps']").wait_for(state="visible")
+    assert page.get_attribute("[name='options.steps']", "aria-invalid") == "true"
+    assert page.locator("#train-job[data-status=none]").count() == 1
     for name, value in options.items():
         page.fill(f"[name='options.{name}']", value)
     page.check("[name='options.class_cond']")
@@ -244,16 +250,25 @@ def test_admin_training_run_live_curve_then_generate_form(page, served, screensh
 
 
 def test_history_lists_this_browsers_jobs(page, served):
-    open_page(page, served, "#/history", "history")
-    page.wait_for_selector("#history-list li[data-status=succeeded] img.thumb")
-    kinds = page.locator("#history-list li a").all_inner_texts()
-    assert any(k.startswith("Training") for k in kinds) and any(k.startswith("Job") for k in kinds)
-    thumb = page.get_attribute("#history-list li[data-status=succeeded] img.thumb", "src")
+    open_page(page, served)
+    page.fill("#f-count", "3")
+    page.fill("#f-steps", "10")
+    page.click("#gen-submit")
+    page.wait_for_selector("#job[data-status=succeeded][data-results='3']")
+    job_id = page.url.rsplit("/", 1)[1]
+    page.click("nav a[data-view=history]")
+    page.wait_for_selector("body[data-ready=history]")
+    entry = f"#history-list li[data-job='{job_id}']"
+    page.wait_for_selector(f"{entry}[data-status=succeeded] img.thumb")
+    assert "3 images" in page.inner_text(entry)
+    thumb = page.get_attribute(f"{entry} img.thumb", "src")
     assert thumb.startswith("data:image/png;base64,")
+    # Only ids, kinds, times and thumbnails are kept in the browser.
     stored = page.evaluate("() => JSON.parse(localStorage.getItem('ddpm.history'))")
+    assert stored[0]["id"] == job_id
     assert all(set(e) <= {"id", "kind", "t", "thumb"} for e in stored)
-    page.click("#history-list li[data-status=succeeded] a")
-    page.wait_for_selector("#job[data-status=succeeded]")
+    page.click(f"{entry} a")
+    page.wait_for_selector("#job[data-status=succeeded][data-results='3']")
 
 
 def test_labels_keyboard_and_phone_width(page, served):
@@ -288,10 +303,19 @@ def test_labels_keyboard_and_phone_width(page, served):
     page.wait_for_selector("#job[data-status=succeeded][data-results='1']", timeout=90_000)
 
 
-def test_no_request_leaves_the_origin(browser_context, served):
-    """Every request any page of this module made went to the service itself."""
+def test_no_request_leaves_the_origin(page, browser_context, served):
+    """Every request any page of this module made went to the service itself; this test
+    adds a watched job and every view, so that it holds on its own too."""
+    open_page(page, served)
+    page.fill("#f-count", "4")
+    page.fill("#f-steps", "150")
+    page.click("#gen-submit")
+    page.wait_for_selector("#job[data-status=succeeded][data-results='4']", timeout=90_000)
+    for view in ("history", "checkpoints", "train"):
+        page.click(f"nav a[data-view={view}]")
+        page.wait_for_selector(f"body[data-ready={view}]")
     urls = browser_context.requests
-    assert len(urls) > 50
     foreign = [u for u in urls if not u.startswith((served.base + "/", "data:", "blob:"))]
     assert foreign == []
     assert any("/events?preview=1" in u for u in urls) and any("/preview.png" in u for u in urls)
+    assert any("/ui/" in u for u in urls) and any("/samples.png" in u for u in urls)
