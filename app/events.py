@@ -29,6 +29,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .jobs import ApiError
+from .preview import PREVIEW_REFRESH, PreviewWatch
 from .schemas import TERMINAL
 from .settings import Settings
 
@@ -201,10 +202,11 @@ async def _status(r: aredis.Redis, job_key: str) -> str | None:
 
 
 async def job_event_stream(
-    request: Request, job_id: str, last_event_id: str | None, client: str
+    request: Request, job_id: str, last_event_id: str | None, client: str, preview: bool = False
 ) -> EventStreamResponse:
     """The SSE response for ``job_id``: 400 (bad Last-Event-ID), 404 (unknown job) or 429
-    (caps) before anything is streamed."""
+    (caps) before anything is streamed. With ``preview``, the stream keeps the job's
+    preview flag alive while it is open (see :mod:`app.preview`)."""
     state = request.app.state
     s: Settings = state.settings
     after = parse_last_event_id(last_event_id)
@@ -222,7 +224,8 @@ async def job_event_stream(
         # this is the proxy's address, and the per-client cap becomes one for all).
         client = f"anon@{request.client.host if request.client else '?'}"
     release = state.stream_slots.acquire(client)
-    body = _stream(r, s, job_key, ev_key, after, first)
+    watch = PreviewWatch(r, f"{job_key}:preview") if preview else None
+    body = _stream(r, s, job_key, ev_key, after, first, watch)
     return EventStreamResponse(body, release)
 
 
@@ -233,12 +236,15 @@ async def _stream(
     ev_key: str,
     after: str,
     pending: list[tuple[str, str, str]],
+    watch: PreviewWatch | None = None,
 ) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + s.stream_lifetime
     yield f"retry: {s.stream_retry_ms}\n\n".encode()
     terminal_seen = False
     while True:
+        if watch is not None:
+            await watch.refresh()
         for eid, event, data in pending:
             after = eid
             yield _frame(eid, event, data)
@@ -261,6 +267,8 @@ async def _stream(
             yield b": stream lifetime reached; reconnect with Last-Event-ID\n\n"
             return
         wait = min(s.stream_keepalive, remaining, 0.25 if terminal_seen else remaining)
+        if watch is not None:
+            wait = min(wait, PREVIEW_REFRESH)
         pending = _entries(
             await r.xread({ev_key: after}, count=_BATCH, block=max(1, int(wait * 1000)))
         )

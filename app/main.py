@@ -29,7 +29,7 @@ from .openapi import allowed_methods, operation_id
 from .openapi import install as install_openapi
 from .queue import make_celery
 from .registry import Registry
-from .routes import admin, checkpoints, health, jobs
+from .routes import admin, checkpoints, health, jobs, previews, ui
 from .settings import Settings, get_settings
 from .store import connect, is_transient, store_from_settings
 
@@ -207,7 +207,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
             headers["Allow"] = ", ".join(allowed_methods(api, request.url.path))
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers=headers)
 
-    for module in (jobs, checkpoints, admin, health):
+    for module in (jobs, checkpoints, admin, health, previews, ui):
         api.include_router(module.router)
     api.add_middleware(BodyLimitMiddleware, limit=s.max_body_bytes)
     install_openapi(api, s)

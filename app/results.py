@@ -17,7 +17,8 @@ import redis
 
 __all__ = ["ResultStore", "DiskResults", "RedisResults", "make_result_store", "RESULT_NAME_RE"]
 
-RESULT_NAME_RE = re.compile(r"^([0-9]{1,5}\.png|grid\.png|trajectory\.gif)$")
+# preview.png: the latest live preview grid of a running job (app/preview.py).
+RESULT_NAME_RE = re.compile(r"^([0-9]{1,5}\.png|grid\.png|trajectory\.gif|preview\.png)$")
 _JOB_RE = re.compile(r"^[0-9a-f-]{36}$")
 
 

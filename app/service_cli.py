@@ -364,7 +364,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 celery + worker_argv("train", 1, None, "INFO"),
                 {"DDPM_WORKER_QUEUES": "train"},
             )
-        print(f"ddpm: serving on http://{args.host}:{args.port} (docs at /docs)", flush=True)
+        print(
+            f"ddpm: serving on http://{args.host}:{args.port} (the web page; API docs at /docs)",
+            flush=True,
+        )
         while not stopping:
             if redis_server is not None and redis_server.proc.poll() is not None:
                 print("ddpm: embedded Redis exited; restarting it", file=sys.stderr, flush=True)

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(2, ge=1)
     progress_interval: float = Field(0.25, ge=0.0, description="min seconds between updates")
     max_trajectory_frames: int = Field(64, ge=0)
+    preview_interval: float = Field(
+        0.5, ge=0.0, description="min seconds between live preview grids of a watched job"
+    )
     events_maxlen: int = Field(1000, ge=10)
     # Model size, computed from a config before anything is allocated (checkpoint loads,
     # POST /generate, POST /train). Defaults equal ddpm_core.unet_config's DEFAULT_MAX_*.

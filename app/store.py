@@ -5,6 +5,7 @@ Keys (all under the configured prefix, ``ddpm:`` by default)::
     job:{id}            hash, one JSON value per field of the job document
     job:{id}:events     stream (capped with MAXLEN), the SSE source
     job:{id}:cancel     cancel flag (deleted when the job finishes)
+    job:{id}:preview    a client watches the live preview (short TTL, refreshed by the stream)
     queue:{kind}        sorted set of queued jobs by submit time (gen, train)
     leases:{kind}       sorted set of running jobs by lease expiry (Redis time, ms)
     inflight:{client}   sorted set of a client's unfinished jobs (per-client limit)
@@ -51,9 +52,14 @@ __all__ = [
     "is_transient",
     "JOB_ID_RE",
     "QUEUE_OF",
+    "RENEW_CANCEL",
+    "RENEW_PREVIEW",
 ]
 
 QUEUE_OF = {"generate": "gen", "train": "train"}
+# Bits of what JobStore.renew returns for a job whose lease it renewed.
+RENEW_CANCEL = 1
+RENEW_PREVIEW = 2
 JOB_ID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 
@@ -191,10 +197,11 @@ return {'claimed', attempt, redis.call('HGETALL', KEYS[1])}
 """
 )
 
-# KEYS: job hash, events, cancel flag, leases. ARGV: id, attempt, lease_ms, ttl, maxlen,
-#       progress ('' = none), event data ('' = none)
-# Returns -1 when the lease is lost (another attempt owns the job, or it finished),
-# 1 when a cancel was requested, else 0.
+# KEYS: job hash, events, cancel flag, leases, preview flag. ARGV: id, attempt, lease_ms,
+#       ttl, maxlen, progress ('' = none), event data ('' = none), preview event data ('' =
+#       none)
+# Returns -1 when the lease is lost (another attempt owns the job, or it finished), else
+# bit 0: a cancel was requested, bit 1: someone watches the job's preview.
 _RENEW = (
     _LIB
     + """
@@ -205,7 +212,8 @@ if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[1], 'progress', ARGV[6])
   event(KEYS[2], tonumber(ARGV[5]), tonumber(ARGV[4]), 'progress', ARGV[7])
 end
-return redis.call('EXISTS', KEYS[3])
+if ARGV[8] ~= '' then event(KEYS[2], tonumber(ARGV[5]), tonumber(ARGV[4]), 'preview', ARGV[8]) end
+return redis.call('EXISTS', KEYS[3]) + 2 * redis.call('EXISTS', KEYS[5])
 """
 )
 
@@ -592,12 +600,15 @@ class JobStore:
         kind: str,
         held: dict[str, int],
         progress: dict[str, dict[str, Any]] | None = None,
+        previews: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, int]:
         """Renew the leases of ``held`` (job id -> attempt) and write pending ``progress`` (job
-        id -> event data; its step/total/fraction also go to the document), in one round trip.
-        Returns job id -> -1 (lease lost: stop, the result would be discarded), 1 (cancel
-        requested) or 0."""
+        id -> event data; its step/total/fraction also go to the document) and ``previews``
+        (job id -> ``preview`` event data), in one round trip. Returns job id -> -1 (lease
+        lost: stop, the result would be discarded) or a bit set: ``RENEW_CANCEL`` (cancel
+        requested), ``RENEW_PREVIEW`` (a client watches the preview, :meth:`want_preview`)."""
         progress = progress or {}
+        previews = previews or {}
         pipe = self.r.pipeline(transaction=False)
         ids = list(held)
         for job_id in ids:
@@ -613,6 +624,7 @@ class JobStore:
                     self.job_key(job_id, "events"),
                     self.job_key(job_id, "cancel"),
                     self.lkey(kind),
+                    self.job_key(job_id, "preview"),
                 ],
                 args=[
                     job_id,
@@ -622,6 +634,7 @@ class JobStore:
                     self.events_maxlen,
                     doc_progress,
                     json.dumps(data) if data else "",
+                    json.dumps(previews[job_id]) if job_id in previews else "",
                 ],
                 client=pipe,
             )
@@ -690,6 +703,13 @@ class JobStore:
             ],
         )
         return res[0]
+
+    # -- live previews ---------------------------------------------------------------------
+    def want_preview(self, job_id: str, ttl: float = 10.0) -> None:
+        """Say that a client watches ``job_id``'s live preview for the next ``ttl`` seconds
+        (refresh it while watching). The job's worker learns it at its next lease renewal;
+        nobody watching costs the worker nothing."""
+        self.r.set(self.job_key(job_id, "preview"), "1", px=max(1, int(ttl * 1000)))
 
     # -- events ----------------------------------------------------------------------------
     def add_event(self, job_id: str, event: str, data: dict[str, Any]) -> str:

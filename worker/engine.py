@@ -40,6 +40,9 @@ __all__ = ["GenSpec", "EngineJob", "Engine", "JobFailed"]
 log = logging.getLogger("ddpm.engine")
 
 ProgressFn = Callable[[int, int, float], None]
+# on_preview(step, total, x0_hat): the first PREVIEW_ROWS rows' current x0 estimate, on CPU.
+PreviewFn = Callable[[int, int, torch.Tensor], None]
+PREVIEW_ROWS = 16
 
 
 class JobFailed(Exception):
@@ -96,6 +99,12 @@ class EngineJob:
     _steps_done: int = 0
     _rows_left: int = 0
     _last_progress: float = 0.0
+    # Live preview: while ``preview`` is set (a client watches), ``on_preview`` gets the
+    # rows' latest x0 estimate at most every ``Engine.preview_interval`` seconds.
+    preview: threading.Event | None = None
+    on_preview: PreviewFn | None = None
+    _x0: dict[int, torch.Tensor] = field(default_factory=dict)
+    _last_preview: float = 0.0
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.done.wait(timeout)
@@ -128,7 +137,9 @@ class Engine:
         autocast: str = "auto",
         finite_check_every: int = 16,
         model_limits: dict[str, int] | None = None,
+        preview_interval: float = 0.5,
     ) -> None:
+        self.preview_interval = preview_interval
         self.threads = threads
         self.fast = fast or FastOptions()
         self.autocast = autocast
@@ -180,14 +191,19 @@ class Engine:
         spec: GenSpec,
         on_progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
+        preview: threading.Event | None = None,
+        on_preview: PreviewFn | None = None,
     ) -> EngineJob:
         """Queue ``spec``; the returned job's ``done`` is set when it has finished. Setting
-        ``cancel`` (or the job's own ``cancel``) stops it at the next step."""
+        ``cancel`` (or the job's own ``cancel``) stops it at the next step. While ``preview``
+        is set, ``on_preview`` receives the current x0 estimate (engine thread: keep it
+        cheap)."""
         job = (
             EngineJob(spec, on_progress)
             if cancel is None
             else EngineJob(spec, on_progress, cancel=cancel)
         )
+        job.preview, job.on_preview = preview, on_preview
         with self._cond:
             if self._stop:
                 raise RuntimeError("engine stopped")
@@ -348,7 +364,7 @@ class Engine:
                 n = len(job._frames[0])
                 job.frames = [torch.stack([fr[j] for fr in job._frames]) for j in range(n)]
         job._ckpt = None
-        job._outputs, job._frames = [], []
+        job._outputs, job._frames, job._x0 = [], [], {}
         job.done.set()
 
     def _step_once(self) -> None:
@@ -406,7 +422,7 @@ class Engine:
             noise = torch.stack(
                 [r.rng.noise(r.x.shape) if n else zeros for r, n in zip(batch, noisy, strict=True)]
             )
-        x_new, _ = denoise_step(x, eps, coefs, noise)
+        x_new, x0_hat = denoise_step(x, eps, coefs, noise)
         # Reading finiteness back waits for the device: do it every few calls and whenever a
         # row finishes, not every step (a NaN stays NaN until then).
         self._calls += 1
@@ -474,6 +490,40 @@ class Engine:
                     )
             if finished:
                 self._finish(job, "succeeded")
+        self._previews(batch, jobs_in, x0_hat, now)
+
+    def _previews(
+        self, batch: list[_Row], jobs: list[EngineJob], x0_hat: torch.Tensor, now: float
+    ) -> None:
+        """Hand each watched job its rows' x0 estimate, at most every ``preview_interval``.
+        A job nobody watches costs one flag check."""
+        for job in jobs:
+            if job.on_preview is None or job.preview is None or job.done.is_set():
+                continue
+            if not job.preview.is_set() or now - job._last_preview < self.preview_interval:
+                continue
+            job._last_preview = now
+            mine = [(i, r.index) for i, r in enumerate(batch) if r.job is job]
+            mine = [(i, idx) for i, idx in mine if idx < PREVIEW_ROWS]
+            if mine:  # one device-to-host copy for the job's rows in this batch
+                rows = x0_hat[torch.tensor([i for i, _ in mine], device=x0_hat.device)]
+                for (_, idx), x0 in zip(mine, rows.float().cpu(), strict=True):
+                    job._x0[idx] = x0
+            if not job._x0:
+                continue
+            # Rows that have not run yet (the batch was full) show as mid-grey.
+            blank = torch.zeros_like(next(iter(job._x0.values())))
+            x0 = torch.stack(
+                [job._x0.get(i, blank) for i in range(min(job.spec.count, PREVIEW_ROWS))]
+            )
+            steps = job._total_steps // max(job.spec.count, 1)
+            frac = job._steps_done / max(job._total_steps, 1)
+            try:
+                job.on_preview(math.floor(frac * steps + 1e-9), steps, x0)
+            except Exception as exc:  # noqa: BLE001 - previews are best effort
+                log_event(
+                    log, "preview failed", logging.WARNING, job_id=job.spec.job_id, error=str(exc)
+                )
 
     def _autocast(self) -> Any:
         """bf16 autocast for the network on CUDA ("auto"/"bf16"); fp32 otherwise."""

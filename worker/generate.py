@@ -15,6 +15,7 @@ from app.store import Claim, histogram_fields
 
 from .jobrun import Interrupted, Outcome, durably
 from .monitor import Held
+from .previews import PreviewPublisher
 from .runtime import Runtime
 
 __all__ = ["GenerateJob", "generate_body"]
@@ -73,13 +74,20 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
     def on_progress(step: int, total: int, fraction: float) -> None:
         held.progress({"step": step, "total": total, "fraction": fraction})
 
+    store_kind = claim.doc.get("result_store") or "disk"
+    results = rt.results(store_kind)
+    previews = PreviewPublisher(results, job_id, claim.attempt, held)
     engine = rt.engine()
     held.alive = lambda: engine.alive(s.stall_timeout)
     try:
-        job = engine.submit(spec, on_progress, cancel=held.cancel)
+        job = engine.submit(
+            spec, on_progress, cancel=held.cancel, preview=held.preview, on_preview=previews.offer
+        )
     except RuntimeError as exc:  # the engine is stopping: another worker will run it
         raise Interrupted(str(exc)) from None
-    job.wait()
+    # Live previews are encoded here, off the engine thread, while someone watches.
+    while not job.wait(0.1 if held.preview.is_set() else 0.5):
+        previews.publish()
     metrics: dict[str, Any] = {
         "network_calls": job.network_calls,
         "shared_calls": job.shared_calls,
@@ -99,8 +107,6 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         return Outcome.failed(
             err.type if err else "Error", err.message if err else "unknown", metrics=metrics
         )
-    store_kind = claim.doc.get("result_store") or "disk"
-    results = rt.results(store_kind)
     attempt = claim.attempt
     files = {f"{i}.png": png_bytes(job.images[i]) for i in range(req.count)}
     if req.count > 1:  # a one-image grid is the image itself: the API serves 0.png

@@ -4,7 +4,8 @@ Every running job holds a lease in Redis that expires unless renewed (the reaper
 re-queues jobs whose lease expired: their worker died). A worker runs many jobs
 at once, so one thread renews them all: every ``interval`` one pipeline renews
 each held lease, writes the job's latest progress (fenced by its attempt) and
-reads back whether a cancel was requested or the lease was lost. The engine and
+reads back whether a cancel was requested, the lease was lost or a client watches the
+job's live preview (then the job's pending ``preview`` event goes out too). The engine and
 the training loop only record progress in memory; they never wait on Redis, and
 a Redis outage costs them nothing (the next tick after it retries).
 
@@ -24,7 +25,7 @@ from typing import Any
 import redis
 
 from app.logs import log_event
-from app.store import JobStore
+from app.store import RENEW_CANCEL, RENEW_PREVIEW, JobStore
 
 __all__ = ["Held", "JobMonitor"]
 
@@ -43,10 +44,18 @@ class Held:
     cancel: threading.Event = field(default_factory=threading.Event)
     lost: threading.Event = field(default_factory=threading.Event)
     pending: dict[str, Any] | None = None
+    # Live previews: ``preview`` is set while a client watches (the store's preview flag);
+    # ``pending_preview`` is the next ``preview`` event, written at the monitor's next tick.
+    preview: threading.Event = field(default_factory=threading.Event)
+    pending_preview: dict[str, Any] | None = None
 
     def progress(self, data: dict[str, Any]) -> None:
         """Record the latest progress event data (written at the monitor's next tick)."""
         self.pending = data  # one reference swap: atomic under the GIL
+
+    def preview_ready(self, data: dict[str, Any]) -> None:
+        """Record a ``preview`` event (its file is stored): written at the next tick."""
+        self.pending_preview = data
 
 
 class JobMonitor:
@@ -87,33 +96,46 @@ class JobMonitor:
             if h.alive is None or h.alive():
                 by_kind.setdefault(h.kind, []).append(h)
         for kind, items in by_kind.items():
-            progress = {}
+            progress, previews = {}, {}
             for h in items:
                 data, h.pending = h.pending, None
                 if data is not None:
                     progress[h.job_id] = data
+                shown, h.pending_preview = h.pending_preview, None
+                if shown is not None:
+                    previews[h.job_id] = shown
             try:
-                states = self.store.renew(kind, {h.job_id: h.attempt for h in items}, progress)
+                held = {h.job_id: h.attempt for h in items}
+                states = self.store.renew(kind, held, progress, previews)
             except Exception:
                 for h in items:  # keep the newest progress for the next tick
                     if h.job_id in progress and h.pending is None:
                         h.pending = progress[h.job_id]
+                    if h.job_id in previews and h.pending_preview is None:
+                        h.pending_preview = previews[h.job_id]
                 raise
             for h in items:
                 state = states.get(h.job_id, 0)
-                if state < 0 and not h.lost.is_set():
-                    h.lost.set()
-                    h.cancel.set()
-                    log_event(
-                        log,
-                        "lease lost: another attempt owns the job or it finished; stopping",
-                        logging.WARNING,
-                        job_id=h.job_id,
-                        attempt=h.attempt,
-                    )
-                elif state > 0 and not h.cancel.is_set():
+                if state < 0:
+                    h.preview.clear()
+                    if not h.lost.is_set():
+                        h.lost.set()
+                        h.cancel.set()
+                        log_event(
+                            log,
+                            "lease lost: another attempt owns the job or it finished; stopping",
+                            logging.WARNING,
+                            job_id=h.job_id,
+                            attempt=h.attempt,
+                        )
+                    continue
+                if state & RENEW_CANCEL and not h.cancel.is_set():
                     h.cancel.set()
                     log_event(log, "cancel requested", job_id=h.job_id)
+                if state & RENEW_PREVIEW:
+                    h.preview.set()
+                else:
+                    h.preview.clear()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

@@ -89,6 +89,7 @@ class Runtime:
                     fast=fast,
                     autocast=s.autocast,
                     model_limits=s.model_limits,
+                    preview_interval=s.preview_interval,
                 ).start()
             return self._engine
 

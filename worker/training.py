@@ -3,6 +3,7 @@ this job's own saved state when an earlier attempt left one), publish once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -15,6 +16,7 @@ from app.store import Claim
 
 from .jobrun import Outcome
 from .monitor import Held
+from .previews import PreviewPublisher
 from .runtime import Runtime
 
 __all__ = ["train_body"]
@@ -62,9 +64,20 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
 
     last_beat = [time.monotonic()]
     held.alive = lambda: time.monotonic() - last_beat[0] < s.stall_timeout
+    previews = PreviewPublisher(
+        rt.results(claim.doc.get("result_store") or "disk"), job_id, claim.attempt, held
+    )
 
     def progress(p: Any) -> bool:
         last_beat[0] = time.monotonic()
+        # The run wrote a preview grid (sample_every) or a checkpoint with its samples.png:
+        # the job's preview. Training makes these anyway, so they go out watched or not.
+        png = p.sample_png
+        if png is None and p.checkpoint_path:
+            with contextlib.suppress(OSError):
+                png = (Path(p.checkpoint_path) / "samples.png").read_bytes()
+        if png is not None:
+            previews.publish_png(p.step, p.total_steps, png)
         held.progress(
             {
                 "step": p.step,

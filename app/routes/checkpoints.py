@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Path, Response
 from ..deps import get_registry, require_admin, require_api_key
 from ..jobs import ApiError
 from ..openapi import CHECKPOINT_LINKS, errors
-from ..registry import InvalidName, NotFound, ReadOnly, Registry
+from ..registry import InvalidName, NotFound, ReadOnly, Registry, parse_ref
 from ..schemas import NAME_PATTERN, CheckpointInfo
 
 router = APIRouter(tags=["checkpoints"])
@@ -50,6 +50,42 @@ def get_checkpoint(
 ) -> CheckpointInfo:
     """One checkpoint's versions; 404 when unknown."""
     return _describe(registry, name)
+
+
+@router.get(
+    "/checkpoints/{name}/{version}/samples.png",
+    response_class=Response,
+    dependencies=[Depends(require_api_key)],
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the version's sample grid"},
+        **errors(401, (404, "unknown checkpoint or version, or no grid"), (422, "bad name")),
+    },
+)
+def samples(
+    name: str = Path(..., max_length=64),
+    version: str = Path(..., max_length=16),
+    registry: Registry = Depends(get_registry),
+) -> Response:
+    """The sample grid a checkpoint version was published with (``samples.png``)."""
+    try:
+        parse_ref(name)
+    except InvalidName as exc:
+        raise ApiError(422, str(exc), "name") from None
+    try:
+        ckpt = registry.resolve(f"{name}@{version}", validate=False)
+    except InvalidName as exc:
+        raise ApiError(422, str(exc), "version") from None
+    except NotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    path = ckpt.path / "samples.png"
+    try:
+        data = path.read_bytes() if path.is_file() else None
+    except OSError:
+        data = None
+    if data is None:
+        raise ApiError(404, f"checkpoint {ckpt.ref} has no samples.png")
+    # A published version never changes and its number is never reused.
+    return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=300"})
 
 
 @router.delete(

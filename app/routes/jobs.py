@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from fastapi import APIRouter, Depends, Header, Path, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from ..deps import (
     client_id,
@@ -128,13 +128,16 @@ async def events(
         description="resume after this event id",
         json_schema_extra={"pattern": EVENT_ID_PATTERN},
     ),
+    preview: bool = Query(False, description="also send live `preview` events while open"),
     client: str = Depends(client_id),
 ) -> EventStreamResponse:
     """Server-Sent Events: ``status``, ``progress`` and a final ``done``; resumable
     with ``Last-Event-ID``. The server ends a stream after ``DDPM_STREAM_LIFETIME``
     seconds (the client reconnects with ``Last-Event-ID``); open streams are capped
-    (``DDPM_MAX_STREAMS``, ``DDPM_MAX_STREAMS_PER_CLIENT``: 429 beyond)."""
-    return await job_event_stream(request, job_id, last_event_id, client)
+    (``DDPM_MAX_STREAMS``, ``DDPM_MAX_STREAMS_PER_CLIENT``: 429 beyond). With ``preview=1``
+    also ``preview`` events (``step``, ``total``, ``url`` of a small PNG grid of the current
+    x0 estimate), made only while someone watches."""
+    return await job_event_stream(request, job_id, last_event_id, client, preview)
 
 
 _RESULT_ERRORS = errors(

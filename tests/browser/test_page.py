@@ -1,0 +1,321 @@
+"""The web page against a live ``ddpm serve``: generate and watch (queue, progress, live
+preview, results pixel-equal to the API's PNGs), 422 at its field, cancel, "this image
+alone", polling when streams are refused, history, checkpoints, an admin training run
+with its live loss curve, labels and phone width, and no request leaving the origin."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from browser_helpers import assert_same_image, page_pixels, save_screenshot
+from svc_helpers import wait_job
+
+pytestmark = pytest.mark.timeout(180)
+
+BLUE = (0x25, 0x63, 0xEB)  # the loss line of app/ui/chart.js
+
+
+def open_page(page, served, hash_: str = "#/generate", ready: str = "generate"):
+    page.goto(f"{served.base}/{hash_}")
+    page.wait_for_selector(f"body[data-ready={ready}]")
+    return page
+
+
+def wait_attr_at_least(page, selector: str, attr: str, value: float, timeout: float = 60_000):
+    page.wait_for_function(
+        """([sel, attr, v]) => {
+          const e = document.querySelector(sel);
+          return e && Number(e.getAttribute(attr)) >= v;
+        }""",
+        arg=[selector, attr, value],
+        timeout=timeout,
+    )
+    return float(page.get_attribute(selector, attr))
+
+
+def test_generate_queue_progress_preview_and_results(page, served, screenshot_dir):
+    http = served.http
+    # Hold the only job thread, so that the page's job waits in the queue first.
+    blocker = http.post("/generate", json={"count": 1, "seed": 0, "steps": 1000}).json()
+    wait_job(http, blocker["id"], statuses={"running"}, timeout=60)
+
+    open_page(page, served)
+    page.select_option("#f-checkpoint", "digits")
+    page.fill("#f-count", "16")
+    page.fill("#f-seed", "1234")
+    page.fill("#f-steps", "120")
+    page.select_option("#f-label", "7")
+    page.click("#gen-submit")
+    page.wait_for_selector("#job[data-status=queued]")
+    page.wait_for_selector("#job-queue:not([hidden])")
+    assert "next in line" in page.inner_text("#job-queue")
+
+    http.post(f"/jobs/{blocker['id']}/cancel")
+    page.wait_for_selector("#job[data-status=running]")
+    # The progress bar and the live preview move while it runs.
+    first = wait_attr_at_least(page, "#job", "data-preview-step", 1)
+    later = wait_attr_at_least(page, "#job", "data-preview-step", max(first + 1, 50))
+    assert later > first
+    assert float(page.get_attribute("#job-progress", "value")) > 0
+    assert "steps" in page.inner_text("#job-progress-text")
+    assert page.evaluate("() => document.querySelector('#job-preview').naturalWidth") > 0
+    save_screenshot(page, screenshot_dir / "page-generate-live.png")
+
+    page.wait_for_selector("#job[data-status=succeeded][data-results='16']")
+    job_id = page.url.rsplit("/", 1)[1]
+    doc = http.get(f"/jobs/{job_id}").json()
+    assert doc["request"]["seed"] == 1234 and doc["request"]["label"] == 7
+    assert page.is_hidden("#job-preview-fig")
+    # Each image with its seed; what the page shows is the API's PNG, pixel for pixel.
+    assert page.get_attribute("#job-image-5", "data-seed") == "1239"
+    assert "seed 1239" in page.inner_text("#job-images li:nth-child(6)")
+    assert_same_image(
+        page_pixels(page, "#job-image-5"), http.get(doc["result"]["images"][5]["url"]).content
+    )
+    assert_same_image(page_pixels(page, "#job-grid"), http.get(doc["result"]["grid_url"]).content)
+    href = page.get_attribute("#job-images li:nth-child(6) a[download]", "href")
+    assert href == doc["result"]["images"][5]["url"]
+    save_screenshot(page.locator("#job"), screenshot_dir / "page-results.png")
+
+
+def test_this_image_alone_gives_equal_pixels(page, served):
+    http = served.http
+    body = {"count": 4, "seed": 77, "steps": 20, "label": 2, "checkpoint": "digits"}
+    job = http.post("/generate", json=body).json()
+    doc = wait_job(http, job["id"], timeout=90)
+    assert doc["status"] == "succeeded"
+    open_page(page, served, f"#/job/{job['id']}")
+    page.wait_for_selector("#job[data-status=succeeded][data-results='4']")
+    page.click("#job-images button[data-index='3']")
+    page.wait_for_function("(old) => !location.hash.endsWith(old)", arg=job["id"])
+    page.wait_for_selector("#job[data-status=succeeded][data-results='1']")
+    alone = http.get(f"/jobs/{page.url.rsplit('/', 1)[1]}").json()
+    assert alone["request"]["count"] == 1 and alone["request"]["seed"] == 80
+    assert page.get_attribute("#job-image-0", "data-seed") == "80"
+    # The image made alone equals image 3 of the four.
+    assert_same_image(
+        page_pixels(page, "#job-image-0"), http.get(doc["result"]["images"][3]["url"]).content
+    )
+
+
+def test_422_is_shown_at_its_field(page, served):
+    open_page(page, served)
+    page.fill("#f-count", "1000")
+    page.click("#gen-submit")
+    error = page.locator("[data-error-for=count]")
+    error.wait_for(state="visible")
+    assert "at most" in error.inner_text()
+    assert page.get_attribute("#f-count", "aria-invalid") == "true"
+    assert page.evaluate("() => document.activeElement.id") == "f-count"
+    assert page.is_hidden("#gen-errors")
+    # Fixed: the error goes; the next one shows at its own field.
+    page.fill("#f-count", "1")
+    page.fill("#f-steps", "5000")
+    page.click("#gen-submit")
+    page.locator("[data-error-for=steps]").wait_for(state="visible")
+    assert page.is_hidden("[data-error-for=count]")
+    assert page.get_attribute("#f-count", "aria-invalid") is None
+    assert page.locator("#job[data-status=none]").count() == 1  # nothing was submitted
+
+
+def test_cancel(page, served):
+    open_page(page, served)
+    page.fill("#f-count", "4")
+    page.fill("#f-steps", "1000")
+    page.click("#gen-submit")
+    page.wait_for_selector("#job[data-status=running]")
+    page.click("#job-cancel")
+    page.wait_for_selector("#job[data-status=canceled]")
+    page.wait_for_selector("#job-error:not([hidden])")
+    assert "Canceled" in page.inner_text("#job-error")
+    assert page.is_hidden("#job-cancel")
+    job_id = page.url.rsplit("/", 1)[1]
+    doc = served.http.get(f"/jobs/{job_id}").json()
+    assert doc["status"] == "canceled" and doc["progress"]["step"] < 1000
+
+
+def test_refused_stream_falls_back_to_polling(page, served):
+    """A 429 on the event stream (too many streams): the page polls the job instead."""
+    refused = []
+
+    def refuse(route):
+        refused.append(route.request.url)
+        route.fulfill(
+            status=429, headers={"Retry-After": "5"}, body='{"detail": "too many streams"}'
+        )
+
+    page.route("**/events*", refuse)
+    open_page(page, served)
+    page.fill("#f-count", "2")
+    page.fill("#f-steps", "30")
+    page.check("#f-trajectory")  # and the denoising as a GIF
+    page.click("#gen-submit")
+    page.wait_for_selector("#job[data-status=succeeded][data-results='2']")
+    assert refused and page.get_attribute("#job", "data-mode") == "polling"
+    job_id = page.url.rsplit("/", 1)[1]
+    assert served.http.get(f"/jobs/{job_id}").json()["request"]["trajectory_frames"] == 30
+    gif = page.get_attribute("#job-trajectory", "src")
+    assert gif == f"/jobs/{job_id}/trajectory.gif" and page.is_visible("#job-trajectory")
+    page.wait_for_function("() => document.querySelector('#job-trajectory').naturalWidth > 0")
+
+
+def test_checkpoints_page_lists_the_builtin_with_its_grid(page, served):
+    from PIL import Image
+
+    from ddpm_core.builtin import builtin_path
+
+    open_page(page, served, "#/checkpoints", "checkpoints")
+    card = page.locator("article[data-ref='digits@builtin']")
+    card.wait_for()
+    png = (builtin_path("digits") / "samples.png").read_bytes()
+    pixels = page_pixels(page, "article[data-ref='digits@builtin'] img.samples")
+    assert pixels.shape[:2] == Image.open(__import__("io").BytesIO(png)).size[::-1]
+    assert_same_image(pixels, png)
+    text = card.inner_text()
+    assert "built in" in text and "cosine, T = 1000" in text and "1,540,737" in text
+    assert "9.91" in text  # the recorded digits score (IS of the generated samples)
+    card.locator("a", has_text="Generate with this").click()
+    page.wait_for_selector("body[data-ready=generate]")
+    assert page.input_value("#f-checkpoint") == "digits"
+    assert page.input_value("#f-version") == "builtin"
+
+
+def test_admin_training_run_live_curve_then_generate_form(page, served, screenshot_dir):
+    token = (served.data / "admin_token").read_text().strip()
+    open_page(page, served, "#/train", "train")
+    page.fill("#t-name", "browsertrain")
+    page.click("#train-submit")
+    assert "admin token" in page.inner_text("#err-token")  # asked for it first
+
+    page.fill("#t-token", token)
+    page.click("#token-save")
+    options = {
+        "steps": "80",
+        "batch_size": "8",
+        "warmup": "4",
+        "timesteps": "50",
+        "default_steps": "5",
+        "sample_every": "20",
+        "sample_count": "9",
+    }
+    # A refused option is shown at its field (422 "options.steps"); nothing starts.
+    page.fill("[name='options.steps']", "0")
+    page.click("#train-submit")
+    page.locator("[data-error-for='options.steps']").wait_for(state="visible")
+    assert page.get_attribute("[name='options.steps']", "aria-invalid") == "true"
+    assert page.locator("#train-job[data-status=none]").count() == 1
+    for name, value in options.items():
+        page.fill(f"[name='options.{name}']", value)
+    page.check("[name='options.class_cond']")
+    page.click("#train-submit")
+    page.wait_for_selector("#train-job[data-status=running]")
+    n1 = wait_attr_at_least(page, "#train-chart", "data-points", 2)
+    n2 = wait_attr_at_least(page, "#train-chart", "data-points", n1 + 3)
+    assert n2 > n1  # the curve grows while training runs
+    page.wait_for_selector("#train-previews img")
+    page.wait_for_selector("#train-job[data-status=succeeded]", timeout=150_000)
+    points = int(page.get_attribute("#train-chart", "data-points"))
+    assert points >= n2
+    assert "loss" in page.get_attribute("#train-chart", "aria-label")
+    # The curve is drawn: the loss colour is on the canvas.
+    px = page.evaluate(
+        """() => { const c = document.querySelector('#train-chart');
+          return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }"""
+    )
+    rgba = np.array(px, dtype=np.int32).reshape(-1, 4)
+    assert (np.abs(rgba[:, :3] - BLUE).sum(1) < 40).sum() > 50
+    steps = [
+        int(s)
+        for s in page.locator("#train-previews li").evaluate_all("l => l.map(e => e.dataset.step)")
+    ]
+    assert 20 in steps and 60 in steps, steps
+    assert "Published browsertrain@1" in page.inner_text("#train-result")
+    save_screenshot(page.locator("#train-job"), screenshot_dir / "page-training.png")
+
+    # The token stays in this tab's session: never in the URL or in local storage.
+    assert token not in page.url
+    assert token not in page.evaluate("() => JSON.stringify(localStorage)")
+    assert token in page.evaluate("() => JSON.stringify(sessionStorage)")
+
+    # The new version is in the generate form at once; it generates.
+    page.click("#train-generate-link")
+    page.wait_for_selector("body[data-ready=generate]")
+    assert page.input_value("#f-checkpoint") == "browsertrain"
+    assert page.input_value("#f-version") == "1"
+    assert page.input_value("#f-steps") == "5"  # its default steps
+    page.fill("#f-count", "2")
+    page.click("#gen-submit")
+    page.wait_for_selector("#job[data-status=succeeded][data-results='2']", timeout=90_000)
+    assert "browsertrain@1" in page.inner_text("#job-summary")
+
+
+def test_history_lists_this_browsers_jobs(page, served):
+    open_page(page, served)
+    page.fill("#f-count", "3")
+    page.fill("#f-steps", "10")
+    page.click("#gen-submit")
+    page.wait_for_selector("#job[data-status=succeeded][data-results='3']")
+    job_id = page.url.rsplit("/", 1)[1]
+    page.click("nav a[data-view=history]")
+    page.wait_for_selector("body[data-ready=history]")
+    entry = f"#history-list li[data-job='{job_id}']"
+    page.wait_for_selector(f"{entry}[data-status=succeeded] img.thumb")
+    assert "3 images" in page.inner_text(entry)
+    thumb = page.get_attribute(f"{entry} img.thumb", "src")
+    assert thumb.startswith("data:image/png;base64,")
+    # Only ids, kinds, times and thumbnails are kept in the browser.
+    stored = page.evaluate("() => JSON.parse(localStorage.getItem('ddpm.history'))")
+    assert stored[0]["id"] == job_id
+    assert all(set(e) <= {"id", "kind", "t", "thumb"} for e in stored)
+    page.click(f"{entry} a")
+    page.wait_for_selector("#job[data-status=succeeded][data-results='3']")
+
+
+def test_labels_keyboard_and_phone_width(page, served):
+    page.set_viewport_size({"width": 390, "height": 844})
+    open_page(page, served)
+    for view in ("#/generate", "#/train"):
+        page.goto(f"{served.base}/{view}")
+        page.wait_for_selector(f"body[data-ready={view[2:]}]")
+        unlabelled = page.evaluate(
+            """() => [...document.querySelectorAll('input, select, textarea, button')]
+                .filter((e) => !e.closest('[hidden]') && !e.closest('dialog'))
+                .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                               && !(e.tagName === 'BUTTON' && e.textContent.trim()))
+                .map((e) => e.id || e.name || e.outerHTML.slice(0, 60))"""
+        )
+        assert unlabelled == [], unlabelled
+        # Nothing wider than a phone.
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    # Keyboard only: Tab from the top reaches the skip link first, Enter in a field submits.
+    page.goto(f"{served.base}/#/generate")
+    page.reload()  # a fresh document: focus starts at the top
+    page.wait_for_selector("body[data-ready=generate]")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.className") == "skip"
+    page.focus("#f-count")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("1")
+    page.focus("#f-steps")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("10")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#job[data-status=succeeded][data-results='1']", timeout=90_000)
+
+
+def test_no_request_leaves_the_origin(page, browser_context, served):
+    """Every request any page of this module made went to the service itself; this test
+    adds a watched job and every view, so that it holds on its own too."""
+    open_page(page, served)
+    page.fill("#f-count", "4")
+    page.fill("#f-steps", "150")
+    page.click("#gen-submit")
+    page.wait_for_selector("#job[data-status=succeeded][data-results='4']", timeout=90_000)
+    for view in ("history", "checkpoints", "train"):
+        page.click(f"nav a[data-view={view}]")
+        page.wait_for_selector(f"body[data-ready={view}]")
+    urls = browser_context.requests
+    foreign = [u for u in urls if not u.startswith((served.base + "/", "data:", "blob:"))]
+    assert foreign == []
+    assert any("/events?preview=1" in u for u in urls) and any("/preview.png" in u for u in urls)
+    assert any("/ui/" in u for u in urls) and any("/samples.png" in u for u in urls)
