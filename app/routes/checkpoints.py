@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Path, Response
 from ..deps import get_registry, require_admin, require_api_key
 from ..jobs import ApiError
 from ..openapi import CHECKPOINT_LINKS, errors
-from ..registry import InvalidName, NotFound, ReadOnly, Registry, parse_ref
+from ..registry import VERSION_RE, InvalidName, NotFound, ReadOnly, Registry, parse_ref
 from ..schemas import NAME_PATTERN, CheckpointInfo
 
 router = APIRouter(tags=["checkpoints"])
@@ -62,8 +62,8 @@ def get_checkpoint(
     },
 )
 def samples(
-    name: str = Path(..., max_length=64),
-    version: str = Path(..., max_length=16),
+    name: str = Path(..., pattern=NAME_PATTERN, examples=["digits"]),
+    version: str = Path(..., pattern=VERSION_RE.pattern, examples=["builtin"]),
     registry: Registry = Depends(get_registry),
 ) -> Response:
     """The sample grid a checkpoint version was published with (``samples.png``)."""
