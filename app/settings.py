@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Path("data")
     device: str = "auto"
+    train_devices: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu(:[1-9][0-9]{0,2})?|[0-9]{1,3}(,[0-9]{1,3}){0,63})$",
+        description="what a train worker trains on: auto (every visible GPU; one process on "
+        "a CPU host), GPU indices such as 0,1 (one process each), or cpu:N (N processes)",
+    )
     max_count: int = Field(64, ge=1)
     max_steps: int = Field(1000, ge=1)
     max_batch: int = Field(64, ge=1)

@@ -1,5 +1,8 @@
 """The body of a training job: validate the options read from Redis, train (resuming from
-this job's own saved state when an earlier attempt left one), publish once."""
+this job's own saved state when an earlier attempt left one), publish once.
+
+One process trains in the worker itself; several (``DDPM_TRAIN_DEVICES``: every GPU of
+the host by default) train as a torchrun child of the worker (:mod:`worker.train_procs`)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from app.store import Claim
 from .jobrun import Outcome
 from .monitor import Held
 from .runtime import Runtime
+from .train_procs import ChildFailed, run_processes, train_processes
 
 __all__ = ["train_body"]
 
@@ -42,7 +46,10 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
     config: dict[str, Any] = options.model_dump(exclude_unset=True)
     if options.dataset != "digits":  # a plain folder name, checked to exist above
         config["dataset"] = str(data_dir / "datasets" / options.dataset)
-    config["device"] = s.device
+    try:
+        processes, proc_env, config["device"] = train_processes(s.train_devices, s.device)
+    except ValueError as exc:
+        return Outcome.failed("InvalidTrainDevices", str(exc))
     config.setdefault("save_every", max(100, options.steps // 10))  # resumable state
     out = data_dir / "runs" / job_id
     resume = None
@@ -78,7 +85,17 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         return held.cancel.is_set()
 
     started = time.time()
-    result = run_training(cfg, progress=progress, command=f"POST /train ({job_id})", job_id=job_id)
+    command = f"POST /train ({job_id})"
+    if processes > 1:
+        try:
+            result: Any = run_processes(
+                cfg.to_dict(), processes, proc_env, data_dir / "runs", job_id, progress,
+                held.cancel, command,
+            )  # fmt: skip
+        except ChildFailed as exc:
+            return Outcome.failed(exc.type, exc.message)
+    else:
+        result = run_training(cfg, progress=progress, command=command, job_id=job_id)
     if result.stopped:
         # Canceled, or the lease was lost (then the outcome is discarded anyway).
         return Outcome.canceled(f"stopped at step {result.step}")
@@ -93,6 +110,7 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
                 "steps": result.step,
                 "resumed": resume is not None,
                 "attempt": claim.attempt,
+                "processes": processes,
             },
             "progress": {"step": result.step, "total": result.total_steps, "fraction": 1.0},
         },
