@@ -6,7 +6,6 @@ the host by default) train as a torchrun child of the worker (:mod:`worker.train
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         return Outcome.failed("InvalidJob", f"stored training options: {exc.field}: {exc}")
     if (done := rt.registry.published_by(name, job_id)) is not None:
         # An earlier attempt published and died before recording it: record that version.
-        loss = _meta(done.path).get("loss")
+        loss = rt.registry.meta(done).get("loss")
         final = loss if isinstance(loss, float) and math.isfinite(loss) else None
         return Outcome("succeeded", {"result": {"checkpoint": done.ref, "final_loss": final}})
     data_dir = Path(s.data_dir).resolve()
@@ -57,7 +56,7 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         resume = str(out)  # an earlier attempt of this job left resumable state
     elif req.get("resume_from"):
         try:
-            src = rt.registry.resolve(req["resume_from"]).path
+            src = rt.registry.materialize(rt.registry.resolve(req["resume_from"]), full=True)
         except RegistryError as exc:
             return Outcome.failed("CheckpointNotFound", str(exc))
         if (src / STATE_DIR / "state.json").exists():
@@ -115,11 +114,3 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
             "progress": {"step": result.step, "total": result.total_steps, "fraction": 1.0},
         },
     )
-
-
-def _meta(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((path / "meta.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
