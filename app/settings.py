@@ -124,6 +124,11 @@ class Settings(BaseSettings):
             "max_activation_bytes": self.max_activation_bytes,
         }
 
+    @field_validator("object_store", "s3_endpoint_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if v == "" else v  # VAR= in an env file or compose: not configured
+
     @model_validator(mode="after")
     def _s3_results_need_a_store(self) -> Settings:
         if self.result_store == "s3" and not self.object_store:
