@@ -390,6 +390,7 @@ def _train(args: argparse.Namespace) -> int:
                 "lr": p.lr,
                 "images_per_sec": p.images_per_sec,
                 "skipped": p.skipped_steps,
+                "elapsed_s": p.elapsed_s,
                 "saved": p.checkpoint_path is not None,
             }
         )
