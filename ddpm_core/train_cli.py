@@ -282,6 +282,8 @@ def _launch(args: argparse.Namespace, nproc: int) -> int:
     from .distributed import launch_command
 
     cfg = _prepare(args)  # the checks here, so that bad input gets one clear message
+    if cfg.batch_size < nproc:
+        raise UsageError(f"--batch-size {cfg.batch_size} is smaller than {nproc} processes")
     with tempfile.TemporaryDirectory(prefix="ddpm-train-") as tmp:
         run_config = Path(tmp) / "config.json"
         run_config.write_text(json.dumps(cfg.to_dict()))

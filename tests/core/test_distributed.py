@@ -167,4 +167,8 @@ def test_launcher_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2 and "--nproc-per-node must be >= 1" in r.stderr
     r = _ddpm_train(*ARGS, "--out", str(tmp_path / "x"), "--lr", "-1", "--nproc-per-node", "2")
     assert r.returncode == 2 and "lr must be > 0" in r.stderr and "Traceback" not in r.stderr
+    r = _ddpm_train(
+        *ARGS, "--out", str(tmp_path / "x"), "--batch-size", "1", "--nproc-per-node", "2"
+    )
+    assert r.returncode == 2 and "smaller than 2 processes" in r.stderr
     assert not (tmp_path / "x").exists()
