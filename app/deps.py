@@ -10,7 +10,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from .registry import Registry
-from .results import ResultStore, make_result_store
+from .results import ResultStore, make_result_store, object_store_of
 from .settings import Settings
 from .store import JobStore
 
@@ -51,7 +51,10 @@ def get_results(request: Request):
 
     def results_for(kind: str) -> ResultStore:
         s = state.settings
-        return make_result_store(kind, s.data_dir, state.bin_redis, s.key_prefix, s.job_ttl)
+        objects = object_store_of(s) if kind == "s3" else None
+        return make_result_store(
+            kind, s.data_dir, state.bin_redis, s.key_prefix, s.job_ttl, objects
+        )
 
     return results_for
 

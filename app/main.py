@@ -25,10 +25,11 @@ from .events import AsyncRedis, StreamSlots
 from .jobs import ApiError
 from .logs import configure_logging, log_event
 from .metrics import StoreCollector
+from .objstore import ObjectStoreError
 from .openapi import allowed_methods, operation_id
 from .openapi import install as install_openapi
 from .queue import make_celery
-from .registry import Registry
+from .registry import make_registry
 from .routes import admin, checkpoints, health, jobs, previews, ui
 from .settings import Settings, get_settings
 from .store import connect, is_transient, store_from_settings
@@ -151,7 +152,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         url, read_timeout=s.stream_keepalive + 10, max_connections=s.max_streams + 64
     )
     api.state.stream_slots = StreamSlots(s.max_streams, s.max_streams_per_client)
-    api.state.registry = Registry(s.data_dir)
+    api.state.registry = make_registry(s, api.state.bin_redis)
     api.state.celery = celery or make_celery(s)
     api.state.metrics = CollectorRegistry(auto_describe=False)
     api.state.metrics.register(StoreCollector(api.state.store))
@@ -193,6 +194,13 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
             {"detail": "the job store cannot take writes now (full or restarting)"},
             503,
             headers={"Retry-After": "5"},
+        )
+
+    @api.exception_handler(ObjectStoreError)
+    async def _objects_unavailable(request: Request, exc: ObjectStoreError) -> JSONResponse:
+        log_event(log, "object store failed", logging.WARNING, error=str(exc))
+        return JSONResponse(
+            {"detail": "the object store is unreachable"}, 503, headers={"Retry-After": "5"}
         )
 
     @api.exception_handler(StarletteHTTPException)

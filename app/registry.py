@@ -6,6 +6,11 @@ JSON is read here (config.json, meta.json), so the API process needs no torch;
 configs are validated by the torch-free ``ddpm_core.checkpoint_config``. What
 :meth:`Registry.describe` serves has every absolute server path cut to its
 last component.
+
+With ``DDPM_OBJECT_STORE`` set, :func:`make_registry` gives the same interface over an
+S3-compatible store instead (:mod:`app.object_registry`), for workers on hosts that share
+no disk; a version's files are then read through :meth:`Registry.materialize`, which
+gives a local directory either way.
 """
 
 from __future__ import annotations
@@ -17,9 +22,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ddpm_core.checkpoint_config import CheckpointConfig, CheckpointError, read_config, scrub_paths
+
+if TYPE_CHECKING:
+    import redis
+
+    from .settings import Settings
 
 __all__ = [
     "NAME_RE",
@@ -33,6 +43,8 @@ __all__ = [
     "Registry",
     "parse_ref",
     "scrub_paths",
+    "allocate_version",
+    "make_registry",
 ]
 
 # Always used with fullmatch: "$" alone would also match before a trailing newline.
@@ -186,10 +198,28 @@ class Registry:
                     "version": v,
                     "builtin": c.builtin,
                     "config": scrub_paths(c.config),
-                    "meta": scrub_paths(_read_json(c.path / "meta.json")),
+                    "meta": scrub_paths(self.meta(c)),
                 }
             )
         return {"name": name, "latest": versions[-1], "versions": out}
+
+    def meta(self, ckpt: ResolvedCheckpoint) -> dict[str, Any]:
+        """The version's meta.json ({} when it has none or it is unreadable)."""
+        return _read_json(ckpt.path / "meta.json")
+
+    def materialize(self, ckpt: ResolvedCheckpoint, full: bool = False) -> Path:
+        """A local directory holding the version's files (with ``full``, also its training
+        state): here the version's own directory."""
+        return ckpt.path
+
+    def read_file(self, ckpt: ResolvedCheckpoint, filename: str) -> bytes | None:
+        """One top-level file of the version (e.g. ``samples.png``), or None."""
+        if "/" in filename or filename.startswith("."):
+            return None
+        try:
+            return (ckpt.path / filename).read_bytes()
+        except OSError:
+            return None
 
     def published_by(self, name: str, job_id: str) -> ResolvedCheckpoint | None:
         """The version of ``name`` that job ``job_id`` published, if any (from meta.json)."""
@@ -243,3 +273,40 @@ class Registry:
         trash = Path(tempfile.mkdtemp(prefix=".delete-", dir=self.root / name))
         os.rename(path, trash / "ckpt")
         shutil.rmtree(trash, ignore_errors=True)
+
+
+# INCR, but never to a number at or below ``floor`` (the highest version the store holds):
+# a counter lost with a Redis crash cannot hand out a used number again.
+_ALLOCATE = """
+local v = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[1])
+if v <= floor then
+  v = floor + 1
+  redis.call('SET', KEYS[1], v)
+end
+return v
+"""
+
+
+def allocate_version(r: redis.Redis, key: str, floor: int) -> int:
+    """The next version number from the shared counter ``key``: atomic across every host,
+    never reused, above ``floor``."""
+    return int(r.eval(_ALLOCATE, 1, key, int(floor)))
+
+
+def make_registry(settings: Settings, client: redis.Redis | None = None) -> Registry:
+    """The registry the settings describe: the object store when ``object_store`` is set
+    (version numbers from Redis ``client``), else the data directory."""
+    if not settings.object_store:
+        return Registry(settings.data_dir)
+    from .object_registry import ObjectRegistry
+    from .objstore import get_object_store
+    from .store import connect
+
+    return ObjectRegistry(
+        get_object_store(settings.object_store, settings.s3_endpoint_url),
+        client if client is not None else connect(settings.broker_url, decode=False),
+        settings.key_prefix,
+        Path(settings.data_dir) / "cache" / "checkpoints",
+        settings.checkpoint_cache_size,
+    )

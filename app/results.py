@@ -1,4 +1,6 @@
-"""Where finished images live: on disk under DATA_DIR/results/{job}/ or in Redis.
+"""Where finished images live: on disk under DATA_DIR/results/{job}/, in Redis, or in the
+object store (``results/{job}/`` under ``DDPM_OBJECT_STORE``, for hosts without a shared
+disk; expire them with a bucket lifecycle rule).
 
 Each attempt of a job writes its own files (``a{attempt}/`` on disk, ``{attempt}:`` in
 Redis) and the job document records which attempt's files are the result, so a stale
@@ -11,11 +13,22 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import redis
 
-__all__ = ["ResultStore", "DiskResults", "RedisResults", "make_result_store", "RESULT_NAME_RE"]
+if TYPE_CHECKING:
+    from .objstore import ObjectStore
+
+__all__ = [
+    "ResultStore",
+    "DiskResults",
+    "RedisResults",
+    "ObjectResults",
+    "make_result_store",
+    "object_store_of",
+    "RESULT_NAME_RE",
+]
 
 # preview.png: the latest live preview grid of a running job (app/preview.py).
 RESULT_NAME_RE = re.compile(r"^([0-9]{1,5}\.png|grid\.png|trajectory\.gif|preview\.png)$")
@@ -100,12 +113,55 @@ class RedisResults:
             self.r.delete(*keys)
 
 
+class ObjectResults:
+    """Objects ``results/{job}/{a{attempt}_}{name}`` in the object store."""
+
+    kind = "s3"
+
+    def __init__(self, objects: ObjectStore) -> None:
+        self.objects = objects
+
+    def _key(self, job_id: str, name: str, attempt: int | None) -> str:
+        _check(job_id, name)
+        return f"results/{job_id}/" + (name if attempt is None else f"a{int(attempt)}_{name}")
+
+    def put(self, job_id: str, name: str, data: bytes, attempt: int | None = None) -> None:
+        media = "image/gif" if name.endswith(".gif") else "image/png"
+        self.objects.put_bytes(self._key(job_id, name, attempt), data, media)
+
+    def get(self, job_id: str, name: str, attempt: int | None = None) -> bytes | None:
+        return self.objects.get_bytes(self._key(job_id, name, attempt))
+
+    def delete(self, job_id: str) -> None:
+        if _JOB_RE.match(job_id):
+            self.objects.delete_prefix(f"results/{job_id}/")
+
+
 def make_result_store(
-    kind: str, data_dir: Path | str, client: redis.Redis, prefix: str, ttl: int
+    kind: str,
+    data_dir: Path | str,
+    client: redis.Redis,
+    prefix: str,
+    ttl: int,
+    objects: ObjectStore | None = None,
 ) -> ResultStore:
-    """The result store named ``kind`` (``disk`` or ``redis``)."""
+    """The result store named ``kind`` (``disk``, ``redis``, or ``s3`` with ``objects``)."""
     if kind == "disk":
         return DiskResults(data_dir)
     if kind == "redis":
         return RedisResults(client, prefix, ttl)
+    if kind == "s3":
+        if objects is None:
+            raise ValueError("result store s3 needs an object store (DDPM_OBJECT_STORE)")
+        return ObjectResults(objects)
     raise ValueError(f"unknown result store {kind!r}")
+
+
+def object_store_of(settings: object) -> ObjectStore | None:
+    """The process's object store when the settings configure one."""
+    url = getattr(settings, "object_store", None)
+    if not url:
+        return None
+    from .objstore import get_object_store
+
+    return get_object_store(url, getattr(settings, "s3_endpoint_url", None))

@@ -113,19 +113,21 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
     """Print the registry (names, versions, image shape, classes)."""
-    from .registry import Registry, RegistryError
+    from .objstore import ObjectStoreError
+    from .registry import RegistryError, make_registry
 
-    reg = Registry(_settings().data_dir)
     try:
+        reg = make_registry(_settings())
         items = [reg.describe(args.name)] if args.name else [reg.describe(n) for n in reg.names()]
-    except RegistryError as exc:
+    except (RegistryError, ObjectStoreError) as exc:
         print(f"ddpm: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(items, indent=2))
         return 0
     if not items:
-        print(f"no checkpoints under {reg.root}")
+        where = getattr(getattr(reg, "objects", None), "url", None) or reg.root
+        print(f"no checkpoints under {where}")
         return 0
     print(f"{'checkpoint':<32} {'size':>7} {'classes':>7}  created")
     for item in items:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings", "redis_url_file", "with_password"]
@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Path("data")
     device: str = "auto"
+    train_devices: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu(:[1-9][0-9]{0,2})?|[0-9]{1,3}(,[0-9]{1,3}){0,63})$",
+        description="what a train worker trains on: auto (every visible GPU; one process on "
+        "a CPU host), GPU indices such as 0,1 (one process each), or cpu:N (N processes)",
+    )
     max_count: int = Field(64, ge=1)
     max_steps: int = Field(1000, ge=1)
     max_batch: int = Field(64, ge=1)
@@ -37,7 +43,21 @@ class Settings(BaseSettings):
         description="seconds a finished job (document, results) is kept",
     )
     default_checkpoint: str = "digits"
-    result_store: Literal["disk", "redis"] = "disk"
+    result_store: Literal["disk", "redis", "s3"] = Field(
+        "disk", description="where images go: disk (DATA_DIR), redis, or s3 (the object store)"
+    )
+    object_store: str | None = Field(
+        None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._/-]*)?$",
+        description="s3://bucket/prefix: checkpoints (and results with result_store=s3) in an "
+        "S3-compatible object store, for workers that share no disk (needs the s3 extra)",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="endpoint of an S3-compatible store other than AWS (MinIO, ...)"
+    )
+    checkpoint_cache_size: int = Field(
+        8, ge=1, description="checkpoint versions a worker keeps downloaded from the object store"
+    )
     api_keys: str = Field("", description="comma-separated keys; empty = no key needed")
     admin_token: str | None = None
     log_level: str = "INFO"
@@ -117,6 +137,17 @@ class Settings(BaseSettings):
             "max_params": self.max_model_params,
             "max_activation_bytes": self.max_activation_bytes,
         }
+
+    @field_validator("object_store", "s3_endpoint_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if v == "" else v  # VAR= in an env file or compose: not configured
+
+    @model_validator(mode="after")
+    def _s3_results_need_a_store(self) -> Settings:
+        if self.result_store == "s3" and not self.object_store:
+            raise ValueError("result_store s3 needs object_store (DDPM_OBJECT_STORE=s3://...)")
+        return self
 
     @field_validator("key_prefix")
     @classmethod

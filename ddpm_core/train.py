@@ -34,9 +34,10 @@ from .checkpoint import Checkpoint, CheckpointConfig, non_finite_tensors, save_c
 from .checkpoint_config import scrub_paths
 from .data import ImageDataset, load_dataset
 from .diffusion import diffusion_loss, q_sample
+from .distributed import setup as setup_distributed
 from .ema import EMA
 from .images import make_grid, png_bytes
-from .pipeline import generate, resolve_device
+from .pipeline import generate
 from .schedule import NoiseSchedule
 from .unet import UNet
 from .unet_config import UNetConfig, training_unet_config
@@ -387,8 +388,17 @@ def train(
     loss stays non-finite for more than ``MAX_NONFINITE_STEPS`` steps in a row; weights
     with a NaN or an infinity are never saved. meta.json names the dataset and the
     directories, never their absolute paths.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this with the same ``cfg``:
+    each computes its share of every global batch, and rank 0 alone calls ``progress``,
+    keeps the EMA and writes checkpoints and previews (see :mod:`ddpm_core.distributed`).
+    ``should_stop`` is asked on every rank; a stop on any of them stops all.
     """
-    device = resolve_device(cfg.device)
+    # Data parallel under torchrun (see ddpm_core.distributed); one process otherwise.
+    dist_ctx = setup_distributed(cfg.device)
+    device = dist_ctx.device
+    if dist_ctx.world > cfg.batch_size:
+        raise ValueError(f"batch_size {cfg.batch_size} is smaller than {dist_ctx.world} processes")
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ValueError("fp16 mixed precision needs a CUDA device; use bf16 or no on CPU")
     if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -397,7 +407,8 @@ def train(
 
     resume = None
     if cfg.resume_from:
-        resume = _load_state(Path(cfg.resume_from))
+        # Rank 0 reads the state and sends it: other hosts need no copy of the files.
+        resume = dist_ctx.tensors_from_main(lambda: _load_state(Path(cfg.resume_from)))
 
     ds = dataset
     if ds is None:
@@ -457,8 +468,9 @@ def train(
         _restore_rng(state, rng)
         if start_step > cfg.steps:
             raise ValueError(f"resume state is at step {start_step}, past steps={cfg.steps}")
+    dist_ctx.seed_dropout(cfg.seed, start_step)
     ema.to(device)
-    net = torch.compile(model) if cfg.compile else model
+    net = torch.compile(dist_ctx.wrap(model)) if cfg.compile else dist_ctx.wrap(model)
 
     def check_weights(step: int, with_ema: bool = False) -> None:
         """TrainingDiverged when the raw (or EMA) weights hold a NaN or an infinity."""
@@ -475,6 +487,8 @@ def train(
     check_weights(start_step, with_ema=True)
 
     def save(step: int, loss: float) -> Path:
+        if not dist_ctx.is_main:  # rank 0 alone writes checkpoints and state
+            return out
         check_weights(step, with_ema=True)  # never write non-finite weights
         elapsed = prev_elapsed + time.perf_counter() - started
         png = _sample_grid(ckpt_cfg, ema_model, ema, cfg.sample_count, out)
@@ -502,6 +516,8 @@ def train(
             "skipped_steps": skipped,
             "elapsed_s": elapsed,
         }
+
+        meta.update(dist_ctx.meta())
 
         def state(tmp_dir: Path) -> None:
             _save_state(tmp_dir, cfg, step, model, opt, ema, scaler, scalars)
@@ -535,7 +551,8 @@ def train(
         opt.zero_grad(set_to_none=True)
         step_loss, finite, loss_finite = 0.0, True, True
         for m in range(cfg.accumulate):
-            sl = slice(m * cfg.batch_size, (m + 1) * cfg.batch_size)
+            dist_ctx.sync_grads(net, m == cfg.accumulate - 1)
+            sl = dist_ctx.shard(m * cfg.batch_size, cfg.batch_size)  # this rank's rows
             x0 = x0_all[sl].to(device, non_blocking=True).contiguous(memory_format=memory_format)
             noise = noise_all[sl].to(device).contiguous(memory_format=memory_format)
             t = t_all[sl].to(device)
@@ -551,9 +568,14 @@ def train(
             lv = float(loss.detach())
             if not math.isfinite(lv):
                 finite = loss_finite = False
-                break
+                if not dist_ctx.active:  # ranks must all run the same collectives
+                    break
             step_loss += lv
+            loss = loss * dist_ctx.grad_weight(cfg.batch_size)
             (scaler.scale(loss) if scaler is not None else loss).backward()
+        if dist_ctx.active:  # every rank decides from the loss of the whole global batch
+            step_loss = dist_ctx.global_loss(step_loss, cfg.batch_size)
+            finite = loss_finite = math.isfinite(step_loss)
         if finite:
             if scaler is not None:
                 scaler.unscale_(opt)
@@ -577,7 +599,8 @@ def train(
         if finite:
             check_weights(step + 1)  # e.g. an infinite weight decay: stop before the EMA
 
-            ema.update(model)
+            if dist_ctx.is_main:
+                ema.update(model)
             # Bias-corrected exponential smoothing of the loss (as Adam's moments).
             smooth = 0.98 * smooth + 0.02 * step_loss
             smooth_w = 0.98 * smooth_w + 0.02
@@ -610,7 +633,12 @@ def train(
             skipped_steps=skipped,
             elapsed_s=prev_elapsed + now - started,
         )
-        if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
+        if (
+            dist_ctx.is_main
+            and cfg.sample_every
+            and step % cfg.sample_every == 0
+            and step < cfg.steps
+        ):
             png = _sample_grid(ckpt_cfg, ema_model, ema, cfg.sample_count, out)
             # Previews go next to the checkpoint: its directory is replaced on every save.
             path = out.parent / f"{out.name}.samples" / f"step{step:07d}.png"
@@ -620,16 +648,19 @@ def train(
         if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
             info.checkpoint_path = str(save(step, smoothed))
             last_saved = step
-        if progress is not None and progress(info):
+        if dist_ctx.is_main and progress is not None and progress(info):
             stopped = True
         if should_stop is not None and should_stop():
             stopped = True
-        if stopped:
+        if dist_ctx.any(stopped):  # a stop on any rank stops them all after this step
+            stopped = True
             break
 
     final_loss = smooth / smooth_w if smooth_w else float("nan")
     if last_saved != step:
         save(step, final_loss)
+    dist_ctx.barrier()  # the checkpoint exists when any rank returns
+    dist_ctx.close()
     return TrainResult(
         checkpoint=out,
         step=step,

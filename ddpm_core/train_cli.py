@@ -61,7 +61,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "Unset options take defaults, or, with --resume, the resumed run's values.",
     )
     p.add_argument("--dataset", help="'digits' (built-in) or an image folder (PNG/JPEG/WebP)")
-    p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    p.add_argument("--out", type=Path, help="checkpoint directory to write (required)")
     p.add_argument("--preset", help="UNet preset: tiny (default), small, ddpm-cifar10")
     p.add_argument(
         "--unet",
@@ -115,6 +115,28 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", choices=["linear", "cosine"])
     p.add_argument("--timesteps", type=int, help="T of the forward process (default 1000)")
     p.add_argument("--job-id", help="provenance recorded in meta.json")
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        metavar="N",
+        help="train data-parallel in N processes on this host (one per GPU on CUDA; gloo on "
+        "the CPU) under PyTorch's launcher; same global batch and results as one process",
+    )
+    p.add_argument(
+        "--progress-file",
+        type=Path,
+        metavar="PATH",
+        help="append one JSON line per step, and a last one with the outcome",
+    )
+    p.add_argument(
+        "--stop-file",
+        type=Path,
+        metavar="PATH",
+        help="stop after the current step, saving the state, once PATH exists",
+    )
+    # For launched processes: the exact TrainConfig (JSON) to run, already checked.
+    p.add_argument("--run-config", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--provenance", help=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -158,6 +180,14 @@ def _parse_unet_overrides(items: Sequence[str]) -> dict:
 def _train_config(args: argparse.Namespace):
     from .train import STATE_DIR, TrainConfig
 
+    if args.run_config is not None:
+        try:
+            return TrainConfig.from_dict(json.loads(args.run_config.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise UsageError(f"--run-config: {exc}") from None
+    if args.out is None:
+        raise UsageError("--out is required")
+
     given = {f: getattr(args, dest) for dest, f in _TRAIN_FIELDS.items()}
     given = {k: v for k, v in given.items() if v is not None}
     for flag in ("class_cond", "random_flip", "compile", "channels_last"):
@@ -200,13 +230,10 @@ def _train_config(args: argparse.Namespace):
         raise UsageError(str(exc)) from None
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Run training with a tqdm bar; Ctrl-C stops after the current step and saves."""
-    from tqdm import tqdm
-
-    from .data import DatasetError
+def _prepare(args: argparse.Namespace):
+    """The run's TrainConfig, checked: UsageError for anything that cannot run."""
     from .pipeline import resolve_device
-    from .train import build_unet_config, train
+    from .train import build_unet_config
 
     cfg = _train_config(args)
     try:
@@ -216,20 +243,111 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if cfg.precision == "fp16" and resolve_device(cfg.device).type != "cuda":
         raise UsageError("--precision fp16 needs a CUDA device (use bf16 on CPU)")
+    return cfg
 
-    from .data import load_dataset
 
+def _command() -> str:
+    # shlex quoting, so that the recorded command can be pasted back into a shell.
+    return shlex.join(["ddpm", *sys.argv[1:]]) if len(sys.argv) > 1 else "ddpm train"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run training with a tqdm bar; Ctrl-C stops after the current step and saves.
+
+    With ``--nproc-per-node N`` (N > 1) this process checks the options and starts N
+    processes under ``torch.distributed.run``; under torchrun (``WORLD_SIZE`` set) it is
+    one of them: rank 0 reads the options and sends them to the others."""
+    from .distributed import env_world_size, init_group
+
+    nproc = args.nproc_per_node
+    if nproc is not None and nproc < 1:
+        raise UsageError("--nproc-per-node must be >= 1")
+    if nproc is not None and nproc > 1 and env_world_size() == 1:
+        return _launch(args, nproc)
+    created = init_group()
+    try:
+        return _train(args)
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _launch(args: argparse.Namespace, nproc: int) -> int:
+    """Run this command as ``nproc`` processes under PyTorch's launcher; its exit code."""
+    import subprocess
+    import tempfile
+
+    from .distributed import launch_command
+
+    cfg = _prepare(args)  # the checks here, so that bad input gets one clear message
+    if cfg.batch_size < nproc:
+        raise UsageError(f"--batch-size {cfg.batch_size} is smaller than {nproc} processes")
+    with tempfile.TemporaryDirectory(prefix="ddpm-train-") as tmp:
+        run_config = Path(tmp) / "config.json"
+        run_config.write_text(json.dumps(cfg.to_dict()))
+        child = ["train", "--run-config", str(run_config), "--provenance", _command()]
+        for flag, value in (
+            ("--job-id", args.job_id),
+            ("--progress-file", args.progress_file),
+            ("--stop-file", args.stop_file),
+        ):
+            if value is not None:
+                child += [flag, str(value)]
+        if args.no_progress:
+            child.append("--no-progress")
+        # Ctrl-C reaches every process of the terminal: the ranks stop after their step and
+        # save. This one only waits (a Python handler, unlike SIG_IGN, is not inherited).
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+        try:
+            return subprocess.call(launch_command(nproc, "ddpm_core.train_cli", child))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _ProgressFile:
+    """JSON lines for a watcher (e.g. the train worker): one per step, then the outcome."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.f = open(path, "a", buffering=1) if path is not None else None  # noqa: SIM115
+
+    def write(self, record: dict) -> None:
+        if self.f is not None:
+            self.f.write(json.dumps(record, allow_nan=False, default=str) + "\n")
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+
+
+def _finite(x: float) -> float | None:
+    import math
+
+    return x if math.isfinite(x) else None
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .data import DatasetError, load_dataset
+    from .distributed import env_world_size, from_main, rank
+    from .train import train
+
+    cfg = from_main(lambda: _prepare(args))
+    main = rank() == 0
     try:
         dataset = load_dataset(
             cfg.dataset, cfg.image_size, cfg.channels, cfg.class_cond, cfg.random_flip
         )
     except DatasetError as exc:
         raise UsageError(str(exc)) from None
-    classes = f", {dataset.num_classes} classes" if cfg.class_cond else ""
-    print(f"dataset {dataset.name}: {len(dataset)} images{classes}", end="")
-    print(f"; {dataset.skipped} unreadable files skipped" if dataset.skipped else "")
-    for path in dataset.skipped_files[:5]:
-        print(f"  skipped {path}")
+    if main:
+        classes = f", {dataset.num_classes} classes" if cfg.class_cond else ""
+        print(f"dataset {dataset.name}: {len(dataset)} images{classes}", end="")
+        print(f"; {dataset.skipped} unreadable files skipped" if dataset.skipped else "")
+        for path in dataset.skipped_files[:5]:
+            print(f"  skipped {path}")
 
     stop = {"requested": False}
 
@@ -237,10 +355,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         if stop["requested"]:
             raise KeyboardInterrupt
         stop["requested"] = True
-        print("\nstopping after this step (Ctrl-C again to abort without saving)", file=sys.stderr)
+        if main:
+            print(
+                "\nstopping after this step (Ctrl-C again to abort without saving)", file=sys.stderr
+            )
+
+    def on_sigterm(signum, frame) -> None:  # noqa: ARG001
+        stop["requested"] = True  # torchrun's agent stopping its workers: save, then exit
 
     previous = signal.signal(signal.SIGINT, on_sigint)
-    bar = tqdm(total=cfg.steps, unit="step", disable=args.no_progress, dynamic_ncols=True)
+    previous_term = None
+    if env_world_size() > 1:
+        previous_term = signal.signal(signal.SIGTERM, on_sigterm)
+    bar = tqdm(
+        total=cfg.steps, unit="step", disable=args.no_progress or not main, dynamic_ncols=True
+    )
+    records = _ProgressFile(args.progress_file if main else None)
 
     def progress(p) -> None:
         if bar.n == 0 and p.step > 1:
@@ -253,29 +383,67 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.write(f"step {p.step}: saved {p.checkpoint_path}")
         if p.sample_path:
             bar.write(f"step {p.step}: preview {p.sample_path}")
+        records.write(
+            {
+                "step": p.step,
+                "total": p.total_steps,
+                "loss": _finite(p.loss),
+                "loss_raw": _finite(p.loss_raw),
+                "lr": p.lr,
+                "images_per_sec": p.images_per_sec,
+                "skipped": p.skipped_steps,
+                "elapsed_s": p.elapsed_s,
+                "saved": p.checkpoint_path is not None,
+            }
+        )
 
-    # shlex quoting, so that the recorded command can be pasted back into a shell.
-    command = shlex.join(["ddpm", *sys.argv[1:]]) if len(sys.argv) > 1 else "ddpm train"
+    def should_stop() -> bool:
+        if args.stop_file is not None and args.stop_file.exists():
+            stop["requested"] = True
+        return stop["requested"]
+
     try:
         result = train(
             cfg,
             progress=progress,
-            should_stop=lambda: stop["requested"],
-            command=command,
+            should_stop=should_stop,
+            command=args.provenance or _command(),
             job_id=args.job_id,
             dataset=dataset,
         )
     except (DatasetError, FileNotFoundError) as exc:
+        records.write({"event": "error", "type": type(exc).__name__, "message": str(exc)})
         raise UsageError(str(exc)) from None
+    except Exception as exc:
+        records.write({"event": "error", "type": type(exc).__name__, "message": str(exc)})
+        raise
     finally:
         bar.close()
         signal.signal(signal.SIGINT, previous)
-    status = "stopped" if result.stopped else "done"
-    print(
-        f"{status} at step {result.step}/{result.total_steps}: loss {result.final_loss:.4f}, "
-        f"{result.skipped_steps} skipped steps, {result.elapsed_s:.0f}s on {result.device} "
-        f"-> {result.checkpoint}"
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+    records.write(
+        {
+            "event": "done",
+            "step": result.step,
+            "total": result.total_steps,
+            "final_loss": _finite(result.final_loss),
+            "stopped": result.stopped,
+            "skipped": result.skipped_steps,
+            "elapsed_s": result.elapsed_s,
+            "device": result.device,
+            "processes": env_world_size(),
+        }
     )
+    records.close()
+    if main:
+        status = "stopped" if result.stopped else "done"
+        print(
+            f"{status} at step {result.step}/{result.total_steps}: loss {result.final_loss:.4f}, "
+            f"{result.skipped_steps} skipped steps, {result.elapsed_s:.0f}s on {result.device}"
+            + (f" x{env_world_size()} processes" if env_world_size() > 1 else "")
+            + f" -> {result.checkpoint}"
+        )
     return 0
 
 

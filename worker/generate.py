@@ -54,11 +54,13 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         return Outcome.failed("InvalidJob", "the stored request exceeds this worker's limits")
     try:
         ckpt = rt.registry.resolve(req.checkpoint)
+        # A local directory of the version: itself, or downloaded from the object store.
+        checkpoint_dir = rt.registry.materialize(ckpt)
     except (NotFound, RegistryError) as exc:
         return Outcome.failed("CheckpointNotFound", str(exc))
     spec = GenSpec(
         job_id=job_id,
-        checkpoint_path=str(ckpt.path),
+        checkpoint_path=str(checkpoint_dir),
         checkpoint_ref=ckpt.ref,
         count=req.count,
         seed=req.seed,

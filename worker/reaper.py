@@ -24,7 +24,7 @@ from typing import Any
 
 from app.logs import log_event
 from app.queue import QUEUE_OF_TASK, TASK_OF, pending_task_ids
-from app.results import DiskResults
+from app.results import DiskResults, ResultStore
 from app.settings import Settings
 from app.store import JOB_ID_RE, JobStore
 
@@ -38,10 +38,19 @@ KINDS = ("generate", "train")
 class Reaper:
     """One reaper pass per :meth:`tick`."""
 
-    def __init__(self, store: JobStore, celery: Any, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        celery: Any,
+        settings: Settings,
+        result_stores: list[ResultStore] | None = None,
+    ) -> None:
         self.store = store
         self.celery = celery
         self.settings = settings
+        # Where expired results are deleted: the disk, and the object store if configured.
+        # Redis-stored results expire by themselves.
+        self.result_stores = result_stores or [DiskResults(settings.data_dir)]
         self._next_redispatch = 0.0
         self._grace_logged = False
 
@@ -90,11 +99,11 @@ class Reaper:
         if not expired:
             return
         runs = Path(self.settings.data_dir).resolve() / "runs"
-        disk = DiskResults(self.settings.data_dir)
         gone = [j for j in expired if not self.store.r.exists(self.store.job_key(j))]
         for job_id in gone:
             if re.fullmatch(JOB_ID_RE, job_id):  # never a path from Redis unchecked
-                disk.delete(job_id)  # Redis-stored results expire by themselves
+                for results in self.result_stores:
+                    results.delete(job_id)
                 shutil.rmtree(runs / job_id, ignore_errors=True)
         self.store.forget_expired(gone)
         if gone:

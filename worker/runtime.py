@@ -15,8 +15,8 @@ import redis
 
 from app.logs import configure_logging, log_event
 from app.metrics import BATCH_BUCKETS
-from app.registry import Registry
-from app.results import ResultStore, make_result_store
+from app.registry import Registry, make_registry
+from app.results import ResultStore, make_result_store, object_store_of
 from app.settings import Settings, get_settings
 from app.store import JobStore, connect, store_from_settings
 
@@ -47,7 +47,8 @@ class Runtime:
 
     def results(self, kind: str) -> ResultStore:
         s = self.settings
-        return make_result_store(kind, s.data_dir, self.bin_redis, s.key_prefix, s.job_ttl)
+        objects = object_store_of(s) if kind == "s3" else None
+        return make_result_store(kind, s.data_dir, self.bin_redis, s.key_prefix, s.job_ttl, objects)
 
     @property
     def celery(self) -> Any:
@@ -128,7 +129,8 @@ class Runtime:
         with self._lock:
             if self._threads:
                 return
-            reaper = Reaper(self.store, None, self.settings)
+            kinds = ["disk"] + (["s3"] if self.settings.object_store else [])
+            reaper = Reaper(self.store, None, self.settings, [self.results(k) for k in kinds])
             hb_every = max(0.5, min(2.0, self.settings.heartbeat_ttl / 4))
             self._threads = [
                 threading.Thread(
@@ -184,9 +186,9 @@ def get_runtime(hostname: str | None = None, queues: list[str] | None = None) ->
             configure_logging(s.log_level, s.log_format)
             url = s.broker_url
             name = f"{hostname or socket.gethostname()}:{os.getpid()}"
-            _runtime = Runtime(
-                s, store_from_settings(s), connect(url, decode=False), Registry(s.data_dir), name
-            )
+            bin_redis = connect(url, decode=False)
+            registry = make_registry(s, bin_redis)
+            _runtime = Runtime(s, store_from_settings(s), bin_redis, registry, name)
         if queues:
             _runtime.queues = queues
         return _runtime

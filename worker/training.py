@@ -1,10 +1,12 @@
 """The body of a training job: validate the options read from Redis, train (resuming from
-this job's own saved state when an earlier attempt left one), publish once."""
+this job's own saved state when an earlier attempt left one), publish once.
+
+One process trains in the worker itself; several (``DDPM_TRAIN_DEVICES``: every GPU of
+the host by default) train as a torchrun child of the worker (:mod:`worker.train_procs`)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from .jobrun import Outcome
 from .monitor import Held
 from .previews import PreviewPublisher
 from .runtime import Runtime
+from .train_procs import ChildFailed, run_processes, train_processes
 
 __all__ = ["train_body"]
 
@@ -37,14 +40,17 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         return Outcome.failed("InvalidJob", f"stored training options: {exc.field}: {exc}")
     if (done := rt.registry.published_by(name, job_id)) is not None:
         # An earlier attempt published and died before recording it: record that version.
-        loss = _meta(done.path).get("loss")
+        loss = rt.registry.meta(done).get("loss")
         final = loss if isinstance(loss, float) and math.isfinite(loss) else None
         return Outcome("succeeded", {"result": {"checkpoint": done.ref, "final_loss": final}})
     data_dir = Path(s.data_dir).resolve()
     config: dict[str, Any] = options.model_dump(exclude_unset=True)
     if options.dataset != "digits":  # a plain folder name, checked to exist above
         config["dataset"] = str(data_dir / "datasets" / options.dataset)
-    config["device"] = s.device
+    try:
+        processes, proc_env, config["device"] = train_processes(s.train_devices, s.device)
+    except ValueError as exc:
+        return Outcome.failed("InvalidTrainDevices", str(exc))
     config.setdefault("save_every", max(100, options.steps // 10))  # resumable state
     out = data_dir / "runs" / job_id
     resume = None
@@ -52,7 +58,7 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         resume = str(out)  # an earlier attempt of this job left resumable state
     elif req.get("resume_from"):
         try:
-            src = rt.registry.resolve(req["resume_from"]).path
+            src = rt.registry.materialize(rt.registry.resolve(req["resume_from"]), full=True)
         except RegistryError as exc:
             return Outcome.failed("CheckpointNotFound", str(exc))
         if (src / STATE_DIR / "state.json").exists():
@@ -91,7 +97,17 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         return held.cancel.is_set()
 
     started = time.time()
-    result = run_training(cfg, progress=progress, command=f"POST /train ({job_id})", job_id=job_id)
+    command = f"POST /train ({job_id})"
+    if processes > 1:
+        try:
+            result: Any = run_processes(
+                cfg.to_dict(), processes, proc_env, data_dir / "runs", job_id, progress,
+                held.cancel, command,
+            )  # fmt: skip
+        except ChildFailed as exc:
+            return Outcome.failed(exc.type, exc.message)
+    else:
+        result = run_training(cfg, progress=progress, command=command, job_id=job_id)
     if result.stopped:
         # Canceled, or the lease was lost (then the outcome is discarded anyway).
         return Outcome.canceled(f"stopped at step {result.step}")
@@ -106,15 +122,8 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
                 "steps": result.step,
                 "resumed": resume is not None,
                 "attempt": claim.attempt,
+                "processes": processes,
             },
             "progress": {"step": result.step, "total": result.total_steps, "fraction": 1.0},
         },
     )
-
-
-def _meta(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((path / "meta.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -77,11 +77,7 @@ def samples(
         raise ApiError(422, str(exc), "version") from None
     except NotFound as exc:
         raise ApiError(404, str(exc)) from None
-    path = ckpt.path / "samples.png"
-    try:
-        data = path.read_bytes() if path.is_file() else None
-    except OSError:
-        data = None
+    data = registry.read_file(ckpt, "samples.png")  # local or from the object store
     if data is None:
         raise ApiError(404, f"checkpoint {ckpt.ref} has no samples.png")
     # A published version never changes and its number is never reused.

@@ -24,7 +24,9 @@ def cpu() -> dict:
 
 
 def test_services_and_volumes(gpu: dict) -> None:
-    assert set(gpu["services"]) == {"redis", "api", "worker-gen", "worker-train", "flower"}
+    assert set(gpu["services"]) == {
+        "redis", "api", "worker-gen", "worker-train", "worker-train-multigpu", "flower"
+    }  # fmt: skip
     assert set(gpu["volumes"]) == {"data", "redis-data"}
     for name in ("api", "worker-gen", "worker-train"):
         assert "data:/data" in gpu["services"][name]["volumes"], name
@@ -153,3 +155,32 @@ def test_env_overrides_reach_the_services() -> None:
     assert project["services"]["api"]["environment"]["DDPM_ADMIN_TOKEN"] == "t"
     devices = project["services"]["worker-gen"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["device_ids"] == ["3"]
+
+
+def test_a_multi_gpu_train_worker_behind_a_profile(gpu: dict) -> None:
+    svc = gpu["services"]["worker-train-multigpu"]
+    assert svc["profiles"] == ["multigpu"]
+    assert svc["command"][-2:] == ["--queue", "train"]
+    assert svc["environment"]["DDPM_TRAIN_DEVICES"] == "auto"
+    assert svc["environment"]["DDPM_REDIS_URL"] == "redis://redis:6379/0"
+    (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["count"] == "2"
+    assert "train@$HOSTNAME" in " ".join(svc["healthcheck"]["test"])
+    assert svc["shm_size"]
+    more = load(MAIN, env={"DDPM_TRAIN_GPU_COUNT": "8", "DDPM_TRAIN_DEVICES": "0,1,2,3"})
+    svc = more["services"]["worker-train-multigpu"]
+    assert svc["deploy"]["resources"]["reservations"]["devices"][0]["count"] == "8"
+    assert svc["environment"]["DDPM_TRAIN_DEVICES"] == "0,1,2,3"
+
+
+def test_the_object_store_override() -> None:
+    env = {"DDPM_OBJECT_STORE": "s3://ckpts/prod", "AWS_SECRET_ACCESS_KEY": "k"}
+    project = load(MAIN, "docker/compose.s3.yml", env=env)
+    for name in ("api", "worker-gen", "worker-train", "worker-train-multigpu"):
+        e = project["services"][name]["environment"]
+        assert e["DDPM_OBJECT_STORE"] == "s3://ckpts/prod" and e["DDPM_RESULT_STORE"] == "s3"
+        assert e["AWS_SECRET_ACCESS_KEY"] == "k"
+        assert e["DDPM_REDIS_URL"] == "redis://redis:6379/0"  # merged, not lost
+    text = (ROOT / "docker/compose.s3.yml").read_text()
+    for m in re.finditer(r"\b\w*(TOKEN|KEYS?|SECRET)\w*\b:[ \t]*([^\s#]*)", text):
+        assert m.group(2).startswith("${"), m.group(0)

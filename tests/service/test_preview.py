@@ -158,9 +158,9 @@ def test_checkpoint_samples_png(client, data_dir):
     assert client.get("/checkpoints/tiny/9/samples.png").status_code == 404
     assert client.get("/checkpoints/nosuch/1/samples.png").status_code == 404
     r = client.get("/checkpoints/Bad!/1/samples.png")
-    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "name"
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "path.name"
     r = client.get("/checkpoints/tiny/v1/samples.png")
-    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "version"
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "path.version"
     grid = np.zeros((4, 4), np.uint8)
     buf = io.BytesIO()
     Image.fromarray(grid).save(buf, format="PNG")
