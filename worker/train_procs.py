@@ -136,6 +136,9 @@ def _progress(rec: dict[str, Any]) -> SimpleNamespace:
         loss=float("nan") if loss is None else float(loss),
         lr=float(rec.get("lr", 0.0)),
         images_per_sec=float(rec.get("images_per_sec", 0.0)),
+        # Not relayed from the child: multi-process runs send no preview grids.
+        sample_png=None,
+        checkpoint_path=None,
     )
 
 

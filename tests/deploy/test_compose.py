@@ -167,14 +167,14 @@ def test_a_multi_gpu_train_worker_behind_a_profile(gpu: dict) -> None:
     assert device["driver"] == "nvidia" and device["count"] == "2"
     assert "train@$HOSTNAME" in " ".join(svc["healthcheck"]["test"])
     assert svc["shm_size"]
-    more = load(MAIN, env={"DDPM_TRAIN_GPU_COUNT": "8", "DDPM_TRAIN_DEVICES": "0,1,2,3"})
+    more = load(MAIN, env=ENV | {"DDPM_TRAIN_GPU_COUNT": "8", "DDPM_TRAIN_DEVICES": "0,1,2,3"})
     svc = more["services"]["worker-train-multigpu"]
     assert svc["deploy"]["resources"]["reservations"]["devices"][0]["count"] == "8"
     assert svc["environment"]["DDPM_TRAIN_DEVICES"] == "0,1,2,3"
 
 
 def test_the_object_store_override() -> None:
-    env = {"DDPM_OBJECT_STORE": "s3://ckpts/prod", "AWS_SECRET_ACCESS_KEY": "k"}
+    env = ENV | {"DDPM_OBJECT_STORE": "s3://ckpts/prod", "AWS_SECRET_ACCESS_KEY": "k"}
     project = load(MAIN, "docker/compose.s3.yml", env=env)
     for name in ("api", "worker-gen", "worker-train", "worker-train-multigpu"):
         e = project["services"][name]["environment"]
