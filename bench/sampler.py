@@ -9,8 +9,8 @@ products: 12.11 GFLOP per 3x32x32 image for ddpm-cifar10). This prints
 figures; it asserts nothing.
 
     python bench/sampler.py                      # CPU defaults: tiny and small, small batches
-    python bench/sampler.py --device cuda --preset ddpm-cifar10 --steps 20 \\
-        --batch 64,256,max --compile --cuda-graphs --compile-batches 64,max --device-noise
+    python bench/sampler.py --device cuda --preset ddpm-cifar10 --steps 20 --batch 64,256,max \\
+        --compile --compile-batches max --cuda-graphs --graphs-batches 64,max --device-noise
 
 Contenders: diffusers fp32 (and fp16 on CUDA) as users call the pipelines;
 ours fp32 (plain eager), fp32 channels-last, and on CUDA bf16 autocast
@@ -105,7 +105,10 @@ def main(argv: list[str] | None = None) -> None:
         "--cuda-graphs", action="store_true", help="also time compile mode reduce-overhead (CUDA)"
     )
     ap.add_argument(
-        "--compile-batches", default="all", help="batches that time the compiled paths ('max' ok)"
+        "--compile-batches", default="all", help="batches that time --compile ('max' ok)"
+    )
+    ap.add_argument(
+        "--graphs-batches", default="all", help="batches that time --cuda-graphs ('max' ok)"
     )
     ap.add_argument(
         "--device-noise", action="store_true", help="also time bf16 with noise drawn on the GPU"
@@ -183,28 +186,32 @@ def main(argv: list[str] | None = None) -> None:
         batches, probed = _batches(batch_spec, ours, shape, device, args.probe_limit)
         if probed is not None:
             print(f"# memory probe (bf16, eager): {probed} images fit (limit {args.probe_limit})")
-        compile_batches = (
+
+        compile_batches, graphs_batches = (
             set(batches)
-            if args.compile_batches == "all"
-            else set(_batches(args.compile_batches.split(","), ours, shape, device,
-                              args.probe_limit)[0])
-        )  # fmt: skip
+            if spec == "all"
+            else set(_batches(spec.split(","), ours, shape, device, args.probe_limit)[0])
+            for spec in (args.compile_batches, args.graphs_batches)
+        )
         shared = _Shared(ours, args, cuda)  # compiled networks are reused across samplers
         for sampler in args.samplers.split(","):
             for batch in batches:
                 if left() <= 0:
                     print(f"# {name} {sampler} batch {batch}: skipped, past the deadline")
                     continue
-                compiled_ok = batch in compile_batches and left() > args.compile_reserve
-                if (
-                    batch in compile_batches
-                    and not compiled_ok
-                    and (args.compile or args.cuda_graphs)
-                ):
-                    print(f"# {name} {sampler} batch {batch}: compiled paths skipped, "
+                wanted = {
+                    "compiled": args.compile and batch in compile_batches,
+                    "graphs": args.cuda_graphs and cuda and batch in graphs_batches,
+                }
+                # A graph already built for this batch size costs nothing more.
+                room = left() > args.compile_reserve
+                use = {k: w and (room or (k, batch) in shared.built) for k, w in wanted.items()}
+                for k in (k for k in wanted if wanted[k] and not use[k]):
+                    print(f"# {name} {sampler} batch {batch}: {k} skipped, "
                           f"{left():.0f} s left (< --compile-reserve)")  # fmt: skip
+                shared.built |= {(k, batch) for k in use if use[k]}
                 contenders = _contenders(
-                    args, sampler, batch, steps, ref, shared, schedule, shape, device, compiled_ok
+                    args, sampler, batch, steps, ref, shared, schedule, shape, device, use
                 )
                 times: dict[str, list[float]] = {k: [] for k in contenders}
                 for _ in range(args.warmup):
@@ -261,6 +268,7 @@ class _Shared:
         cl = args.channels_last
         self.fast = FastDenoiser(copy.deepcopy(ours), FastOptions(channels_last=cl))
         self.compiled = self.graphs = None
+        self.built: set[tuple[str, int]] = set()  # (path, batch) compiled so far
         if args.compile:
             # Inductor's default mode (no CUDA graphs: they have their own row; no autotuning,
             # whose compile time would not fit a bounded run).
@@ -274,7 +282,7 @@ class _Shared:
             )
 
 
-def _contenders(args, sampler, batch, steps, ref, shared, schedule, shape, device, compiled_ok):
+def _contenders(args, sampler, batch, steps, ref, shared, schedule, shape, device, use):
     import diffusers
 
     cuda = device.type == "cuda"
@@ -326,11 +334,11 @@ def _contenders(args, sampler, batch, steps, ref, shared, schedule, shape, devic
             out["ours bf16, noise drawn on the GPU"] = run_ours(
                 shared.fast, torch.bfloat16, "device"
             )
-    if compiled_ok and shared.compiled is not None:
+    if use["compiled"] and shared.compiled is not None:
         out["ours compiled" + (" bf16" if cuda else "")] = run_ours(
             shared.compiled, torch.bfloat16 if cuda else None
         )
-    if compiled_ok and shared.graphs is not None:
+    if use["graphs"] and shared.graphs is not None:
         out["ours CUDA graphs bf16"] = run_ours(shared.graphs, torch.bfloat16)
     return out
 
