@@ -30,6 +30,14 @@ def _inputs(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return x.cuda(), t.cuda(), y.cuda()
 
 
+def _reset() -> None:
+    """Forget compiled graphs and the counters (which torch._dynamo.reset() keeps)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+
+
 def _counters() -> tuple[int, int]:
     from torch._dynamo.utils import counters
 
@@ -39,7 +47,7 @@ def _counters() -> tuple[int, int]:
 @pytest.mark.parametrize("mode", [None, "reduce-overhead"])
 def test_compiled_equals_eager_and_one_bucket_is_one_graph(mode: str | None) -> None:
     model = load_checkpoint(DIGITS, device=torch.device("cuda")).model
-    torch._dynamo.reset()
+    _reset()
     fast = FastDenoiser(model, FastOptions(compile=True, compile_mode=mode, buckets=(4, 8)))
     with strict_fp32(), torch.inference_mode():
         kept = []
@@ -60,7 +68,7 @@ def test_compiled_equals_eager_and_one_bucket_is_one_graph(mode: str | None) -> 
 def test_engine_with_cuda_graphs_keeps_each_seeds_image() -> None:
     """The service with DDPM_COMPILE=1 DDPM_COMPILE_MODE=reduce-overhead: batches of 6, 3
     and 1 rows (jobs of different lengths) all run the bucket-8 graph."""
-    torch._dynamo.reset()
+    _reset()
     fast = FastOptions(channels_last=True, compile=True, compile_mode="reduce-overhead",
                        buckets=(8,))  # fmt: skip
     specs = [
