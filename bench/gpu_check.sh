@@ -38,6 +38,7 @@ trap 'exec 1>&- 2>&-; wait "$TEE_PID" 2>/dev/null' EXIT
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
 T0=$SECONDS
+FAILED=""
 SUMMARY="$OUT/summary.md"
 {
     echo "# GPU check $(date -u '+%Y-%m-%d %H:%M UTC') ($([ "$DRY" = 1 ] && echo 'CPU DRY RUN' || echo GPU))"
@@ -59,6 +60,7 @@ run_stage() {
     [ "$rc" = 124 ] || [ "$rc" = 137 ] && verdict="TIMED OUT"
     [ "$rc" != 0 ] && [ "$verdict" = ok ] && verdict="FAILED (exit $rc)"
     note "- $name: $verdict in ${took} s"
+    [ "$rc" = 0 ] || FAILED="$FAILED $name"
     return "$rc"
 }
 
@@ -127,14 +129,14 @@ fi
 
 if wanted tests; then
     run_stage tests "${LIMITS[0]}" "$OUT/tests.txt" \
-        "$PY" -m pytest -v -s -p no:cacheprovider -o addopts="" --timeout 300 "${TESTS[@]}"
+        "$PY" -m pytest -v -s -p no:cacheprovider -o addopts="" -rsfE --timeout 300 "${TESTS[@]}"
     grep -E '(passed|failed|skipped|error).* in [0-9.]+s' "$OUT/tests.txt" | tail -1 | sed 's/^/  pytest: /' | tee -a "$SUMMARY"
     grep -E '^(FAILED|ERROR) ' "$OUT/tests.txt" | sed 's/^/  /' | tee -a "$SUMMARY"
 fi
 
 if wanted sampler; then
     run_stage sampler "${LIMITS[1]}" "$OUT/sampler.md" "$PY" bench/sampler.py "${SAMPLER[@]}"
-    grep -E '^# (memory probe|.*best of ours|ddpm-cifar10:|tiny:)' "$OUT/sampler.md" | sed 's/^# /  /' | tee -a "$SUMMARY"
+    grep -E '^# (memory probe|ddpm-cifar10:|tiny:)' "$OUT/sampler.md" | sed 's/^# /  /' | tee -a "$SUMMARY"
     sed -n '/^| preset | sampler | contender | best img/,/^$/p' "$OUT/sampler.md" >>"$SUMMARY"
 fi
 
@@ -148,6 +150,7 @@ fi
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm,temperature.gpu --format=csv >>"$OUT/env.txt" 2>&1
 rm -rf "$WORK"
-note "- total: $((SECONDS - T0)) s"
+note "- total: $((SECONDS - T0)) s${FAILED:+; failed or timed out:$FAILED}"
 banner "summary ($OUT/summary.md)"
 cat "$SUMMARY"
+[ -z "$FAILED" ]

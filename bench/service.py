@@ -250,7 +250,9 @@ def main() -> None:
         # 3. API latency while the worker is busy with a long job.
         if not args.api_latency:
             return
-        busy = client.post("/generate", json={**common, "count": 16, "seed": 7}).json()["id"]
+        busy_count = min(16, max(args.n, args.count))  # within DDPM_MAX_COUNT
+        r = client.post("/generate", json={**common, "count": busy_count, "seed": 7})
+        busy = r.json()["id"]
         submit, poll = [], []
         ids = []
         for i in range(50):
