@@ -124,7 +124,7 @@ else
     INIT=(--preset ddpm-cifar10 --image-size 32 --channels 3)
     SERVICE=(--device cuda --steps 100 --sampler ddpm --n 64 --count 16 --repeat 3
              --threads 4 --poll 0.05)
-    LIMITS=(150 210 110)
+    LIMITS=(150 220 110)
 fi
 
 if wanted tests; then

@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
             else set(_batches(spec.split(","), ours, shape, device, args.probe_limit)[0])
             for spec in (args.compile_batches, args.graphs_batches)
         )
-        shared = _Shared(ours, args, cuda)  # compiled networks are reused across samplers
+        shared = _Shared(ours, ref, args, cuda)  # compiled networks are reused across samplers
         for sampler in args.samplers.split(","):
             for batch in batches:
                 if left() <= 0:
@@ -213,10 +213,19 @@ def main(argv: list[str] | None = None) -> None:
                 contenders = _contenders(
                     args, sampler, batch, steps, ref, shared, schedule, shape, device, use
                 )
-                times: dict[str, list[float]] = {k: [] for k in contenders}
                 for _ in range(args.warmup):
-                    for fn in contenders.values():
-                        fn()
+                    for key, fn in list(contenders.items()):
+                        try:
+                            fn()
+                        except Exception as exc:  # noqa: BLE001 - one contender fails alone
+                            print(f"# {name} {sampler} batch {batch}: {key} failed: "
+                                  f"{type(exc).__name__}: {str(exc)[:300]}")  # fmt: skip
+                            del contenders[key]
+                            if device.type == "cuda":
+                                torch.cuda.empty_cache()
+                if "diffusers fp32" not in contenders:
+                    continue
+                times: dict[str, list[float]] = {k: [] for k in contenders}
                 for _ in range(args.repeats):
                     for key, fn in contenders.items():  # alternate contenders each round
                         times[key].append(timed(fn, device))
@@ -239,7 +248,10 @@ def main(argv: list[str] | None = None) -> None:
                              tflops=tflops)
                     )  # fmt: skip
         if args.profile and cuda and left() > 0:
-            _profile(args.profile, shared, schedule, shape, device, max(batches), steps)
+            try:
+                _profile(args.profile, shared, schedule, shape, device, max(batches), steps)
+            except Exception as exc:  # noqa: BLE001 - the figures above stand
+                print(f"# profile failed: {type(exc).__name__}: {str(exc)[:300]}")
     _summary(results, peak if cuda else None)
 
 
@@ -263,8 +275,10 @@ def _batches(
 class _Shared:
     """Our networks, built once: compiled graphs then serve every sampler of a batch size."""
 
-    def __init__(self, ours: torch.nn.Module, args, cuda: bool) -> None:
+    def __init__(self, ours: torch.nn.Module, ref: torch.nn.Module, args, cuda: bool) -> None:
         self.eager = ours
+        # diffusers' fp16 contender: its own half-precision copy of the very same weights.
+        self.ref16 = copy.deepcopy(ref).half() if cuda and args.diffusers_fp16 else None
         cl = args.channels_last
         self.fast = FastDenoiser(copy.deepcopy(ours), FastOptions(channels_last=cl))
         self.compiled = self.graphs = None
@@ -286,21 +300,24 @@ def _contenders(args, sampler, batch, steps, ref, shared, schedule, shape, devic
     import diffusers
 
     cuda = device.type == "cuda"
-    if sampler == "ddpm":
-        sched = diffusers.DDPMScheduler(num_train_timesteps=1000, variance_type="fixed_small")
-        pipe = diffusers.DDPMPipeline(unet=ref, scheduler=sched)
-    else:
-        sched = diffusers.DDIMScheduler(num_train_timesteps=1000)
-        pipe = diffusers.DDIMPipeline(unet=ref, scheduler=sched)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler.set_timesteps(steps)
-    timesteps = pipe.scheduler.timesteps.tolist()  # sample on the very same timesteps
+
+    def make_pipe(unet: torch.nn.Module):
+        if sampler == "ddpm":
+            sched = diffusers.DDPMScheduler(num_train_timesteps=1000, variance_type="fixed_small")
+            pipe = diffusers.DDPMPipeline(unet=unet, scheduler=sched)
+        else:
+            sched = diffusers.DDIMScheduler(num_train_timesteps=1000)
+            pipe = diffusers.DDIMPipeline(unet=unet, scheduler=sched)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    pipe32 = make_pipe(ref)
+    pipe32.scheduler.set_timesteps(steps)
+    timesteps = pipe32.scheduler.timesteps.tolist()  # sample on the very same timesteps
     table = step_table(schedule, timesteps, sampler, "fixed_small")
 
-    def run_diffusers(dtype: torch.dtype) -> Callable[[], object]:
+    def run_diffusers(pipe) -> Callable[[], object]:
         def run() -> object:
-            if pipe.unet.dtype != dtype:
-                pipe.unet.to(dtype)
             g = torch.Generator(device=device).manual_seed(0)
             with torch.inference_mode():
                 return pipe(
@@ -322,9 +339,9 @@ def _contenders(args, sampler, batch, steps, ref, shared, schedule, shape, devic
 
         return run
 
-    out = {"diffusers fp32": run_diffusers(torch.float32)}
+    out = {"diffusers fp32": run_diffusers(pipe32)}
     if cuda and args.diffusers_fp16:
-        out["diffusers fp16"] = run_diffusers(torch.float16)
+        out["diffusers fp16"] = run_diffusers(make_pipe(shared.ref16))
     out["ours fp32"] = run_ours(shared.eager, None)
     if args.channels_last:
         out["ours fp32 channels-last"] = run_ours(shared.fast, None)
@@ -348,7 +365,9 @@ def _profile(path, shared, schedule, shape, device, batch, steps) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     table = step_table(schedule, min(steps, 10), "ddpm", "fixed_small")
-    model = shared.graphs if shared.graphs is not None else shared.fast
+    # CUDA graphs only when already built for this batch: a compile here would not fit.
+    graphs = shared.graphs is not None and ("graphs", batch) in shared.built
+    model = shared.graphs if graphs else shared.fast
 
     def run() -> None:
         noise = BatchNoise(0, batch, device)
@@ -361,7 +380,7 @@ def _profile(path, shared, schedule, shape, device, batch, steps) -> None:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         run()
         torch.cuda.synchronize()
-    which = "CUDA graphs" if shared.graphs is not None else "eager channels-last"
+    which = "CUDA graphs" if graphs else "eager channels-last"
     text = [
         f"# torch.profiler: ours bf16 ({which}), batch {batch}, {len(table)} DDPM steps",
         prof.key_averages().table(sort_by="cuda_time_total", row_limit=30),

@@ -221,6 +221,8 @@ class Engine:
                 torch.set_num_threads(self.threads)
             self.device = resolve_device(self.device_spec)
             if self.device.type == "cuda":
+                if self.device.index is None:  # set_device refuses a device without an index
+                    self.device = torch.device("cuda", torch.cuda.current_device())
                 torch.cuda.set_device(self.device)
         except BaseException as exc:  # noqa: BLE001 - reported to start()
             self._startup_error = exc
