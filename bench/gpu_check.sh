@@ -105,7 +105,8 @@ grep -E '^(problem|warning)' "$OUT/env.txt" | sed 's/^/  /' | tee -a "$SUMMARY"
 wanted() { [[ ",$STAGES," == *",$1,"* ]] && [[ ",$skip," != *",$1,"* ]]; }
 
 if [ "$DRY" = 1 ]; then
-    TESTS=(tests/cuda tests/service/test_engine_oom.py tests/core/test_seeding.py)
+    TESTS=(tests/cuda tests/service/test_engine_oom.py tests/service/test_engine_device.py
+           tests/core/test_seeding.py)
     SAMPLER=(--device cpu --preset tiny --image-size 8 --batch 2,max --probe-limit 4 --steps 3
              --samplers ddpm --repeats 1 --warmup 1 --compile --compile-batches max
              --cuda-graphs --device-noise --deadline 150 --compile-reserve 60 --threads 2)
@@ -113,9 +114,11 @@ if [ "$DRY" = 1 ]; then
     SERVICE=(--device cpu --steps 5 --sampler ddpm --n 4 --count 2 --repeat 1 --threads 1)
     LIMITS=(300 240 180)
 else
-    # Engine tests first, then training, then the compile tests (the slowest: 3 compiles).
+    # Engine tests first, then training and the CPU-injected OOM, then the compile tests
+    # (the slowest: 3 compiles).
     TESTS=(tests/cuda/test_engine_cuda.py tests/cuda/test_train_cuda.py
-           tests/cuda/test_compile_cuda.py tests/service/test_engine_oom.py)
+           tests/service/test_engine_oom.py tests/service/test_engine_device.py
+           tests/cuda/test_compile_cuda.py)
     # 20 steps: ratios and TFLOP/s do not depend on the step count (img/s@1000 is printed).
     SAMPLER=(--device cuda --preset ddpm-cifar10 --image-size 32 --steps 20
              --batch 64,256,max --probe-limit 1024 --samplers ddpm,ddim --repeats 2 --warmup 1

@@ -98,6 +98,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=16, help="images of the overhead job")
     ap.add_argument("--api-latency", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args()
+    # A time limit's SIGTERM (gpu_check.sh) must still stop the services in `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     import torch
 
