@@ -34,7 +34,7 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 TEE_PID=$!
 # Let tee write the last lines before the script's exit ends the call.
-trap 'exec 1>&- 2>&-; wait "$TEE_PID" 2>/dev/null' EXIT
+trap 'rm -rf "$WORK"; exec 1>&- 2>&-; wait "$TEE_PID" 2>/dev/null' EXIT
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
 T0=$SECONDS
@@ -152,7 +152,6 @@ if wanted service; then
 fi
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm,temperature.gpu --format=csv >>"$OUT/env.txt" 2>&1
-rm -rf "$WORK"
 note "- total: $((SECONDS - T0)) s${FAILED:+; failed or timed out:$FAILED}"
 banner "summary ($OUT/summary.md)"
 cat "$SUMMARY"
