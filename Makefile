@@ -7,7 +7,7 @@ CUDA ?= 0
 # The CPU wheel that lies on this machine's disk; any other spec downloads CUDA packages.
 TORCH_CPU_SPEC ?= torch==2.13.0
 
-.PHONY: install serve test lint format bench clean
+.PHONY: install serve test lint format bench gpu-wheels clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,22 @@ format: install
 bench: install
 	$(PY) bench/sampler.py
 	$(PY) bench/service.py
+
+# The wheels bench/gpu_check.sh installs on a GPU machine (cp312 manylinux x86_64, ~19 MB;
+# not in git). GPU_PY=3.11 GPU_WHEELS=... builds the same set for a CPU dry run here.
+GPU_PY ?= 3.12
+GPU_WHEELS ?= bench/gpu_wheels
+
+gpu-wheels:
+	rm -rf $(GPU_WHEELS).part && mkdir -p $(GPU_WHEELS).part
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --implementation cp \
+		--python-version $(GPU_PY) --platform manylinux_2_28_x86_64 \
+		--platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+		-d $(GPU_WHEELS).part -r bench/gpu_requirements.txt
+	echo $(GPU_PY) > $(GPU_WHEELS).part/PYTHON
+	rm -rf $(GPU_WHEELS) && mv $(GPU_WHEELS).part $(GPU_WHEELS)
+	@echo "$$(ls $(GPU_WHEELS)/*.whl | wc -l) wheels, $$(du -sh $(GPU_WHEELS) | cut -f1) in $(GPU_WHEELS)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

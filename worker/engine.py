@@ -237,6 +237,8 @@ class Engine:
                 torch.set_num_threads(self.threads)
             self.device = resolve_device(self.device_spec)
             if self.device.type == "cuda":
+                if self.device.index is None:  # set_device refuses a device without an index
+                    self.device = torch.device("cuda", torch.cuda.current_device())
                 torch.cuda.set_device(self.device)
         except BaseException as exc:  # noqa: BLE001 - reported to start()
             self._startup_error = exc
@@ -283,9 +285,12 @@ class Engine:
         net = FastDenoiser(ckpt.model, self.fast)
         self._nets[key] = net
         shape = (ckpt.config.channels, ckpt.config.image_size, ckpt.config.image_size)
-        self._batch_limit[key] = probe_max_batch(
-            net, shape, self.device, self.max_batch, key=spec.checkpoint_ref
-        )
+        # The eager network, under the autocast the steps use: probing through a compiled
+        # one would compile a graph for every power of two.
+        with self._autocast():
+            self._batch_limit[key] = probe_max_batch(
+                ckpt.model, shape, self.device, self.max_batch, key=spec.checkpoint_ref
+            )
         log_event(
             log,
             "model loaded",
@@ -371,35 +376,78 @@ class Engine:
         key = self._rows[0].job._key
         limit = self._batch_limit.get(key, self.max_batch)
         batch = [r for r in self._rows if r.job._key == key][:limit]
+        self._run_or_split(key, batch)
+
+    def _run_or_split(self, key: tuple, batch: list[_Row]) -> int:
+        """One step of ``batch``; what fails is retried in parts, so only what must fails.
+
+        Out of memory: the rows run in two halves (recursively), so only a job one row
+        of which cannot run alone fails, and the model's batch limit comes down to the
+        largest part that ran (until the model is loaded again). Any other error: the
+        rows run job by job and the job that fails alone fails. A retried row gets the
+        same noise again (its stream is rewound), so splitting never changes an image.
+        Returns the largest number of rows that ran in one call (0: none ran).
+        """
+        marks = [r.rng.mark() for r in batch]
         try:
             self._run(batch)
+            return len(batch)
+        except torch.OutOfMemoryError as exc:
+            oom, error = True, JobFailed("OutOfMemory", str(exc))
+            trace = traceback.format_exc(limit=3)
         except Exception as exc:  # noqa: BLE001
-            jobs = list(dict.fromkeys(r.job for r in batch))
-            if len(jobs) == 1:
-                self._fail_from(jobs[0], exc)
-                return
-            # Retry job by job, so that only the job that cannot run fails.
-            for job in jobs:
-                try:
-                    self._run([r for r in batch if r.job is job])
-                except Exception as exc2:  # noqa: BLE001
-                    self._fail_from(job, exc2)
+            oom, error = False, JobFailed(type(exc).__name__, str(exc))
+            trace = traceback.format_exc(limit=3)
+        # Out of the except block: the failed attempt's tensors (held by the traceback's
+        # frames) are free now, before the memory is handed back and the parts run.
+        for r, mark in zip(batch, marks, strict=True):
+            r.rng.rewind(mark)
+        jobs = list(dict.fromkeys(r.job for r in batch))
+        if oom:
+            self._release_memory()
+            if len(batch) > 1:
+                half = (len(batch) + 1) // 2
+                ran = 0
+                for part in (batch[:half], batch[half:]):
+                    part = [r for r in part if not r.job.done.is_set()]
+                    if part:
+                        ran = max(ran, self._run_or_split(key, part))
+                if ran:
+                    limit = min(self._batch_limit.get(key, self.max_batch), ran)
+                    self._batch_limit[key] = limit
+                log_event(
+                    log,
+                    "out of memory: batch split",
+                    logging.WARNING,
+                    batch=len(batch),
+                    largest_that_ran=ran,
+                    batch_limit=self._batch_limit.get(key, self.max_batch),
+                    jobs=len(jobs),
+                )
+                return ran
+        if len(jobs) == 1:
+            self._fail_from(jobs[0], error, trace)
+            return 0
+        ran = 0
+        for job in jobs:  # retry job by job, so that only the job that cannot run fails
+            if not job.done.is_set():
+                ran = max(ran, self._run_or_split(key, [r for r in batch if r.job is job]))
+        return ran
 
-    def _fail_from(self, job: EngineJob, exc: Exception) -> None:
-        kind = type(exc).__name__
-        if isinstance(exc, torch.OutOfMemoryError):
-            kind = "OutOfMemory"
-            if self.device is not None and self.device.type == "cuda":
-                torch.cuda.empty_cache()
+    def _release_memory(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _fail_from(self, job: EngineJob, error: JobFailed, trace: str = "") -> None:
         log_event(
             log,
             "job failed in the engine",
             logging.WARNING,
             job_id=job.spec.job_id,
-            error=f"{kind}: {exc}",
-            trace=traceback.format_exc(limit=3),
+            error=f"{error.type}: {error.message}",
+            trace=trace,
         )
-        self._finish(job, "failed", JobFailed(kind, str(exc)))
+        self._finish(job, "failed", error)
 
     def _run(self, batch: list[_Row]) -> None:
         """One network call for ``batch`` and each row's own update."""

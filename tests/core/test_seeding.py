@@ -42,3 +42,36 @@ def test_seed_range_is_checked() -> None:
     with pytest.raises(ValueError):
         BatchNoise(MAX_SEED, 2)
     ImageRNG(MAX_SEED)
+
+
+def test_the_generator_lives_on_the_cpu_whatever_the_device() -> None:
+    """A seed means one stream on every device: CUDA's Philox would give other numbers."""
+    assert ImageRNG(5, "cpu").generator.device.type == "cpu"
+    assert ImageRNG(5, "meta").generator.device.type == "cpu"  # any device: drawn on the CPU
+    with pytest.raises(ValueError, match="generator_device"):
+        ImageRNG(5, "cpu", generator_device="gpu")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("steps_before", [0, 3, NOISE_BLOCK - 1, NOISE_BLOCK])
+def test_rewind_repeats_the_noise_drawn_since_the_mark(steps_before: int) -> None:
+    """A step retried after a failure (e.g. out of memory) gets the same noise again,
+    also when the failed step drew a new block."""
+    rng, ref = ImageRNG(11), ImageRNG(11)
+    for r in (rng, ref):
+        r.initial((1, 2, 2))
+        for _ in range(steps_before):
+            r.noise((1, 2, 2))
+    mark = rng.mark()
+    rng.noise((1, 2, 2))  # the failed attempt
+    rng.rewind(mark)
+    for _ in range(NOISE_BLOCK + 2):
+        torch.testing.assert_close(rng.noise((1, 2, 2)), ref.noise((1, 2, 2)), rtol=0, atol=0)
+
+
+def test_rewind_refuses_to_go_back_further_than_one_block() -> None:
+    rng = ImageRNG(1)
+    mark = rng.mark()
+    for _ in range(NOISE_BLOCK + 1):  # two blocks
+        rng.noise((2,))
+    with pytest.raises(ValueError, match="one block"):
+        rng.rewind(mark)

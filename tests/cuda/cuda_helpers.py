@@ -1,0 +1,109 @@
+"""Helpers of the CUDA tests (marked ``cuda``, skipped with a reason without a GPU).
+
+``bench/gpu_check.sh`` runs them on a GPU machine (``pytest -m cuda tests/cuda``).
+Each test prints the figures it bounds (``-s`` or the ``-rA`` summary shows them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm_core.checkpoint import load_checkpoint
+from ddpm_core.cli import checkpoint_dir
+from ddpm_core.pipeline import generate
+from worker.engine import Engine, GenSpec
+
+NO_CUDA = "needs a CUDA device: run bench/gpu_check.sh on a GPU machine"
+
+requires_cuda = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA),
+]
+
+
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """Full fp32 on the GPU: cuDNN convolutions otherwise use TF32 (10-bit mantissa)."""
+    old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@contextlib.contextmanager
+def memory_cap(total_bytes: int) -> Iterator[None]:
+    """Cap this process's CUDA caching allocator at ``total_bytes`` (a smaller GPU)."""
+    torch.cuda.empty_cache()
+    size = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, total_bytes / size))
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+
+
+DIGITS = str(checkpoint_dir("digits"))
+# bf16 against fp32, measured on the CPU (bf16 autocast there) for the digits model:
+# labelled, 25 DDPM steps, guidance 2 (500 images): mean |difference| 0.0034, 99th
+# percentile 0.022, worst image 0.027; unconditional, 20 DDPM steps (200 images): mean
+# 0.0047, worst image 0.084, while the closest other image of the batch is 0.074 away.
+# So an image is "its seed's image" when it is closer to that than to any other of the
+# batch (same_images); the bounds leave room for the GPU's own rounding.
+BF16_MEAN, BF16_P99, BF16_IMAGE_MEAN = 0.02, 0.15, 0.15
+
+
+def same_images(got: torch.Tensor, ref: torch.Tensor, what: str) -> None:
+    """Assert each image of ``got`` is nearest to its own in ``ref`` (mean |difference|)
+    and that the differences are within the bf16 bounds; prints the figures first."""
+    d = torch.cdist(got.flatten(1).double(), ref.flatten(1).double(), p=1) / got[0].numel()
+    own = d.diagonal().clone()
+    d.fill_diagonal_(float("inf"))
+    nearest_other = d.min(1).values
+    diff = (got - ref).abs()
+    print(
+        f"{what}: mean {diff.mean():.2e}, p99 {diff.flatten().quantile(0.99):.2e}, worst image "
+        f"{own.max():.2e}; the closest other image {nearest_other.min():.2e} away"
+    )
+    assert bool((own < nearest_other).all()), (own, nearest_other)
+    assert diff.mean() <= BF16_MEAN and diff.flatten().quantile(0.99) <= BF16_P99
+    assert own.max() <= BF16_IMAGE_MEAN, own
+
+
+def cpu_reference(spec: GenSpec) -> torch.Tensor:
+    """``spec``'s images made by the library on the CPU in fp32."""
+    ck = load_checkpoint(spec.checkpoint_path)
+    return generate(
+        ck, spec.count, spec.seed, spec.steps, spec.sampler, spec.eta, spec.label,
+        spec.guidance_scale,
+    )  # fmt: skip
+
+
+def engine_images(engine: Engine, specs: list[GenSpec], timeout: float = 120) -> list[torch.Tensor]:
+    """Submit ``specs``, wait, and return each job's images (each must succeed)."""
+    jobs = [engine.submit(s) for s in specs]
+    for j in jobs:
+        assert j.wait(timeout), "job did not finish"
+        assert j.status == "succeeded", (j.spec.job_id, j.error and j.error.message)
+    return [j.images for j in jobs]
+
+
+def random_checkpoint(path: Path, preset_name: str, image_size: int, channels: int = 3) -> Path:
+    """A randomly initialised checkpoint of a preset (no trained weights needed)."""
+    from ddpm_core.checkpoint import CheckpointConfig, save_checkpoint
+    from ddpm_core.unet import UNet, preset
+
+    torch.manual_seed(0)
+    unet = preset(
+        preset_name, image_size=image_size, in_channels=channels, out_channels=channels,
+        dropout=0.0,
+    )  # fmt: skip
+    cfg = CheckpointConfig(unet=unet, default_steps=20, default_sampler="ddpm")
+    return save_checkpoint(path, cfg, UNet(unet), meta={"dataset": "random"})
