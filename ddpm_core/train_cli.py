@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .checkpoint_config import SAMPLERS
 from .cli import UsageError, check_sampling_args, checkpoint_dir, run
 
 __all__ = ["add_commands", "cmd_train", "cmd_eval", "main"]
@@ -49,7 +50,11 @@ _TRAIN_FIELDS = {
     "schedule": "schedule",
     "timesteps": "timesteps",
     "loss": "loss",
+    "prediction": "prediction_type",
 }
+# --prediction's short names.
+_PREDICTIONS = {"epsilon": "epsilon", "eps": "epsilon", "v": "v_prediction"}
+_PREDICTIONS |= {"v_prediction": "v_prediction", "sample": "sample", "x0": "sample"}
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -57,7 +62,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a UNet on digits or an image folder",
-        description="Train a DDPM (epsilon-prediction) and write a checkpoint directory. "
+        description="Train a DDPM (epsilon-, v- or x0-prediction) and write a checkpoint "
+        "directory. "
         "Unset options take defaults, or, with --resume, the resumed run's values.",
     )
     p.add_argument("--dataset", help="'digits' (built-in) or an image folder (PNG/JPEG/WebP)")
@@ -84,6 +90,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["no", "bf16", "fp16"])
     p.add_argument("--loss", choices=["mse", "l1"])
     p.add_argument(
+        "--prediction",
+        choices=list(_PREDICTIONS),
+        help="what the network predicts: epsilon (default), v (v_prediction) or sample (x0)",
+    )
+    p.add_argument(
         "--class-cond",
         "--labels-from-folders",
         dest="class_cond",
@@ -97,7 +108,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-every", type=int, help="preview grid every N steps (0: never)")
     p.add_argument("--sample-count", type=int)
     p.add_argument("--default-steps", type=int, help="checkpoint's default sampling steps (50)")
-    p.add_argument("--default-sampler", choices=["ddim", "ddpm"], help="default: ddim")
+    p.add_argument("--default-sampler", choices=list(SAMPLERS), help="default: ddim")
     p.add_argument("--default-eta", type=float, help="checkpoint's default DDIM eta (0)")
     p.add_argument("--guidance-scale", type=float, help="checkpoint's default guidance (1)")
     p.add_argument(
@@ -128,7 +139,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="checkpoint directory, or a built-in name (e.g. digits)")
     p.add_argument("-n", "--count", type=int, default=256, help="images to generate")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: checkpoint)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None)
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (conditional)")
     p.add_argument("--seed", type=int, default=0)
@@ -160,6 +171,8 @@ def _train_config(args: argparse.Namespace):
 
     given = {f: getattr(args, dest) for dest, f in _TRAIN_FIELDS.items()}
     given = {k: v for k, v in given.items() if v is not None}
+    if "prediction_type" in given:
+        given["prediction_type"] = _PREDICTIONS[given["prediction_type"]]
     for flag in ("class_cond", "random_flip", "compile", "channels_last"):
         if getattr(args, flag):
             given[flag] = True
@@ -174,9 +187,12 @@ def _train_config(args: argparse.Namespace):
         if not state_file.exists():
             raise UsageError(f"{resume_dir} has no resumable training state ({STATE_DIR}/)")
         base = json.loads(state_file.read_text())["train_config"]
-        for key in ("preset", "image_size", "channels", "class_cond", "schedule", "timesteps"):
+        base.setdefault("prediction_type", "epsilon")  # a run from before the option
+        fixed = ("preset", "image_size", "channels", "class_cond", "schedule", "timesteps")
+        for key in (*fixed, "prediction_type"):
             if key in given and given[key] != base.get(key):
-                raise UsageError(f"--{key.replace('_', '-')} differs from the resumed run")
+                flag = "prediction" if key == "prediction_type" else key.replace("_", "-")
+                raise UsageError(f"--{flag} differs from the resumed run")
         if unet and unet != base.get("unet_overrides"):
             raise UsageError("--unet differs from the resumed run")
         base.update(given)
