@@ -559,8 +559,8 @@ def train(
             x_t = q_sample(schedule, x0, t, noise)
             target = training_target(cfg.prediction_type, schedule, x0, t, noise)
             with _autocast(device, cfg.precision):
-                out = net(x_t, t, labels)
-            loss = diffusion_loss(out, target, cfg.loss) / cfg.accumulate
+                prediction = net(x_t, t, labels)
+            loss = diffusion_loss(prediction, target, cfg.loss) / cfg.accumulate
             lv = float(loss.detach())
             if not math.isfinite(lv):
                 finite = loss_finite = False
