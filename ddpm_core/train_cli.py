@@ -296,7 +296,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _format_table(report: dict) -> str:
-    rows = [("", "IS (max 10)", "confidence", "label acc.", "detail RMS")]
+    rows = [("", "IS (max 10)", "confidence", "label acc.", "detail RMS", "Frechet")]
     for key, name in (("generated", "generated"), ("real", "real digits"), ("noise", "noise")):
         s = report[key]
         acc = s.get("label_accuracy")
@@ -307,6 +307,7 @@ def _format_table(report: dict) -> str:
                 f"{s['confidence']:.3f}",
                 "-" if acc is None else f"{acc:.3f}",
                 f"{s['detail_rms']:.3f}",
+                "-" if s.get("frechet_distance") is None else f"{s['frechet_distance']:.3f}",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
