@@ -42,6 +42,7 @@ __all__ = [
     "real_digits_reference",
     "noise_reference",
     "frechet_distance",
+    "within_class_variety",
 ]
 
 _SPLIT_SEED = 0
@@ -148,6 +149,40 @@ def frechet_distance(
     diff = mu1 - mu2
     trace_sqrt = float(np.sqrt(np.clip(ev, 0.0, None)).sum())
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
+
+
+def _class_spread(features: np.ndarray, classes: np.ndarray) -> float:
+    """sqrt of the mean over classes of tr(cov) of the features: the RMS distance of an
+    image from its class mean (E||x - y||^2 = 2 tr cov within a class)."""
+    traces = [
+        np.trace(np.atleast_2d(np.cov(features[classes == c], rowvar=False)))
+        for c in np.unique(classes)
+        if (classes == c).sum() >= 2
+    ]
+    return float(np.sqrt(np.mean(traces))) if traces else 0.0
+
+
+@functools.lru_cache(maxsize=8)
+def _real_spread(image_size: int) -> float:
+    x_train, _, y_train, _ = _split()
+    feats = _hidden_features(to_digit_features(_upscaled(x_train, image_size)))
+    return _class_spread(feats, y_train)
+
+
+def within_class_variety(
+    images: torch.Tensor, labels: Sequence[int] | torch.Tensor | None = None
+) -> float:
+    """How varied the images of each class are, relative to the real digits (1.0): the
+    within-class spread of the classifier's hidden features, classes being ``labels`` (the
+    requested ones) or, without them, the classifier's own predictions. Near 0: every
+    image of a class alike (mode collapse); confidence and accuracy cannot see that."""
+    x64 = to_digit_features(images)
+    if labels is None:
+        classes = digits_classifier().predict(x64 / 16.0)
+    else:
+        classes = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)
+    spread = _class_spread(_hidden_features(x64), classes)
+    return spread / _real_spread(int(images.shape[-1]))
 
 
 def _detail_rms(images: torch.Tensor) -> float:

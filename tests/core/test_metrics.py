@@ -91,3 +91,19 @@ def test_frechet_distance_sees_variety_that_the_other_scores_miss() -> None:
     assert frechet_distance(mu, cov, mu + 2.0, cov) == pytest.approx(12.0, abs=1e-9)
     # N(0, a^2) vs N(0, b^2) in one dimension: (a - b)^2.
     assert frechet_distance(mu[:1], np.eye(1) * 4.0, mu[:1], np.eye(1)) == pytest.approx(1.0)
+
+
+def test_within_class_variety_is_one_for_real_digits_and_zero_for_copies() -> None:
+    from ddpm_core.data import digits_arrays
+    from ddpm_core.metrics import within_class_variety
+
+    ds = load_digits(image_size=16)
+    real = within_class_variety(ds.pixels[:600], ds.labels[:600])
+    assert 0.85 < real < 1.15
+    # Without labels the classifier's predictions define the classes: about the same.
+    assert within_class_variety(ds.pixels[:600]) == pytest.approx(real, rel=0.1)
+    one_each = torch.stack([ds.pixels[ds.labels == c][0] for c in range(10)]).repeat(5, 1, 1, 1)
+    assert within_class_variety(one_each, list(range(10)) * 5) < 0.01
+    blurred = torch.nn.functional.avg_pool2d(ds.pixels[:600].float(), 5, 1, 2)
+    assert within_class_variety(blurred, ds.labels[:600]) < real
+    assert digits_arrays()[0].shape[1:] == (8, 8)
