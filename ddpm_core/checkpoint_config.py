@@ -53,7 +53,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 CONFIG_FILE, META_FILE = "config.json", "meta.json"
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++2m", "dpm++3m")
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++2m", "dpm++3m", "dpm++2m-sde")
 # What the network predicts: the noise, v = sqrt(abar) eps - sqrt(1 - abar) x0, or x0 itself.
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
 VARIANCE_TYPES: tuple[str, ...] = ("fixed_small", "fixed_large")

@@ -44,7 +44,9 @@ Samplers:
   the previous x0_hat (the "midpoint" form, as diffusers' ``solver_type="midpoint"``).
   The first steps have no history and run at order 1 (then 2); the last step, which lands
   on abar = 1, is always order 1; with fewer than 15 steps (``lower_order_final``, as
-  diffusers) the one before it runs at order at most 2.
+  diffusers) the one before it runs at order at most 2. ``dpm++2m-sde`` is the
+  stochastic second-order variant (diffusers' ``sde-dpmsolver++``): it adds noise at
+  every step but the last, as ancestral DDPM does, at DPM-Solver++'s step counts.
 
 The previous timestep of a step is the next entry of the timestep list; after the
 last entry abar_prev = 1, which makes sigma = 0: the final step adds no noise and
@@ -77,7 +79,7 @@ __all__ = [
     "PREDICTION_TYPES",
 ]
 
-SamplerName = Literal["ddpm", "ddim", "dpm++2m", "dpm++3m"]
+SamplerName = Literal["ddpm", "ddim", "dpm++2m", "dpm++3m", "dpm++2m-sde"]
 VarianceType = Literal["fixed_small", "fixed_large"]
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 
@@ -100,7 +102,7 @@ PredictionType = Literal["epsilon", "v_prediction", "sample"]
 NUM_COLUMNS = 13
 HISTORY_COLUMNS = (COEF_H1, COEF_H2)
 # The multistep solvers: their order, i.e. one more than the x0_hat they keep.
-_ORDER = {"dpm++2m": 2, "dpm++3m": 3}
+_ORDER = {"dpm++2m": 2, "dpm++3m": 3, "dpm++2m-sde": 2}
 # diffusers' lower_order_final applies below this many steps.
 LOWER_ORDER_FINAL_BELOW = 15
 
@@ -163,14 +165,21 @@ def _output_columns(coefs: torch.Tensor, abar: torch.Tensor, prediction_type: st
 
 
 def _dpm_solver_pp(
-    coefs: torch.Tensor, abar: torch.Tensor, abar_prev: torch.Tensor, order: int, lower_final: bool
+    coefs: torch.Tensor,
+    abar: torch.Tensor,
+    abar_prev: torch.Tensor,
+    order: int,
+    lower_final: bool,
+    sde: bool = False,
 ) -> None:
     """The DPM-Solver++ multistep coefficients (midpoint form), float64.
 
     Row k steps from lambda_k to lambda_{k+1}; its x0_hat history holds the
     x0_hat of steps k-1 and k-2. With D the finite differences of diffusers'
     ``multistep_dpm_solver_{second,third}_order_update``, every update is linear in
-    (x0_hat, x0_hat', x0_hat''), so the table stores those three weights.
+    (x0_hat, x0_hat', x0_hat''), so the table stores those three weights. ``sde``: the
+    stochastic variant (Lu et al. 2022, Sec. 5; diffusers' ``sde-dpmsolver++``),
+    x_n = (s_n/s_c) e^-h x_t + a_n (1 - e^-2h)(D0 + D1/2) + s_n sqrt(1 - e^-2h) z.
     """
     n = len(abar)
     lam = 0.5 * (abar.log() - (-abar).log1p())  # log(a / s) of each step's own timestep
@@ -187,8 +196,13 @@ def _dpm_solver_pp(
         step_order = min(order, k + 1)  # only k previous x0_hat exist
         if lower_final and n < LOWER_ORDER_FINAL_BELOW and k == n - 2:
             step_order = min(step_order, 2)
-        coefs[k, COEF_XT] = s_n / s_c
-        phi = -a_n * em1  # a_n (1 - e^-h): the first-order (DDIM) weight of D0
+        if sde:
+            coefs[k, COEF_XT] = s_n / s_c * torch.exp(-h)
+            phi = -a_n * torch.expm1(-2.0 * h)  # a_n (1 - e^-2h)
+            coefs[k, SIGMA] = s_n * (-torch.expm1(-2.0 * h)).sqrt()
+        else:
+            coefs[k, COEF_XT] = s_n / s_c
+            phi = -a_n * em1  # a_n (1 - e^-h): the first-order (DDIM) weight of D0
         w = torch.zeros(3, dtype=torch.float64)  # weights of (m0, m1, m2) = x0_hat now, -1, -2
         w[0] = phi
         if step_order >= 2:
@@ -276,7 +290,8 @@ def step_table(
         description = f"ddim/eta={eta:g}"
     else:
         order = _ORDER[sampler]
-        _dpm_solver_pp(coefs, abar, abar_prev, order, lower_order_final)
+        sde = sampler.endswith("-sde")
+        _dpm_solver_pp(coefs, abar, abar_prev, order, lower_order_final, sde)
         history = min(order - 1, len(abar) - 1)
         description = f"{sampler}/midpoint"
     if prediction_type != "epsilon":

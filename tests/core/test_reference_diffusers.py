@@ -132,14 +132,14 @@ def _schedule_of(ref) -> NoiseSchedule:
     return NoiseSchedule(1 - abar / prev, torch.arange(len(abar)), len(abar))
 
 
-def _dpm_reference(order: int, kind: str, clip: bool, prediction: str):
+def _dpm_reference(order: int, kind: str, clip: bool, prediction: str, sde: bool = False):
     # Dynamic thresholding with sample_max_value=1 is clipping to [-1, 1]: the quantile
     # s is clamped to [1, 1], then x0 = clamp(x0, -s, s) / s.
     return diffusers.DPMSolverMultistepScheduler(
         num_train_timesteps=1000,
         beta_schedule="linear" if kind == "linear" else "squaredcos_cap_v2",
         solver_order=order,
-        algorithm_type="dpmsolver++",
+        algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++",
         solver_type="midpoint",
         lower_order_final=True,
         thresholding=clip,
@@ -160,10 +160,14 @@ def _dpm_chain(ref, table, schedule, seed: int):
         abar = schedule.alphas_cumprod[t].float()
         x = abar.sqrt() * x0 + (1 - abar).sqrt() * torch.randn(SHAPE, generator=g)
         out = torch.randn(SHAPE, generator=g)
-        expected = ref.step(out, t, x).prev_sample
+        z = torch.randn(SHAPE, generator=g)  # used by the stochastic variant only
+        expected = ref.step(out, t, x, variance_noise=z).prev_sample
         coefs = table.coefs[k].expand(SHAPE[0], -1)
-        ours, x0_hat = denoise_step(x, out, coefs, None, hist)
-        exact, x0_exact = denoise_step(x.double(), out.double(), coefs, None, hist64)
+        z = z if table.has_noise(k) else None
+        ours, x0_hat = denoise_step(x, out, coefs, z, hist)
+        exact, x0_exact = denoise_step(
+            x.double(), out.double(), coefs, None if z is None else z.double(), hist64
+        )
         hist = [x0_hat, *hist][: table.history]
         hist64 = [x0_exact, *hist64][: table.history]
         yield k, t, ours, expected, exact
@@ -195,6 +199,32 @@ def test_dpm_solver_step_equals_diffusers(
     assert ref.timesteps.tolist() == table.timesteps.tolist()
     ref.sigmas = ref.sigmas.double()
     for k, t, ours, expected, _ in _dpm_chain(ref, table, schedule, seed=order):
+        amplification = float(schedule.alphas_cumprod[t] ** -0.5)
+        scale = expected.abs().clamp(min=1.0)
+        diff = ((ours - expected).abs() / scale).max().item()
+        assert diff <= 1e-5 + 1e-6 * amplification, (k, t, diff)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize("steps", [10, 25, 1000])
+@pytest.mark.parametrize("clip", [True, False])
+def test_dpm_solver_sde_step_equals_diffusers(clip: bool, steps: int, kind: str, prediction: str):
+    """dpm++2m-sde against sde-dpmsolver++ (order 2, midpoint), the same z at every step;
+    as the deterministic test: same abar, float64 sigmas, 1e-5 but where 1/a amplifies."""
+    ref = _dpm_reference(2, kind, clip, prediction, sde=True)
+    schedule = _schedule_of(ref)
+    table = step_table(
+        schedule, steps, "dpm++2m-sde", clip_denoised=clip, prediction_type=prediction
+    )
+    assert table.has_noise(0) and not table.has_noise(len(table) - 1)
+    if steps < 1000:
+        ref.set_timesteps(steps)
+    else:
+        ref.set_timesteps(timesteps=table.timesteps.tolist())
+    assert ref.timesteps.tolist() == table.timesteps.tolist()
+    ref.sigmas = ref.sigmas.double()
+    for k, t, ours, expected, _ in _dpm_chain(ref, table, schedule, seed=7):
         amplification = float(schedule.alphas_cumprod[t] ** -0.5)
         scale = expected.abs().clamp(min=1.0)
         diff = ((ours - expected).abs() / scale).max().item()

@@ -92,7 +92,15 @@ def _images(model: UNet, seed: int, count: int, table, labels=None, scale=1.0) -
 
 
 @pytest.mark.parametrize(
-    "sampler,eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0), ("dpm++2m", 0.0), ("dpm++3m", 0.0)]
+    "sampler,eta",
+    [
+        ("ddpm", 0.0),
+        ("ddim", 0.0),
+        ("ddim", 1.0),
+        ("dpm++2m", 0.0),
+        ("dpm++3m", 0.0),
+        ("dpm++2m-sde", 0.0),
+    ],
 )
 def test_image_i_of_a_batch_equals_the_image_alone(
     tiny_cond: UNet, sampler: str, eta: float

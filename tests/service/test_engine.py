@@ -147,13 +147,15 @@ def test_dpm_solver_rows_batch_with_ddpm_and_ddim_rows(engine, ckpts):
         GenSpec("c", ckpts["c"], "c", count=2, seed=1, steps=10, sampler="ddim", eta=0.5),
         GenSpec("d", ckpts["c"], "c", count=3, seed=20, steps=8, sampler="dpm++2m"),
         GenSpec("e", ckpts["c"], "c", count=1, seed=22, steps=8, sampler="dpm++2m"),
+        GenSpec("g", ckpts["c"], "c", count=2, seed=30, steps=11, sampler="dpm++2m-sde", label=5,
+                guidance_scale=2.0),
         GenSpec("f", ckpts["c"], "c", count=2, seed=3, steps=13, sampler="dpm++3m", label=1,
                 guidance_scale=1.0),
     ]  # fmt: skip
     jobs += [engine.submit(s) for s in later]
     for j in jobs:
         assert j.wait(120)
-    assert [j.status for j in jobs] == ["succeeded"] * 6
+    assert [j.status for j in jobs] == ["succeeded"] * 7
     assert max(engine.batch_sizes) >= 10  # the jobs really shared calls
     assert all(j.shared_calls > 0 for j in jobs[2:])
     ck = load_checkpoint(ckpts["c"])
