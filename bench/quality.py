@@ -117,11 +117,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=200, help="images per cell")
     ap.add_argument("--steps", default="5,10,20,50,100")
-    ap.add_argument("--samplers", default="ddpm,ddim,dpm++2m")
+    ap.add_argument("--samplers", default="ddpm,ddim,dpm++2m,dpm++2m-sde")
     ap.add_argument("--ref-steps", type=int, default=1000)
     ap.add_argument("--json", type=Path, default=None, help="also write the cells as JSON")
     ap.add_argument("--fid", action="store_true", help="also the FID of every cell (slow on CPU)")
+    ap.add_argument(
+        "--reuse", type=Path, default=None, help="take cells already in this --json output"
+    )
     args = ap.parse_args()
+    done = {}
+    if args.reuse:
+        for c in json.loads(args.reuse.read_text())["cells"]:
+            done[(c["sampler"], c["steps"], c["n"])] = c
+
+    def cell(sampler: str, steps: int) -> dict:
+        key = (sampler, steps, args.n)
+        if key in done and (not args.fid or "fid" in done[key]):
+            return done[key]
+        return run_cell(ckpt, sampler, steps, args.n, fid_ref)
 
     torch.manual_seed(0)
     ckpt = load_checkpoint(builtin_path("digits"), device="cpu")
@@ -144,9 +157,9 @@ def main() -> int:
     cells = []
     for sampler in args.samplers.split(","):
         for steps in [int(s) for s in args.steps.split(",")]:
-            cells.append(run_cell(ckpt, sampler, steps, args.n, fid_ref))
+            cells.append(cell(sampler, steps))
             print(json.dumps(cells[-1]), flush=True)
-    ref = run_cell(ckpt, "ddpm", args.ref_steps, args.n, fid_ref)
+    ref = cell("ddpm", args.ref_steps)
     print(json.dumps(ref), flush=True)
     cells.append(ref)
 
