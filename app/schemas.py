@@ -57,7 +57,11 @@ class GenerateRequest(BaseModel):
         None, ge=0, le=2**62, description="image i uses seed+i; null = random (echoed back)"
     )
     steps: int | None = Field(None, ge=1, description="sampling steps (1..T)")
-    sampler: Literal["ddpm", "ddim"] | None = None
+    sampler: Literal["ddpm", "ddim", "dpm++2m", "dpm++3m", "dpm++2m-sde"] | None = Field(
+        None,
+        description="ddpm, ddim, or the DPM-Solver++ multistep samplers dpm++2m, dpm++3m "
+        "and dpm++2m-sde (stochastic)",
+    )
     eta: float | None = Field(None, ge=0.0, le=1.0, description="DDIM stochasticity (ddim only)")
     checkpoint: str | None = Field(None, description="name or name@version", max_length=140)
     label: int | None = Field(None, ge=0, description="class (class-conditional checkpoints)")
@@ -115,6 +119,9 @@ class TrainOptions(BaseModel):
     schedule: Literal["linear", "cosine"] = "linear"
     timesteps: int = Field(1000, ge=2, le=10000)
     loss: Literal["mse", "l1"] = "mse"
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = Field(
+        "epsilon", description="what the network learns to predict: the noise, v, or x0"
+    )
     steps: int = Field(1000, ge=1, le=MAX_TRAIN_STEPS)
     batch_size: int = Field(64, ge=1, le=65536)
     accumulate: int = Field(1, ge=1, le=1024)
@@ -133,7 +140,7 @@ class TrainOptions(BaseModel):
     sample_every: int = Field(0, ge=0, le=MAX_TRAIN_STEPS)
     sample_count: int = Field(16, ge=1, le=256)
     default_steps: int = Field(50, ge=1, le=10000, description="1..timesteps")
-    default_sampler: Literal["ddpm", "ddim"] = "ddim"
+    default_sampler: Literal["ddpm", "ddim", "dpm++2m", "dpm++3m", "dpm++2m-sde"] = "ddim"
     default_eta: float = Field(0.0, ge=0.0, le=1.0)
     guidance_scale: float = Field(1.0, ge=0.0, le=100.0)
     compile: bool = False

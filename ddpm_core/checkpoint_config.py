@@ -37,6 +37,7 @@ __all__ = [
     "META_FILE",
     "SAMPLERS",
     "VARIANCE_TYPES",
+    "PREDICTION_TYPES",
     "SCHEDULE_KINDS",
     "MAX_TRAIN_TIMESTEPS",
     "ConfigError",
@@ -52,7 +53,9 @@ __all__ = [
 
 FORMAT_VERSION = 1
 CONFIG_FILE, META_FILE = "config.json", "meta.json"
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim")
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++2m", "dpm++3m", "dpm++2m-sde")
+# What the network predicts: the noise, v = sqrt(abar) eps - sqrt(1 - abar) x0, or x0 itself.
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
 VARIANCE_TYPES: tuple[str, ...] = ("fixed_small", "fixed_large")
 SCHEDULE_KINDS: tuple[str, ...] = ("linear", "cosine")
 MAX_TRAIN_TIMESTEPS = 100_000
@@ -112,6 +115,7 @@ class CheckpointConfig:
     unet: UNetConfig
     schedule: dict = field(default_factory=lambda: {"kind": "linear", "num_train_timesteps": 1000})
     variance_type: str = "fixed_small"
+    prediction_type: str = "epsilon"
     default_steps: int = 100
     default_sampler: str = "ddim"
     default_eta: float = 0.0
@@ -150,6 +154,7 @@ class CheckpointConfig:
             "unet": self.unet.to_dict(),
             "schedule": dict(self.schedule),
             "variance_type": self.variance_type,
+            "prediction_type": self.prediction_type,
             "clip_denoised": self.clip_denoised,
             "default_steps": self.default_steps,
             "default_sampler": self.default_sampler,
@@ -193,6 +198,9 @@ class CheckpointConfig:
             variance_type=check_choice(
                 "variance_type", d.get("variance_type", "fixed_small"), VARIANCE_TYPES
             ),
+            prediction_type=check_choice(
+                "prediction_type", d.get("prediction_type", "epsilon"), PREDICTION_TYPES
+            ),
             default_steps=check_int("default_steps", d.get("default_steps", 100), 1, T),
             default_sampler=check_choice(
                 "default_sampler", d.get("default_sampler", "ddim"), SAMPLERS
@@ -225,8 +233,9 @@ class CheckpointConfig:
         if self.unet.out_channels != self.unet.in_channels:
             raise ConfigError(
                 "unet.out_channels",
-                f"must equal in_channels ({self.unet.in_channels}): the network predicts the "
-                f"noise (learned variances are not supported), got {self.unet.out_channels}",
+                f"must equal in_channels ({self.unet.in_channels}): the network predicts one "
+                "image-shaped tensor (learned variances are not supported), "
+                f"got {self.unet.out_channels}",
             )
 
 

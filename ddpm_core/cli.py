@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .checkpoint_config import SAMPLERS
+
 __all__ = ["UsageError", "add_commands", "checkpoint_dir", "check_sampling_args", "run"]
 
 
@@ -63,7 +65,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--count", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="image i uses seed+i")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: checkpoint)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None)
     p.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1]")
     p.add_argument("--label", type=int, default=None, help="class label (conditional models)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")

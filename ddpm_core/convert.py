@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .checkpoint import CheckpointConfig
-from .checkpoint_config import VARIANCE_TYPES
+from .checkpoint_config import PREDICTION_TYPES, VARIANCE_TYPES
 from .unet import UNet, UNetConfig
 from .unet_config import ConfigError, check_int, check_int_list
 
@@ -298,7 +298,7 @@ def _read_json(file: Path) -> dict:
 # Scheduler settings that change what the network means or how samples are formed, with
 # the only value this library implements.
 _SCHEDULER_REQUIRED: dict[str, tuple[Any, ...]] = {
-    "prediction_type": ("epsilon",),  # the network predicts the noise
+    "prediction_type": PREDICTION_TYPES,  # the noise, v or x0 (not e.g. flow_prediction)
     "thresholding": (False,),  # dynamic thresholding of x0 (Imagen)
     "trained_betas": (None,),  # explicit betas instead of a named schedule
     "rescale_betas_zero_snr": (False,),  # betas rescaled to zero terminal SNR
@@ -340,9 +340,10 @@ def checkpoint_config_from_diffusers(
     """The checkpoint config of a converted model (schedule from its scheduler config).
 
     ``variance_type`` (e.g. a command-line flag) wins over the scheduler's own; without
-    either it is ``fixed_large``. Settings that change the model's meaning and that this
-    library does not implement (v- or x0-prediction, thresholding, trained or rescaled
-    betas, another clip range, learned variances) raise ConversionError.
+    either it is ``fixed_large``. The scheduler's ``prediction_type`` (epsilon, v_prediction
+    or sample) is kept. Settings that change the model's meaning and that this library does
+    not implement (another prediction type, thresholding, trained or rescaled betas, another
+    clip range, learned variances) raise ConversionError.
     """
     sched = dconfig.get("_scheduler", {})
     if not isinstance(sched, dict):
@@ -365,6 +366,7 @@ def checkpoint_config_from_diffusers(
         unet=unet_cfg,
         schedule=schedule,
         variance_type=variance_type or scheduler_variance or "fixed_large",
+        prediction_type=sched.get("prediction_type", "epsilon"),
         default_steps=min(1000, T) if isinstance(T, int) else 1000,
         default_sampler="ddpm",
         clip_denoised=sched.get("clip_sample", True),

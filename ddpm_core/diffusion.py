@@ -22,6 +22,8 @@ __all__ = [
     "posterior_mean",
     "posterior_mean_from_eps",
     "posterior_variance",
+    "velocity",
+    "training_target",
     "diffusion_loss",
 ]
 
@@ -85,13 +87,43 @@ def posterior_variance(schedule: NoiseSchedule, t: torch.Tensor, x: torch.Tensor
     return extract(schedule.posterior_variance, t, x)
 
 
+def velocity(
+    schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, Sec. 4 and App. D):
+    the velocity of x_t along the circle of angle phi_t = arctan(sqrt(1-abar_t)/sqrt(abar_t))."""
+    abar = schedule.alphas_cumprod
+    return extract(abar.sqrt(), t, x0) * noise - extract((1 - abar).sqrt(), t, x0) * x0
+
+
+def training_target(
+    prediction_type: str,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """What the network learns to output for x_t = q_sample(x0, t, noise): the noise
+    (``epsilon``, Ho et al. Eq. 14), v (``v_prediction``) or x_0 itself (``sample``)."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return velocity(schedule, x0, t, noise)
+    if prediction_type == "sample":
+        return x0
+    raise ValueError(
+        f"unknown prediction type {prediction_type!r} (expected epsilon, v_prediction or sample)"
+    )
+
+
 def diffusion_loss(
     model_eps: torch.Tensor,
     noise: torch.Tensor,
     kind: Literal["mse", "l1"] = "mse",
     reduction: Literal["mean", "none"] = "mean",
 ) -> torch.Tensor:
-    """L_simple (Eq. 14): || eps - eps_theta(x_t, t) ||^2, or its L1 variant.
+    """L_simple (Eq. 14): || eps - eps_theta(x_t, t) ||^2, or its L1 variant; for other
+    prediction types ``noise`` is their target (see :func:`training_target`).
 
     With ``reduction="none"`` returns one loss per row (mean over pixels).
     """

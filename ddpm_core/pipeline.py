@@ -39,6 +39,7 @@ def step_table_for(
         cfg.variance_type,
         cfg.default_eta if eta is None else eta,
         cfg.clip_denoised,
+        prediction_type=cfg.prediction_type,
     )
 
 

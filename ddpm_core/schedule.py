@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["NoiseSchedule", "default_timesteps"]
+__all__ = ["NoiseSchedule", "default_timesteps", "linspace_timesteps"]
 
 
 def default_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
@@ -26,6 +26,23 @@ def default_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
         return [num_train_timesteps - 1]
     grid = torch.linspace(0, num_train_timesteps - 1, steps, dtype=torch.float64)
     return sorted({int(v) for v in torch.round(grid).tolist()})
+
+
+def linspace_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
+    """diffusers' "linspace" spacing (its DPMSolverMultistepScheduler default): the S
+    timesteps ``round(linspace(0, T-1, S+1))`` without their first entry, t = 0.
+
+    The chain then ends with one jump from t ~ T/S straight to the clean sample, which
+    suits the ODE solvers: a step onto t = 0 covers a long stretch of log-SNR that their
+    extrapolation from the previous x0_hat handles badly. With S = T, every timestep.
+    """
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {steps}")
+    if steps == num_train_timesteps:
+        return list(range(num_train_timesteps))
+    # The points are at least one apart (S <= T - 1), so rounding keeps them distinct.
+    grid = torch.linspace(0, num_train_timesteps - 1, steps + 1, dtype=torch.float64)
+    return [int(v) for v in torch.round(grid).tolist()[1:]]
 
 
 @dataclass(frozen=True)

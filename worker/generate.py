@@ -30,7 +30,7 @@ class GenerateJob(BaseModel):
     count: int = Field(ge=1, le=4096)
     seed: int = Field(ge=0, le=2**62 + 4096)
     steps: int = Field(ge=1, le=100_000)
-    sampler: Literal["ddpm", "ddim"]
+    sampler: Literal["ddpm", "ddim", "dpm++2m", "dpm++3m", "dpm++2m-sde"]
     eta: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
     checkpoint: str = Field(max_length=140)
     label: int | None = Field(None, ge=0)

@@ -35,11 +35,14 @@ def test_sample_writes_pngs_and_a_grid(tiny_ckpt: Path, tmp_path: Path) -> None:
     assert "5 images" in r.stdout
 
 
-def test_image_i_equals_the_image_sampled_alone(tiny_ckpt: Path, tmp_path: Path) -> None:
-    ddpm("sample", str(tiny_ckpt), "-n", "3", "--steps", "5", "--seed", "7", "-o",
-         str(tmp_path / "batch"), "--no-progress")  # fmt: skip
-    ddpm("sample", str(tiny_ckpt), "-n", "1", "--steps", "5", "--seed", "9", "-o",
-         str(tmp_path / "alone"), "--no-progress")  # fmt: skip
+@pytest.mark.parametrize("sampler", [[], ["--sampler", "dpm++2m"]])
+def test_image_i_equals_the_image_sampled_alone(
+    tiny_ckpt: Path, tmp_path: Path, sampler: list[str]
+) -> None:
+    for n, seed, sub in (("3", "7", "batch"), ("1", "9", "alone")):
+        r = ddpm("sample", str(tiny_ckpt), "-n", n, "--steps", "5", "--seed", seed, "-o",
+                 str(tmp_path / sub), "--no-progress", *sampler)  # fmt: skip
+        assert r.returncode == 0, r.stderr
     a = Image.open(tmp_path / "batch" / "00002_seed9.png").tobytes()
     b = Image.open(tmp_path / "alone" / "00000_seed9.png").tobytes()
     # Equal up to batched-kernel rounding: at most one uint8 level on a few pixels.
@@ -58,6 +61,7 @@ def test_image_i_equals_the_image_sampled_alone(tiny_ckpt: Path, tmp_path: Path)
         (["--device", "cuda"], "CUDA"),
         (["--bf16"], "--bf16"),
         (["--seed", "-1"], "--seed"),
+        (["--sampler", "euler"], "--sampler"),
     ],
 )
 def test_bad_sample_input_exits_2(

@@ -51,8 +51,7 @@ def tiny_unet():
 @pytest.mark.parametrize(
     "scheduler,message",
     [
-        ({"prediction_type": "v_prediction"}, "prediction_type='v_prediction'"),
-        ({"prediction_type": "sample"}, "prediction_type='sample'"),
+        ({"prediction_type": "flow_prediction"}, "prediction_type='flow_prediction'"),
         ({"thresholding": True}, "thresholding=True"),
         ({"trained_betas": [0.1] * 10, "num_train_timesteps": 10}, "trained_betas"),
         ({"clip_sample_range": 2.0}, "clip_sample_range=2.0"),
@@ -81,6 +80,10 @@ def test_supported_scheduler_settings_convert(tiny_unet) -> None:
     ]:
         cfg = checkpoint_config_from_diffusers({"_scheduler": sched}, tiny_unet)
         assert cfg.variance_type == variance, sched
+        assert cfg.prediction_type == "epsilon"
+    for prediction in ("v_prediction", "sample"):  # kept: the samplers implement both
+        sched = {"_scheduler": {"prediction_type": prediction}}
+        assert checkpoint_config_from_diffusers(sched, tiny_unet).prediction_type == prediction
     # An explicit variance type (the command line's flag) wins over the scheduler's.
     sched = {"_scheduler": {"variance_type": "fixed_small"}}
     assert checkpoint_config_from_diffusers(sched, tiny_unet, "fixed_large").variance_type == (
@@ -118,12 +121,12 @@ def test_cli_flag_wins_over_the_scheduler_config(tmp_path: Path, capsys) -> None
 
 
 def test_cli_refuses_an_unsupported_scheduler_with_exit_2(tmp_path: Path, capsys) -> None:
-    src = _pipeline_dir(tmp_path / "src", prediction_type="v_prediction")
+    src = _pipeline_dir(tmp_path / "src", thresholding=True)
     with pytest.raises(SystemExit) as info:
         ddpm(["convert", str(src), str(tmp_path / "out")])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "prediction_type='v_prediction'" in err and err.count("\n") == 1
+    assert "thresholding=True" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 

@@ -9,6 +9,8 @@ from ddpm_core.diffusion import (
     predict_eps,
     predict_x0,
     q_sample,
+    training_target,
+    velocity,
 )
 from ddpm_core.schedule import NoiseSchedule
 
@@ -70,3 +72,23 @@ def test_loss_kinds() -> None:
     assert diffusion_loss(a, b, reduction="none").shape == (2,)
     with pytest.raises(ValueError):
         diffusion_loss(a, b, "huber")  # type: ignore[arg-type]
+
+
+def test_training_targets_and_the_v_identities() -> None:
+    """v = a eps - s x0 (Salimans & Ho 2022): x0 = a x_t - s v and eps = s x_t + a v, the
+    inversions the samplers' v_prediction columns use; the target follows the type."""
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.rand(4, 1, 3, 3, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(4, 1, 3, 3, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 10, 500, 999])
+    x_t = q_sample(S, x0, t, noise)
+    a = S.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+    s = (1 - S.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+    v = velocity(S, x0, t, noise)
+    torch.testing.assert_close(a * x_t - s * v, x0)
+    torch.testing.assert_close(s * x_t + a * v, noise)
+    assert training_target("epsilon", S, x0, t, noise) is noise
+    assert training_target("sample", S, x0, t, noise) is x0
+    torch.testing.assert_close(training_target("v_prediction", S, x0, t, noise), v)
+    with pytest.raises(ValueError, match="prediction type"):
+        training_target("flow", S, x0, t, noise)

@@ -68,3 +68,42 @@ def test_one_repeated_digit_has_an_inception_score_near_one() -> None:
     assert score.confidence > 0.9 and score.label_accuracy > 0.9
     wrong = digits_score(zeros, [1] * len(zeros))
     assert wrong.label_accuracy < 0.1
+
+
+def test_frechet_distance_sees_variety_that_the_other_scores_miss() -> None:
+    """Held-out real digits are close to the training split; ten copies of one image per
+    class (perfect on IS, confidence and accuracy) and noise are far from it."""
+    from ddpm_core.metrics import frechet_distance
+
+    real = real_digits_reference(16)
+    noise = noise_reference(16)
+    ds = load_digits(image_size=16)
+    one_each = torch.stack([ds.pixels[ds.labels == c][0] for c in range(10)]).repeat(20, 1, 1, 1)
+    labels = list(range(10)) * 20
+    copies = digits_score(one_each, labels)
+    assert copies.label_accuracy == 1.0 and copies.inception_score > 0.95 * real.inception_score
+    assert real.frechet_distance < 0.5
+    assert copies.frechet_distance > 3 * real.frechet_distance
+    assert noise.frechet_distance > 10 * real.frechet_distance
+    # The Gaussian formula itself: equal moments give 0; shifted means give |d|^2.
+    mu, cov = np.zeros(3), np.diag([1.0, 2.0, 3.0])
+    assert frechet_distance(mu, cov, mu, cov) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(mu, cov, mu + 2.0, cov) == pytest.approx(12.0, abs=1e-9)
+    # N(0, a^2) vs N(0, b^2) in one dimension: (a - b)^2.
+    assert frechet_distance(mu[:1], np.eye(1) * 4.0, mu[:1], np.eye(1)) == pytest.approx(1.0)
+
+
+def test_within_class_variety_is_one_for_real_digits_and_zero_for_copies() -> None:
+    from ddpm_core.data import digits_arrays
+    from ddpm_core.metrics import within_class_variety
+
+    ds = load_digits(image_size=16)
+    real = within_class_variety(ds.pixels[:600], ds.labels[:600])
+    assert 0.85 < real < 1.15
+    # Without labels the classifier's predictions define the classes: about the same.
+    assert within_class_variety(ds.pixels[:600]) == pytest.approx(real, rel=0.1)
+    one_each = torch.stack([ds.pixels[ds.labels == c][0] for c in range(10)]).repeat(5, 1, 1, 1)
+    assert within_class_variety(one_each, list(range(10)) * 5) < 0.01
+    blurred = torch.nn.functional.avg_pool2d(ds.pixels[:600].float(), 5, 1, 2)
+    assert within_class_variety(blurred, ds.labels[:600]) < real
+    assert digits_arrays()[0].shape[1:] == (8, 8)

@@ -310,3 +310,34 @@ def test_train_config_refuses_non_finite_values(tmp_path: Path, kw: dict, messag
         return
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kw)
+
+
+def test_v_prediction_training_on_digits_samples_digits(tmp_path: Path) -> None:
+    """`ddpm train --prediction v` (100 steps, 8x8) writes a v-prediction checkpoint whose
+    samples, by the checkpoint's own default sampler (dpm++2m), score as digits: well
+    above noise (IS 2.5 at 8x8), the requested labels recognised (measured: IS 8.9,
+    accuracy 0.94)."""
+    out = tmp_path / "v"
+    args = ["train", "--out", str(out), "--image-size", "8", "--steps", "100",
+            "--batch-size", "64", "--lr", "2e-3", "--warmup", "20", "--class-cond",
+            "--schedule", "cosine", "--prediction", "v", "--default-sampler", "dpm++2m",
+            "--default-steps", "20", "--guidance-scale", "2", "--unet", "base_channels=16",
+            "--unet", "norm_groups=4", "--device", "cpu", "--no-progress"]  # fmt: skip
+    with redirect_stdout(io.StringIO()):
+        assert train_cli.main(args) == 0
+    ck = load_checkpoint(out)
+    assert ck.config.prediction_type == "v_prediction"
+    assert ck.config.default_sampler == "dpm++2m"
+    assert ck.meta["train_config"]["prediction_type"] == "v_prediction"
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert train_cli.main(["eval", str(out), "-n", "100", "--json"]) == 0
+    report = json.loads(buf.getvalue())
+    assert report["sampler"] == "dpm++2m" and report["steps"] == 20
+    generated, noise = report["generated"], report["noise"]
+    assert generated["inception_score"] > 2 * noise["inception_score"], report
+    assert generated["label_accuracy"] > 0.7, report
+    # The prediction type is part of the run: a resume cannot change it.
+    with pytest.raises(SystemExit) as info:
+        train_cli.main([*args[:6], "120", "--resume", "--prediction", "epsilon"])
+    assert info.value.code == 2

@@ -20,7 +20,11 @@ TERMINAL = {"succeeded", "failed", "canceled"}
 
 
 def make_tiny_checkpoint(
-    path: Path, num_classes: int | None = None, seed: int = 0, default_steps: int = 20
+    path: Path,
+    num_classes: int | None = None,
+    seed: int = 0,
+    default_steps: int = 20,
+    prediction_type: str = "epsilon",
 ) -> Path:
     """A randomly initialised tiny UNet (16x16, one channel) saved as a checkpoint."""
     import torch
@@ -30,7 +34,12 @@ def make_tiny_checkpoint(
 
     torch.manual_seed(seed)
     unet = preset("tiny", image_size=16, in_channels=1, out_channels=1, num_classes=num_classes)
-    cfg = CheckpointConfig(unet=unet, default_steps=default_steps, default_sampler="ddim")
+    cfg = CheckpointConfig(
+        unet=unet,
+        default_steps=default_steps,
+        default_sampler="ddim",
+        prediction_type=prediction_type,
+    )
     model = UNet(unet)
     return save_checkpoint(path, cfg, model, meta={"dataset": "random", "note": "test"})
 

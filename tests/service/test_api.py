@@ -39,6 +39,8 @@ def test_api_process_never_imports_torch():
         ({"seed": -1}, "seed"),
         ({"sampler": "euler"}, "sampler"),
         ({"sampler": "ddpm", "eta": 0.5}, "eta"),
+        ({"sampler": "dpm++2m", "eta": 0.5}, "eta"),
+        ({"sampler": "dpm++4m"}, "sampler"),
         ({"eta": 1.5}, "eta"),
         ({"label": 3}, "label"),
         ({"checkpoint": "tinycond", "label": 10}, "label"),

@@ -93,11 +93,11 @@ def test_a_step_that_fails_after_drawing_noise_is_retried_with_the_same_noise(
     rewound, so the retried halves draw the same noise (DDPM draws it at every step)."""
     real_step, raised = engine_mod.denoise_step, []
 
-    def step(x, eps, coefs, noise=None):
+    def step(x, eps, coefs, noise=None, history=None):
         if x.shape[0] > 2:
             raised.append(x.shape[0])
             raise torch.OutOfMemoryError("injected in the update")
-        return real_step(x, eps, coefs, noise)
+        return real_step(x, eps, coefs, noise, history)
 
     monkeypatch.setattr(engine_mod, "denoise_step", step)
     engine = Engine("cpu", max_batch=8, progress_interval=0.0, threads=1)

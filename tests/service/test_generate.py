@@ -60,6 +60,24 @@ def test_same_seed_same_pngs_and_matches_library(client):
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("sampler", ["dpm++2m", "dpm++3m"])
+def test_dpm_solver_jobs_match_the_library(client, sampler):
+    import torch
+
+    from ddpm_core.checkpoint import load_checkpoint
+    from ddpm_core.pipeline import generate
+
+    body = {"count": 2, "seed": 77, "steps": 9, "sampler": sampler}
+    done = wait_job(client, submit(client, body)["id"])
+    assert done["status"] == "succeeded", done
+    assert done["request"]["sampler"] == sampler and done["request"]["eta"] == 0.0
+    ckpt = load_checkpoint(client.app.state.registry.resolve("tiny@1").path)
+    torch.set_num_threads(1)
+    ref = to_uint8(generate(ckpt, count=2, seed=77, steps=9, sampler=sampler))
+    for got, want in zip(_pngs(client, done), ref, strict=True):
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
 def test_image_i_equals_count_one_with_seed_plus_i(client):
     four = wait_job(client, submit(client, {"count": 4, "seed": 40, "steps": 10})["id"])
     imgs = _pngs(client, four)

@@ -162,6 +162,8 @@ def _plant(reg: Registry, src: Path, name: str, mutate) -> None:
         (lambda d: d.update(schedule={"kind": "nope"}), "schedule.kind must be one of"),
         (lambda d: d.update(schedule={"num_train_timesteps": "1000"}), "num_train_timesteps"),
         (lambda d: d.update(default_sampler=7), "default_sampler must be one of"),
+        (lambda d: d.update(default_sampler="euler"), "default_sampler must be one of"),
+        (lambda d: d.update(prediction_type="v"), "prediction_type must be one of"),
         (lambda d: d.update(default_eta="0.5"), "default_eta must be a number"),
         (lambda d: d.update(default_guidance_scale=[2]), "default_guidance_scale must be a"),
         (lambda d: d.update(unet=None), "unet must be an object"),

@@ -52,3 +52,44 @@ def test_good_options_are_queued_with_only_what_was_set(isolated) -> None:
         r = client.post("/train", json={"name": "m", "options": {"steps": 5}}, headers=AUTH)
     assert r.status_code == 202, r.text
     assert r.json()["request"]["options"] == {"steps": 5}
+
+
+def test_sampler_names_agree_everywhere() -> None:
+    """The API, the worker's re-validation, the CLIs and the checkpoint config accept the
+    same samplers (the API keeps its own Literal: it does not import the library's torch)."""
+    import argparse
+    import typing
+
+    from app.remote_cli import add_commands as remote_commands
+    from app.schemas import GenerateRequest
+    from ddpm_core.checkpoint_config import SAMPLERS
+    from worker.generate import GenerateJob
+
+    def literal(annotation) -> set[str]:
+        args = set()
+        for arg in typing.get_args(annotation):
+            args |= literal(arg) if typing.get_args(arg) else {arg}
+        return {a for a in args if isinstance(a, str)}
+
+    assert literal(GenerateRequest.model_fields["sampler"].annotation) == set(SAMPLERS)
+    assert literal(GenerateJob.model_fields["sampler"].annotation) == set(SAMPLERS)
+    assert literal(TrainOptions.model_fields["default_sampler"].annotation) == set(SAMPLERS)
+
+    def sampler_choices(parser: argparse.ArgumentParser) -> list[set[str]]:
+        found = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    found += sampler_choices(sub)
+            elif action.dest == "sampler":
+                found.append(set(action.choices))
+        return found
+
+    from ddpm_core.cli import add_commands as core_commands
+    from ddpm_core.train_cli import add_commands as train_commands
+
+    for add in (remote_commands, core_commands, train_commands):
+        parser = argparse.ArgumentParser()
+        add(parser.add_subparsers())
+        choices = sampler_choices(parser)
+        assert choices and all(c == set(SAMPLERS) for c in choices), add.__module__
