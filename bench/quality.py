@@ -8,10 +8,11 @@ a cell "reaches" it when its label accuracy is at least the reference's minus
 0.01, its IS at least 0.99 of the reference's, its detail RMS (the energy the
 8x8 classifier cannot see) at most 1.1 times the reference's, and its Frechet
 distance to the real digits (which, unlike the others, does not saturate) at
-most 1.1 times the reference's. Last, diffusers'
-DDPMPipeline is timed on the same network (unconditional: it has no labels;
-random weights: speed does not depend on them) for a few steps, and its 1000-step
-time per image extrapolated, to state images/s at equal quality as one ratio.
+most 1.1 times the reference's. Last, the cheapest cell at
+that quality and diffusers' DDPMPipeline on the same network (unconditional: it
+has no labels; random weights: speed does not depend on them; 1000 steps timed
+over 10) are timed alternately, median of 3, to state images/s at equal quality
+as one ratio (the grid's own per-cell times are noisy on a busy host).
 
 With ``--fid`` each cell also gets its FID against all 1797 digits at the model's
 16x16, upscaled to Inception's 299x299 (``ddpm_core.fid``; the reference statistics
@@ -20,7 +21,7 @@ for the digits statistics and ~100 s per cell of 200 images.
 
 Run single-threaded (OMP_NUM_THREADS=1); this prints figures and asserts nothing.
 
-    OMP_NUM_THREADS=1 python bench/quality.py                 # -n 200, ~15 min on 1 core
+    OMP_NUM_THREADS=1 python bench/quality.py                 # -n 200, ~15-45 min on 1 core
     OMP_NUM_THREADS=1 python bench/quality.py -n 500 --json q.json
 """
 
@@ -78,12 +79,14 @@ def run_cell(ckpt, sampler: str, steps: int, n: int, fid_ref=None) -> dict:
     }
 
 
-def diffusers_seconds_per_image(ckpt, n: int, steps: int) -> float | None:
-    """DDPMPipeline's 1000-step time per image, extrapolated from ``steps`` steps."""
-    try:
-        import diffusers
-    except ImportError:
-        return None
+def ratio_to_diffusers(ckpt, n: int, sampler: str, steps: int, repeats: int = 3) -> dict:
+    """Seconds per image of ours (``sampler``/``steps``, guided and unguided) and of
+    diffusers' DDPMPipeline at 1000 steps (timed over 10, x100), the three alternating,
+    median of ``repeats``: the per-cell times of the grid are too noisy on a busy host."""
+    import statistics
+
+    import diffusers
+
     from ddpm_core.convert import diffusers_config
 
     cfg = diffusers_config(ckpt.config.unet) | {"num_class_embeds": None}
@@ -91,10 +94,26 @@ def diffusers_seconds_per_image(ckpt, n: int, steps: int) -> float | None:
     sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     pipe = diffusers.DDPMPipeline(unet=unet, scheduler=sched)
     pipe.set_progress_bar_config(disable=True)
+    labels = [i % 10 for i in range(n)]
+
+    def ours(lab) -> None:
+        generate(ckpt, n, seed=0, steps=steps, sampler=sampler, labels=lab, batch_size=n)
+
+    def theirs() -> None:
+        pipe(batch_size=n, num_inference_steps=10, output_type="np")
+
     pipe(batch_size=n, num_inference_steps=2, output_type="np")  # warm-up
-    start = time.perf_counter()
-    pipe(batch_size=n, num_inference_steps=steps, output_type="np")
-    return (time.perf_counter() - start) / n * 1000 / steps
+    times: dict[str, list[float]] = {"guided": [], "unguided": [], "diffusers": []}
+    for _ in range(repeats):
+        for name, fn, scale in (
+            ("guided", lambda: ours(labels), 1.0),
+            ("unguided", lambda: ours(None), 1.0),
+            ("diffusers", theirs, 100.0),
+        ):
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) / n * scale)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def markdown(cells: list[dict], ref: dict) -> str:
@@ -183,18 +202,19 @@ def main() -> int:
         fewest[sampler] = min(ok) if ok else None
         print(f"fewest {sampler} steps at {args.ref_steps}-step DDPM quality: {fewest[sampler]}")
 
-    theirs = diffusers_seconds_per_image(ckpt, args.n, 10)
-    if theirs is not None:
-        best = min(
-            (c for c in cells if c is not ref and reaches(c, ref)),
-            key=lambda c: c["seconds_per_image"],
-            default=ref,
-        )
+    # The cheapest cell at the reference's quality, by its network calls.
+    best = min((c for c in cells if c is not ref and reaches(c, ref)), key=lambda c: c["steps"])
+    try:
+        t = ratio_to_diffusers(ckpt, args.n, best["sampler"], best["steps"])
+    except ImportError:
+        t = None
+    if t is not None:
         print(
-            f"diffusers DDPMPipeline, 1000 steps (extrapolated from 10, unconditional): "
-            f"{theirs:.3f} s/image; ours at equal quality ({best['sampler']}, {best['steps']} "
-            f"steps, guided): {best['seconds_per_image']:.3f} s/image -> "
-            f"{theirs / best['seconds_per_image']:.0f}x the images/s"
+            f"ours at equal quality ({best['sampler']}, {best['steps']} steps): "
+            f"{t['guided']:.4f} s/image guided, {t['unguided']:.4f} unguided; diffusers "
+            f"DDPMPipeline, 1000 steps (timed over 10, unconditional): {t['diffusers']:.3f} "
+            f"s/image -> {t['diffusers'] / t['guided']:.0f}x the images/s guided, "
+            f"{t['diffusers'] / t['unguided']:.0f}x unguided"
         )
     print(f"total {time.perf_counter() - started:.0f}s")
     if args.json:
