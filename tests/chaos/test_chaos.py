@@ -63,7 +63,7 @@ def test_no_accepted_job_is_lost(tmp_path):
         assert train["result"]["checkpoint"] == "chaos@1"
         versions = cluster.client.get("/checkpoints/chaos").json()["versions"]
         assert [v["version"] for v in versions] == ["1"]  # published exactly once
-        assert versions[0]["meta"]["training_steps"] == 240
+        assert versions[0]["meta"]["training_steps"] == 320
         stats = store.stats()
         n = len(report.jobs)
         assert stats["jobs_submitted:generate"] == n
