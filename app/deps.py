@@ -29,23 +29,23 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 _bearer = HTTPBearer(auto_error=False)
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
-def get_results(request: Request):
+async def get_results(request: Request):
     """A function kind -> ResultStore (each job records where its results went)."""
     state = request.app.state
 
@@ -68,7 +68,7 @@ def _matches(given: str | None, accepted: list[str]) -> bool:
     return ok
 
 
-def require_api_key(
+async def require_api_key(
     settings: Settings = Depends(get_settings_dep),
     x_api_key: str | None = Depends(_api_key_header),
     bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
@@ -85,7 +85,7 @@ def require_api_key(
         raise HTTPException(401, "invalid API key", {"WWW-Authenticate": "Bearer"})
 
 
-def require_admin(
+async def require_admin(
     settings: Settings = Depends(get_settings_dep),
     bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
 ) -> None:
@@ -98,7 +98,7 @@ def require_admin(
         raise HTTPException(403, "invalid admin token")
 
 
-def client_id(
+async def client_id(
     settings: Settings = Depends(get_settings_dep),
     x_api_key: str | None = Depends(_api_key_header),
     bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),

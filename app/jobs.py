@@ -11,6 +11,7 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import OperationalError
 from pydantic import ValidationError
+from starlette.responses import Response
 
 from ddpm_core.unet_config import (
     ModelTooLarge,
@@ -33,6 +34,8 @@ __all__ = [
     "validate_train_options",
     "submit_job",
     "job_document",
+    "present",
+    "document_response",
     "cancel_job",
 ]
 
@@ -190,8 +193,9 @@ def submit_job(
     client: str = "anon",
     idem_key: str | None = None,
     body: Any = None,
-) -> tuple[str, bool]:
-    """Record a queued job and send its task (task id = job id). Returns (id, created).
+) -> tuple[JobDocument, bool]:
+    """Record a queued job and send its task (task id = job id). Returns (its document,
+    created): created is False for the replay of an Idempotency-Key.
 
     Once the job is stored it is accepted: if the broker refuses the message, the reaper
     sends it later. ``idem_key`` is scoped to the client and the endpoint and bound to
@@ -226,7 +230,8 @@ def submit_job(
     if not sub.created:
         doc = store.get(sub.job_id)
         if doc is None or doc.get("status") != "queued":
-            return sub.job_id, False  # a replay of a job that has started: nothing to send
+            # A replay of a job that has started: nothing to send.
+            return job_document(store, sub.job_id), False
     try:
         celery.send_task(TASK_OF[kind], args=[sub.job_id], task_id=sub.job_id)
     except OperationalError as exc:
@@ -237,9 +242,11 @@ def submit_job(
             job_id=sub.job_id,
             error=str(exc),
         )
-    if sub.created:
-        log_event(log, "job submitted", job_id=sub.job_id, kind=kind, client=client)
-    return sub.job_id, sub.created
+    if not sub.created:
+        return job_document(store, sub.job_id), False
+    log_event(log, "job submitted", job_id=sub.job_id, kind=kind, client=client)
+    assert sub.doc is not None
+    return present(sub.doc, sub.position), True
 
 
 def job_document(store: JobStore, job_id: str) -> JobDocument:
@@ -247,6 +254,12 @@ def job_document(store: JobStore, job_id: str) -> JobDocument:
     doc = store.get(job_id)
     if doc is None:
         raise ApiError(404, f"job {job_id} not found (unknown or expired)")
+    position = store.queue_position(job_id, doc["kind"]) if doc["status"] == "queued" else None
+    return present(doc, position)
+
+
+def present(doc: dict[str, Any], position: int | None) -> JobDocument:
+    """The public document of stored job ``doc`` (``position``: its place in the queue)."""
     now = time.time()
     progress = doc.get("progress") or {}
     metrics = dict(doc.get("metrics") or {})
@@ -263,7 +276,6 @@ def job_document(store: JobStore, job_id: str) -> JobDocument:
     if doc["status"] == "running" and started and progress.get("fraction", 0) > 0:
         f = progress["fraction"]
         eta = round((now - started) * (1 - f) / f, 3)
-    position = store.queue_position(job_id, doc["kind"]) if doc["status"] == "queued" else None
     return JobDocument(
         id=doc["id"],
         kind=doc["kind"],
@@ -280,6 +292,14 @@ def job_document(store: JobStore, job_id: str) -> JobDocument:
         metrics=metrics,
         attempts=int(doc.get("attempts") or 0),
     )
+
+
+def document_response(
+    doc: JobDocument, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """``doc`` as a JSON response, serialised once (a route returning the model would have
+    FastAPI validate it again against its response_model)."""
+    return Response(doc.model_dump_json(), status, headers, media_type="application/json")
 
 
 def cancel_job(store: JobStore, job_id: str) -> JobDocument:

