@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+_API_KEEP_ALIVE_S = 30
 _API_GRACE_S = 10  # seconds a stopping API lets open requests (event streams) finish
 
 __all__ = ["add_commands", "cmd_serve", "cmd_api", "cmd_worker", "cmd_checkpoints"]
@@ -105,6 +106,9 @@ def cmd_api(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level="info",
+        # Longer than clients keep idle connections (httpx: 5 s), so that a client never
+        # sends on a connection the server is closing at the same moment.
+        timeout_keep_alive=_API_KEEP_ALIVE_S,
         # Event streams would hold a stop for their whole lifetime; clients resume them.
         timeout_graceful_shutdown=_API_GRACE_S,
     )

@@ -90,7 +90,12 @@ class Settings(BaseSettings):
     )
     train_queue_limit: int = Field(8, ge=0, description="training jobs that may wait")
     heartbeat_ttl: float = Field(10.0, gt=0)
-    gen_concurrency: int = Field(16, ge=1, description="job threads of a gen worker")
+    gen_concurrency: int = Field(
+        128,
+        ge=1,
+        description="jobs a gen worker runs at once (Celery threads, each waiting on the "
+        "engine); single-image jobs batch no wider than this, so keep it >= DDPM_MAX_BATCH",
+    )
     torch_threads: int | None = Field(None, ge=1, description="CPU threads of the engine")
     channels_last: bool = Field(True, description="run the network in channels-last layout")
     compile: bool = Field(False, description="torch.compile the network (batch-size buckets)")

@@ -158,6 +158,7 @@ class Engine:
         self._cache: collections.OrderedDict[tuple, Checkpoint] = collections.OrderedDict()
         self._nets: dict[tuple, FastDenoiser] = {}  # the cached models, wrapped for speed
         self._batch_limit: dict[tuple, int] = {}  # largest batch that fits, per model
+        self._tables: dict[tuple, StepTable] = {}  # step tables, read-only once built
         self._loaded_refs: dict[tuple, str] = {}
         self._pending: list[EngineJob] = []
         self._rows: list[_Row] = []
@@ -271,7 +272,7 @@ class Engine:
             self._finish(job, "interrupted", JobFailed("WorkerShutdown", "the worker stopped"))
 
     def _model(self, spec: GenSpec) -> tuple[tuple, Checkpoint]:
-        path = Path(spec.checkpoint_path).resolve()
+        path = Path(spec.checkpoint_path)  # the registry's own (absolute) path
         st = path.stat()  # a re-created directory is a different checkpoint
         key = (str(path), st.st_ino, st.st_mtime_ns, spec.use_ema)
         if key in self._cache:
@@ -314,6 +315,17 @@ class Engine:
             self._loaded_refs.pop(old, None)
         return key, ckpt
 
+    def _table(self, key: tuple, ckpt: Checkpoint, spec: GenSpec) -> StepTable:
+        """The job's step table, built once per (model, steps, sampler, eta): building one
+        respaces the whole schedule, which on the engine thread would hold up every batch."""
+        tkey = (key, spec.steps, spec.sampler, spec.eta)
+        table = self._tables.get(tkey)
+        if table is None:
+            if len(self._tables) >= 256:
+                self._tables.clear()
+            table = self._tables[tkey] = step_table_for(ckpt, spec.steps, spec.sampler, spec.eta)
+        return table
+
     def _admit(self, job: EngineJob) -> None:
         spec = job.spec
         if job.cancel.is_set():
@@ -322,7 +334,7 @@ class Engine:
         try:
             key, ckpt = self._model(spec)
             cfg = ckpt.config
-            table = step_table_for(ckpt, spec.steps, spec.sampler, spec.eta)
+            table = self._table(key, ckpt, spec)
             if spec.label is not None:
                 check_labels(ckpt, torch.tensor([spec.label]))
             scale = (

@@ -19,7 +19,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict:
+async def healthz() -> dict:
     """The process is alive."""
     return {"status": "ok"}
 
