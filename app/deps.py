@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from celery import Celery
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from .queue import TaskMessages
 from .registry import Registry
 from .results import ResultStore, make_result_store, object_store_of
 from .settings import Settings
@@ -18,7 +18,7 @@ __all__ = [
     "get_settings_dep",
     "get_store",
     "get_registry",
-    "get_celery",
+    "get_task_messages",
     "get_results",
     "require_api_key",
     "require_admin",
@@ -41,8 +41,8 @@ async def get_registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-async def get_celery(request: Request) -> Celery:
-    return request.app.state.celery
+async def get_task_messages(request: Request) -> TaskMessages:
+    return request.app.state.task_messages
 
 
 async def get_results(request: Request):

@@ -86,14 +86,18 @@ class AsyncRedis:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            client = aredis.Redis.from_url(
+            # Blocking: at the cap a command waits for a free connection (up to 10 s) rather
+            # than failing; a burst of finished long polls reads at once.
+            pool = aredis.BlockingConnectionPool.from_url(
                 self.url,
                 decode_responses=True,
                 socket_connect_timeout=3,
                 socket_timeout=self.read_timeout,
                 health_check_interval=30,
                 max_connections=self.max_connections,
+                timeout=10,
             )
+            client = aredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
             self._clients[loop] = client
         return client
 

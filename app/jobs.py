@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
 from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 from starlette.responses import Response
@@ -21,11 +20,18 @@ from ddpm_core.unet_config import (
 )
 
 from .logs import log_event
-from .queue import TASK_OF
+from .queue import TASK_OF, TaskMessages
 from .registry import InvalidCheckpoint, InvalidName, NotFound, Registry, ResolvedCheckpoint
 from .schemas import GenerateRequest, JobDocument, TrainOptions, TrainRequest
 from .settings import Settings
-from .store import ClientLimit, IdempotencyConflict, JobStore, QueueFull, fingerprint
+from .store import (
+    ClientLimit,
+    IdempotencyConflict,
+    JobStore,
+    QueueFull,
+    fingerprint,
+    new_job_id,
+)
 
 __all__ = [
     "ApiError",
@@ -80,6 +86,23 @@ def _check_size(unet: UNetConfig, settings: Settings, what: str, field: str) -> 
         raise ApiError(422, msg, field) from None
 
 
+# Checkpoint configs already found within the size limits, by (id, limits); the value
+# keeps the config alive, so its id is not reused. Sizing a network walks its whole
+# layout (a third of a submission's time) and a version's config never changes.
+_WITHIN_LIMITS: dict[tuple[int, int, int], Any] = {}
+
+
+def _check_checkpoint_size(ckpt: ResolvedCheckpoint, settings: Settings) -> None:
+    key = (id(ckpt.spec), settings.max_model_params, settings.max_activation_bytes)
+    if _WITHIN_LIMITS.get(key) is ckpt.spec:
+        return
+    assert ckpt.spec is not None
+    _check_size(ckpt.spec.unet, settings, f"checkpoint {ckpt.ref}", "checkpoint")
+    if len(_WITHIN_LIMITS) >= 1024:
+        _WITHIN_LIMITS.clear()
+    _WITHIN_LIMITS[key] = ckpt.spec
+
+
 def normalise_generate(
     req: GenerateRequest, settings: Settings, registry: Registry
 ) -> dict[str, Any]:
@@ -89,7 +112,7 @@ def normalise_generate(
     ckpt = _resolve(registry, req.checkpoint or settings.default_checkpoint)
     cfg = ckpt.spec
     assert cfg is not None  # resolve validates by default
-    _check_size(cfg.unet, settings, f"checkpoint {ckpt.ref}", "checkpoint")
+    _check_checkpoint_size(ckpt, settings)
     T = cfg.num_train_timesteps
     num_classes = cfg.num_classes
     if req.count > settings.max_count:
@@ -188,19 +211,21 @@ def submit_job(
     request: dict[str, Any],
     settings: Settings,
     store: JobStore,
-    celery: Celery,
+    messages: TaskMessages,
     *,
     client: str = "anon",
     idem_key: str | None = None,
     body: Any = None,
 ) -> tuple[JobDocument, bool]:
-    """Record a queued job and send its task (task id = job id). Returns (its document,
-    created): created is False for the replay of an Idempotency-Key.
-
-    Once the job is stored it is accepted: if the broker refuses the message, the reaper
-    sends it later. ``idem_key`` is scoped to the client and the endpoint and bound to
-    ``body``: the same key and body return the first job, another body is refused (422)."""
+    """Record a queued job together with its task's message (task id = job id), in one
+    atomic step. Returns (its document, created): created is False for the replay of an
+    Idempotency-Key, which sends nothing (its message went with the job; if that was lost
+    since, the reaper sends another). ``idem_key`` is scoped to the client and the endpoint
+    and bound to ``body``: the same key and body return the first job, another body is
+    refused (422)."""
     limit = settings.queue_limit if kind == "generate" else settings.train_queue_limit
+    job_id = new_job_id()
+    message = messages.encode(TASK_OF[kind], job_id)
     try:
         sub = store.create(
             kind,
@@ -211,6 +236,8 @@ def submit_job(
             body_fingerprint=fingerprint(body) if idem_key else "",
             queue_limit=limit,
             client_limit=0 if client == "admin" else settings.max_jobs_per_client,
+            job_id=job_id,
+            message=message,
         )
     except QueueFull:
         raise ApiError(429, f"the {kind} queue is full; retry later", headers=_RETRY) from None
@@ -228,23 +255,19 @@ def submit_job(
             "Idempotency-Key",
         ) from None
     if not sub.created:
-        doc = store.get(sub.job_id)
-        if doc is None or doc.get("status") != "queued":
-            # A replay of a job that has started: nothing to send.
-            return job_document(store, sub.job_id), False
-    try:
-        celery.send_task(TASK_OF[kind], args=[sub.job_id], task_id=sub.job_id)
-    except OperationalError as exc:
-        log_event(
-            log,
-            "broker refused the message; the reaper will send it",
-            logging.WARNING,
-            job_id=sub.job_id,
-            error=str(exc),
-        )
-    if not sub.created:
         return job_document(store, sub.job_id), False
-    log_event(log, "job submitted", job_id=sub.job_id, kind=kind, client=client)
+    if message is None:  # a route Celery must publish itself
+        try:
+            messages.send(TASK_OF[kind], job_id)
+        except OperationalError as exc:
+            log_event(
+                log,
+                "broker refused the message; the reaper will send it",
+                logging.WARNING,
+                job_id=job_id,
+                error=str(exc),
+            )
+    log_event(log, "job submitted", job_id=job_id, kind=kind, client=client)
     assert sub.doc is not None
     return present(sub.doc, sub.position), True
 

@@ -29,7 +29,7 @@ from .metrics import StoreCollector
 from .objstore import ObjectStoreError
 from .openapi import allowed_methods, operation_id
 from .openapi import install as install_openapi
-from .queue import make_celery
+from .queue import TaskMessages, make_celery
 from .registry import make_registry
 from .routes import admin, checkpoints, health, jobs, previews, ui
 from .settings import Settings, get_settings
@@ -157,6 +157,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     api.state.stream_slots = StreamSlots(s.max_streams, s.max_streams_per_client)
     api.state.registry = make_registry(s, api.state.bin_redis)
     api.state.celery = celery or make_celery(s)
+    api.state.task_messages = TaskMessages(api.state.celery, s.key_prefix)
     api.state.metrics = CollectorRegistry(auto_describe=False)
     api.state.metrics.register(StoreCollector(api.state.store))
 

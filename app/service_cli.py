@@ -106,6 +106,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level="info",
+        access_log=s.access_log,
         # Longer than clients keep idle connections (httpx: 5 s), so that a client never
         # sends on a connection the server is closing at the same moment.
         timeout_keep_alive=_API_KEEP_ALIVE_S,

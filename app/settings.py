@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     log_level: str = "INFO"
     log_format: Literal["kv", "json"] = "kv"
+    access_log: bool = Field(
+        False,
+        description="uvicorn's line per HTTP request (the API logs every job it accepts "
+        "anyway; at hundreds of requests per second the lines cost a tenth of its CPU)",
+    )
     max_body_bytes: int = Field(64 * 1024, ge=256)
     key_prefix: str = "ddpm:"
     visibility_timeout: int = Field(3600, ge=1, description="broker redelivery timeout (s)")

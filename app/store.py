@@ -139,9 +139,9 @@ local function finish_job(id, prefix, kind, to, ttl, events_ttl, maxlen, done, n
 end
 """
 
-# KEYS: job hash, events, queue, stats, idem (or ''), inflight
+# KEYS: job hash, events, queue, stats, idem (or ''), inflight, broker list (or '')
 # ARGV: id, prefix, kind, ttl, maxlen, queue_limit, client_limit, fingerprint, created_ts,
-#       then field/value pairs of the document
+#       broker message, then field/value pairs of the document
 _CREATE = (
     _LIB
     + """
@@ -168,7 +168,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - ttl * 1000)
 if client_limit > 0 and redis.call('ZCARD', KEYS[6]) >= client_limit then
   return {'client_limit'}
 end
-hset_pairs(KEYS[1], ARGV, 10, #ARGV)
+hset_pairs(KEYS[1], ARGV, 11, #ARGV)
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[3], tonumber(ARGV[9]), id)
 redis.call('ZADD', KEYS[6], now, id)
@@ -176,6 +176,8 @@ redis.call('EXPIRE', KEYS[6], ttl)
 event(KEYS[2], maxlen, ttl, 'status', '{"status": "queued"}')
 redis.call('HINCRBYFLOAT', KEYS[4], 'jobs_submitted:' .. kind, 1)
 if KEYS[5] ~= '' then redis.call('SET', KEYS[5], id .. ' ' .. ARGV[8], 'EX', ttl) end
+-- The task's message, in the same step: a stored job always has one on its way.
+if KEYS[7] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[10]) end
 return {'created', id, redis.call('ZRANK', KEYS[3], id)}
 """
 )
@@ -539,6 +541,7 @@ class JobStore:
         queue_limit: int = -1,
         client_limit: int = 0,
         job_id: str | None = None,
+        message: tuple[str, str] | None = None,
     ) -> Submission:
         """Create a queued job, atomically with its queue entry, first event and counters.
 
@@ -546,7 +549,8 @@ class JobStore:
         the same ``body_fingerprint`` returns the earlier job (``created`` False); with
         another body it raises :class:`IdempotencyConflict`. Raises :class:`QueueFull` or
         :class:`ClientLimit` at the limits (``queue_limit`` < 0 and ``client_limit`` 0 mean
-        none)."""
+        none). ``message`` (broker list key, message) is pushed with a created job, in the
+        same atomic step (:class:`app.queue.TaskMessages`)."""
         job_id = job_id or new_job_id()
         created_ts = time.time()
         doc = {
@@ -571,6 +575,7 @@ class JobStore:
                 self.key("stats"),
                 idem,
                 self.key("inflight", client),
+                message[0] if message else "",
             ],
             args=[
                 job_id,
@@ -582,6 +587,7 @@ class JobStore:
                 client_limit,
                 body_fingerprint,
                 repr(created_ts),
+                message[1] if message else "",
                 *_pairs(doc),
             ],
         )

@@ -130,6 +130,7 @@ def run_job(rt: Runtime, kind: str, job_id: str, body: Body) -> str | None:
             log_event(log, "outcome discarded: the lease was lost", job_id=job_id)
             return "stale"
         held.pending = None  # the outcome carries the last progress
+        held.finishing = True
         if "error" in outcome.fields:
             err = outcome.fields["error"]
             err["message"] = public_message(err.get("message", ""), rt)

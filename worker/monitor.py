@@ -48,6 +48,9 @@ class Held:
     # ``pending_preview`` is the next ``preview`` event, written at the monitor's next tick.
     preview: threading.Event = field(default_factory=threading.Event)
     pending_preview: dict[str, Any] | None = None
+    # Set just before the outcome is recorded: a renew that then finds the job finished
+    # (by this very attempt) has lost nothing.
+    finishing: bool = False
 
     def progress(self, data: dict[str, Any]) -> None:
         """Record the latest progress event data (written at the monitor's next tick)."""
@@ -116,6 +119,8 @@ class JobMonitor:
                 raise
             for h in items:
                 state = states.get(h.job_id, 0)
+                if state < 0 and h.finishing:
+                    continue  # our own finish got there first (or will report stale)
                 if state < 0:
                     h.preview.clear()
                     if not h.lost.is_set():

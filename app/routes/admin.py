@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from celery import Celery
 from fastapi import APIRouter, Depends, Header, Response
 
-from ..deps import get_celery, get_registry, get_settings_dep, get_store, require_admin
+from ..deps import get_registry, get_settings_dep, get_store, get_task_messages, require_admin
 from ..jobs import normalise_train, submit_job
 from ..openapi import JOB_LINKS, errors
+from ..queue import TaskMessages
 from ..registry import Registry
 from ..schemas import JobDocument, TrainRequest
 from ..settings import Settings
@@ -46,7 +46,7 @@ def train(
     settings: Settings = Depends(get_settings_dep),
     store: JobStore = Depends(get_store),
     registry: Registry = Depends(get_registry),
-    celery: Celery = Depends(get_celery),
+    messages: TaskMessages = Depends(get_task_messages),
 ) -> JobDocument:
     """Queue a training job (kind ``train``) that publishes a new checkpoint version."""
     request = normalise_train(body, settings, registry)
@@ -55,7 +55,7 @@ def train(
         request,
         settings,
         store,
-        celery,
+        messages,
         client="admin",
         idem_key=idempotency_key,
         body=body.model_dump(mode="json"),

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from celery import Celery
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from ..deps import (
     client_id,
-    get_celery,
     get_registry,
     get_results,
     get_settings_dep,
     get_store,
+    get_task_messages,
     require_api_key,
 )
 from ..events import EVENT_ID_PATTERN, SSE_EVENT_SCHEMA, EventStreamResponse, job_event_stream
@@ -24,6 +23,7 @@ from ..jobs import (
     submit_job,
 )
 from ..openapi import JOB_LINKS, errors
+from ..queue import TaskMessages
 from ..registry import Registry
 from ..schemas import GenerateRequest, JobDocument
 from ..settings import Settings
@@ -65,7 +65,7 @@ def generate(
     settings: Settings = Depends(get_settings_dep),
     store: JobStore = Depends(get_store),
     registry: Registry = Depends(get_registry),
-    celery: Celery = Depends(get_celery),
+    messages: TaskMessages = Depends(get_task_messages),
     client: str = Depends(client_id),
 ) -> Response:
     """Queue a generation job: 202 with ``Location: /jobs/{id}`` and the job document."""
@@ -75,7 +75,7 @@ def generate(
         request,
         settings,
         store,
-        celery,
+        messages,
         client=client,
         idem_key=idempotency_key,
         body=body.model_dump(mode="json"),

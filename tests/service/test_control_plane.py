@@ -1,0 +1,189 @@
+"""The control plane's fast paths against a real Redis (and, for consumption, the session's
+real Celery worker): task messages written by the job store, the finish channel, long
+polls, histogram bins."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+from svc_helpers import make_settings, store_for
+
+from app.metrics import RUN_BUCKETS
+from app.queue import GENERATE_TASK, TaskMessages, make_celery, pending_task_ids
+from app.store import cumulative_buckets, histogram_fields
+
+
+@pytest.fixture
+def settings(redis_url, tmp_path):
+    return make_settings(redis_url, tmp_path, job_ttl=600)
+
+
+@pytest.fixture
+def store(settings):
+    s = store_for(settings)
+    yield s
+    for key in s.r.keys(settings.key_prefix + "*"):
+        s.r.delete(key)
+
+
+def _sent_by_celery(store, settings, job_id: str) -> dict:
+    """What ``celery.send_task`` itself LPUSHes for ``job_id``."""
+    make_celery(settings).send_task(GENERATE_TASK, args=[job_id], task_id=job_id)
+    raw = store.r.lpop(settings.key_prefix + "gen")
+    return json.loads(raw)
+
+
+def test_task_message_equals_what_celery_sends(store, settings):
+    """The message the store pushes is the one Celery and kombu would have published: same
+    headers, properties and body; only the random delivery tag differs."""
+    celery = make_celery(settings)
+    messages = TaskMessages(celery, settings.key_prefix)
+    job_id = "5b0c9a3e-7f2d-4e1a-9c8b-0d1e2f3a4b5c"
+    key, raw = messages.encode(GENERATE_TASK, job_id)
+    assert key == settings.key_prefix + "gen"
+    ours = json.loads(raw)
+    theirs = _sent_by_celery(store, settings, job_id)
+    for m in (ours, theirs):
+        assert m["properties"].pop("delivery_tag")
+        m["properties"].pop("reply_to")  # Celery's per-thread id; no results are kept
+        m["headers"].pop("origin")  # process name@host
+        m["body"] = json.loads(__import__("base64").b64decode(m["body"]))
+    assert ours == theirs
+
+
+def test_create_pushes_the_message_atomically(store, settings):
+    """A created job and its message appear together; a refused create (queue full) and an
+    idempotent replay push nothing."""
+    messages = TaskMessages(make_celery(settings), settings.key_prefix)
+    broker = settings.key_prefix + "gen"
+    job_id = "1b0c9a3e-7f2d-4e1a-9c8b-0d1e2f3a4b5c"
+    msg = messages.encode(GENERATE_TASK, job_id)
+    sub = store.create("generate", {}, job_id=job_id, message=msg, idem_key="k")
+    assert sub.created and sub.position == 0 and sub.doc["status"] == "queued"
+    assert store.r.llen(broker) == 1
+    assert job_id in pending_task_ids(store.r, settings, "gen")
+    replay = store.create(
+        "generate", {}, job_id="2b0c9a3e-7f2d-4e1a-9c8b-0d1e2f3a4b5c", message=msg, idem_key="k"
+    )
+    assert not replay.created and replay.job_id == job_id
+    assert store.r.llen(broker) == 1
+    from app.store import QueueFull
+
+    with pytest.raises(QueueFull):
+        store.create("generate", {}, message=msg, queue_limit=1)
+    assert store.r.llen(broker) == 1
+
+
+def test_every_terminal_transition_publishes_the_job_id(store):
+    """finish, cancel of a queued job and a reaper's final failure all announce the job on
+    the finished channel; claim, renew and requeue do not."""
+    pubsub = store.r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(store.finished_channel())
+    a = store.create("generate", {}).job_id
+    b = store.create("generate", {}).job_id
+    c = store.create("generate", {}).job_id
+    claim = store.claim(a, "generate", "w")
+    store.renew("generate", {a: claim.attempt}, {a: {"step": 1, "total": 2}})
+    store.finish(a, "generate", "succeeded", claim.attempt)
+    store.cancel(b, "generate")
+    claim_c = store.claim(c, "generate", "w")
+    assert store.requeue(c, "generate", claim_c.attempt) == "requeued"
+    got = []
+    deadline = time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:
+        m = pubsub.get_message(timeout=0.5)
+        if m:
+            got.append(m["data"])
+    assert got == [a, b]
+    assert pubsub.get_message(timeout=0.3) is None
+    pubsub.close()
+
+
+def test_histograms_store_bins_and_read_cumulative(store):
+    """One observation writes its own bin, sum and count (3 fields); read back, the buckets
+    are cumulative as Prometheus wants them."""
+    assert len(histogram_fields("run_seconds", 0.3, RUN_BUCKETS)) == 3
+    store.observe("run_seconds", [0.05, 0.3, 0.3, 9999.0], RUN_BUCKETS)
+    stats = store.stats()
+    cum = dict(cumulative_buckets(stats, "run_seconds", RUN_BUCKETS))
+    assert cum[0.1] == 1 and cum[0.25] == 1 and cum[0.5] == 3 and cum[7200.0] == 3
+    assert cum["+Inf"] == 4 and stats["run_seconds_count"] == 4
+    assert stats["run_seconds_sum"] == pytest.approx(9999.65)
+
+
+def test_long_poll_returns_when_the_job_finishes(isolated):
+    """GET /jobs/{id}?wait= answers as soon as the job finishes (no worker here: the test
+    finishes it through the store), with the finished document; and after ``wait`` seconds
+    with the current one when it does not."""
+    s, c = isolated()
+    store = store_for(s)
+    with c:
+        job = c.post("/generate", json={"checkpoint": "tiny", "steps": 2}).json()["id"]
+        t0 = time.monotonic()
+        r = c.get(f"/jobs/{job}", params={"wait": 0.6})
+        assert r.status_code == 200 and r.json()["status"] == "queued"
+        assert 0.55 <= time.monotonic() - t0 < 3
+
+        def finish_later() -> None:
+            time.sleep(0.5)
+            claim = store.claim(job, "generate", "test")
+            store.finish(job, "generate", "succeeded", claim.attempt, result={"images": []})
+
+        threading.Thread(target=finish_later).start()
+        t0 = time.monotonic()
+        r = c.get(f"/jobs/{job}", params={"wait": 20})
+        waited = time.monotonic() - t0
+        assert r.json()["status"] == "succeeded"
+        assert 0.4 <= waited < 5, waited  # woken by the finish, not by the 20 s limit
+        t0 = time.monotonic()  # a finished job answers at once
+        assert c.get(f"/jobs/{job}", params={"wait": 20}).json()["status"] == "succeeded"
+        assert time.monotonic() - t0 < 2
+        assert c.get(f"/jobs/{job}", params={"wait": 61}).status_code == 422
+        assert c.get(f"/jobs/{job}", params={"wait": -1}).status_code == 422
+        missing = "00000000-0000-4000-8000-000000000000"
+        assert c.get(f"/jobs/{missing}", params={"wait": 1}).status_code == 404
+
+
+def test_many_long_polls_share_one_subscription(isolated):
+    """200 concurrent long polls on one event loop: one Redis subscription, every poll woken
+    by its own job's finish."""
+    from app.finish_watch import FinishWatch
+
+    s, c = isolated()
+    store = store_for(s)
+    c.close()
+    jobs = [store.create("generate", {}).job_id for _ in range(200)]
+
+    async def scenario() -> list[str]:
+        from app.events import AsyncRedis
+
+        ar = AsyncRedis(s.broker_url, read_timeout=30, max_connections=16)
+        watch = FinishWatch(ar, store.finished_channel())
+        client = ar.get()
+
+        async def one(job_id: str) -> str:
+            doc = await watch.wait(job_id, lambda: store.aget(client, job_id), 20)
+            return doc["status"]
+
+        polls = [asyncio.create_task(one(j)) for j in jobs]
+        await asyncio.sleep(0.5)
+        assert watch.waiting() == 200
+        clients = await client.pubsub_numsub(store.finished_channel())
+        assert clients[0][1] == 1
+
+        def finish_all() -> None:
+            for j in jobs:
+                claim = store.claim(j, "generate", "t")
+                store.finish(j, "generate", "succeeded", claim.attempt)
+
+        await asyncio.to_thread(finish_all)
+        out = await asyncio.wait_for(asyncio.gather(*polls), 10)
+        await watch.aclose()
+        await ar.aclose()
+        return out
+
+    assert asyncio.run(scenario()) == ["succeeded"] * 200
