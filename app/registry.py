@@ -187,13 +187,16 @@ class Registry:
         """``name`` (latest version) or ``name@version`` -> the checkpoint; NotFound, and
         InvalidCheckpoint when its config.json is invalid (unless ``validate`` is False)."""
         name, version = parse_ref(ref)
-        versions = self.versions(name)
-        if not versions:
-            raise NotFound(f"unknown checkpoint {name!r}")
-        version = version or versions[-1]
-        if version not in versions:
-            raise NotFound(f"checkpoint {name!r} has no version {version!r}")
-        path = _builtins()[name] if version == BUILTIN else self.root / name / version
+        path = self.root / name / version if version and version != BUILTIN else None
+        if path is None or not (path / "config.json").is_file():
+            # A named version that exists needs no listing (a worker resolves one per job).
+            versions = self.versions(name)
+            if not versions:
+                raise NotFound(f"unknown checkpoint {name!r}")
+            version = version or versions[-1]
+            if version not in versions:
+                raise NotFound(f"checkpoint {name!r} has no version {version!r}")
+            path = _builtins()[name] if version == BUILTIN else self.root / name / version
         config, parsed = _config_of(path)
         spec = parsed if isinstance(parsed, CheckpointConfig) else None
         if validate and spec is None:

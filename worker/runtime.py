@@ -41,14 +41,21 @@ class Runtime:
     _engine: Any = None
     _monitor: Any = None
     _celery: Any = None
+    _results: dict[str, ResultStore] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def results(self, kind: str) -> ResultStore:
-        s = self.settings
-        objects = object_store_of(s) if kind == "s3" else None
-        return make_result_store(kind, s.data_dir, self.bin_redis, s.key_prefix, s.job_ttl, objects)
+        store = self._results.get(kind)
+        if store is None:
+            s = self.settings
+            objects = object_store_of(s) if kind == "s3" else None
+            store = make_result_store(
+                kind, s.data_dir, self.bin_redis, s.key_prefix, s.job_ttl, objects
+            )
+            self._results[kind] = store
+        return store
 
     @property
     def celery(self) -> Any:

@@ -35,6 +35,10 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
         queues = sorted(sender.app.amqp.queues.consume_from or [])
     except Exception:  # noqa: BLE001 - best effort
         queues = [q for q in os.environ.get("DDPM_WORKER_QUEUES", "").split(",") if q]
+    # Celery's own per-task lines ("received", "succeeded in"), built for every message and
+    # then dropped (no handler): the job's own log lines say the same, with the job id.
+    for name in ("celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     rt = get_runtime(getattr(sender, "hostname", None), queues)
     rt.consumer = sender
     if "gen" in queues:
