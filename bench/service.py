@@ -273,11 +273,30 @@ async def throughput(base: str, redis_url: str, args: argparse.Namespace, common
     start_counting = time.perf_counter() + args.warmup
     seeds = iter(range(1, 10**9))
 
-    async def client() -> None:
+    def record(run: JobRun | None) -> None:
+        if run is not None and time.perf_counter() - run.latency >= start_counting:
+            runs.append(run)
+
+    async def client() -> None:  # closed loop: submit, wait, submit again
         while time.perf_counter() < stop:
-            run = await clients.attempt({**common, "count": 1, "seed": next(seeds)})
-            if run is not None and time.perf_counter() - run.latency >= start_counting:
-                runs.append(run)
+            record(await clients.attempt({**common, "count": 1, "seed": next(seeds)}))
+
+    slots = asyncio.Semaphore(args.n)
+    capped = 0
+
+    async def arrival() -> None:
+        async with slots:
+            record(await clients.attempt({**common, "count": 1, "seed": next(seeds)}))
+
+    async def open_loop() -> None:  # --rate: a job every 1/rate s, whatever the answers
+        nonlocal capped
+        tasks, due = [], time.perf_counter()
+        while due < stop:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            capped += slots.locked()  # all N clients busy: this job waits for one
+            tasks.append(asyncio.create_task(arrival()))
+            due += 1 / args.rate
+        await asyncio.gather(*tasks)
 
     redis = Redis(redis_url)
     await asyncio.sleep(0)
@@ -290,7 +309,10 @@ async def throughput(base: str, redis_url: str, args: argparse.Namespace, common
         before = redis.calls()
 
     snap = asyncio.create_task(snapshot())
-    await asyncio.gather(*(client() for _ in range(args.n)))
+    if args.rate:
+        await open_loop()
+    else:
+        await asyncio.gather(*(client() for _ in range(args.n)))
     await snap
     elapsed = time.perf_counter() - t0 - args.warmup
     after = redis.calls()
@@ -301,9 +323,16 @@ async def throughput(base: str, redis_url: str, args: argparse.Namespace, common
     assert before is not None
     delta = after - before
     total = sum(delta.values())
-    print(f"\n| {args.n} clients, {args.duration:.0f} s | value |\n|---|---|")
+    load = (
+        f"{args.rate:g} jobs/s offered (at most {args.n} at once)"
+        if args.rate
+        else (f"{args.n} clients")
+    )
+    print(f"\n| {load}, {args.duration:.0f} s | value |\n|---|---|")
     print(f"| jobs finished (submitted after the {args.warmup:.0f} s warm-up) | {ok} |")
     print(f"| errors | {sum(clients.errors.values())} |")
+    if args.rate:
+        print(f"| arrivals that found all {args.n} clients busy | {capped} |")
     print(f"| jobs/s | {ok / elapsed:.1f} |")
     print(f"| job latency p50 / p99 s | {pct(lat, 0.5):.3f} / {pct(lat, 0.99):.3f} |")
     print(
@@ -407,6 +436,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200, help="concurrent clients / jobs (up to 1000)")
     ap.add_argument("--duration", type=float, default=30.0, help="throughput: seconds measured")
     ap.add_argument("--warmup", type=float, default=3.0, help="throughput: seconds not counted")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="throughput: offer this many jobs/s (open loop) instead of N clients "
+                    "that each wait for their job")  # fmt: skip
     ap.add_argument("--connections", type=int, default=256, help="client connections in all")
     ap.add_argument("--shard", type=int, default=4, help="connections per AsyncClient")
     ap.add_argument("--wait", choices=["long", "poll"], default="long")
