@@ -12,6 +12,7 @@ from typing import Any
 __all__ = ["configure_logging", "log_event"]
 
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_.-]")
+_SEPARATOR = re.compile(r'[ ="\\]')
 _STD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
@@ -20,7 +21,7 @@ def _fmt_value(v: Any) -> str:
     control or separator characters are escaped (``ensure_ascii``), so a value cannot end
     the line and forge another log entry."""
     s = v if isinstance(v, str) else json.dumps(v, default=str)
-    if not s or any(c in ' ="\\' or not c.isprintable() for c in s):
+    if not s or not s.isprintable() or _SEPARATOR.search(s):
         return json.dumps(s, ensure_ascii=True)
     return s
 

@@ -159,6 +159,7 @@ class Engine:
         self._nets: dict[tuple, FastDenoiser] = {}  # the cached models, wrapped for speed
         self._batch_limit: dict[tuple, int] = {}  # largest batch that fits, per model
         self._tables: dict[tuple, StepTable] = {}  # step tables, read-only once built
+        self._dir_ids: dict[str, tuple[float, tuple[int, int]]] = {}
         self._loaded_refs: dict[tuple, str] = {}
         self._pending: list[EngineJob] = []
         self._rows: list[_Row] = []
@@ -271,10 +272,21 @@ class Engine:
         for job in self._active + self._pending:
             self._finish(job, "interrupted", JobFailed("WorkerShutdown", "the worker stopped"))
 
+    def _model_key(self, spec: GenSpec) -> tuple:
+        """The cache key of the spec's model: its directory's identity (a re-created directory
+        is a different checkpoint), looked up at most once a second per directory: versions
+        are immutable, and a stat per admitted job costs the engine thread a GIL round trip."""
+        now = time.monotonic()
+        seen = self._dir_ids.get(spec.checkpoint_path)
+        if seen is None or now - seen[0] > 1.0:
+            st = Path(spec.checkpoint_path).stat()
+            seen = self._dir_ids[spec.checkpoint_path] = (now, (st.st_ino, st.st_mtime_ns))
+            if len(self._dir_ids) > 1024:
+                self._dir_ids.clear()
+        return (spec.checkpoint_path, *seen[1], spec.use_ema)
+
     def _model(self, spec: GenSpec) -> tuple[tuple, Checkpoint]:
-        path = Path(spec.checkpoint_path)  # the registry's own (absolute) path
-        st = path.stat()  # a re-created directory is a different checkpoint
-        key = (str(path), st.st_ino, st.st_mtime_ns, spec.use_ema)
+        key = self._model_key(spec)
         if key in self._cache:
             self._cache.move_to_end(key)
             return key, self._cache[key]
