@@ -91,12 +91,19 @@ class FinishWatch:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
-    async def wait(self, job_id: str, read: Callable[[], Awaitable[Doc]], timeout: float) -> Doc:
+    async def wait(
+        self,
+        job_id: str,
+        read: Callable[[], Awaitable[Doc]],
+        timeout: float,
+        current: Doc = None,
+    ) -> Doc:
         """``read()`` the job's document until it is terminal, gone, or ``timeout`` seconds
-        have passed; returns the last document read."""
+        have passed; returns the last document read. ``current``: a document just read (or
+        written), which saves the first read."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        doc = await read()
+        doc = current if current is not None else await read()
         state = self._state()
         while doc is not None and doc.get("status") not in TERMINAL:
             left = deadline - loop.time()

@@ -6,7 +6,7 @@ import logging
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from kombu.exceptions import OperationalError
 from pydantic import ValidationError
@@ -39,6 +39,7 @@ __all__ = [
     "normalise_train",
     "validate_train_options",
     "submit_job",
+    "Submitted",
     "job_document",
     "present",
     "document_response",
@@ -206,6 +207,15 @@ def normalise_train(req: TrainRequest, settings: Settings, registry: Registry) -
     return out
 
 
+class Submitted(NamedTuple):
+    """What :func:`submit_job` did: the public ``document``; ``created`` False for an
+    Idempotency-Key replay; ``stored``, the stored form of a created job."""
+
+    document: JobDocument
+    created: bool
+    stored: dict[str, Any] | None = None
+
+
 def submit_job(
     kind: str,
     request: dict[str, Any],
@@ -216,13 +226,12 @@ def submit_job(
     client: str = "anon",
     idem_key: str | None = None,
     body: Any = None,
-) -> tuple[JobDocument, bool]:
+) -> Submitted:
     """Record a queued job together with its task's message (task id = job id), in one
-    atomic step. Returns (its document, created): created is False for the replay of an
-    Idempotency-Key, which sends nothing (its message went with the job; if that was lost
-    since, the reaper sends another). ``idem_key`` is scoped to the client and the endpoint
-    and bound to ``body``: the same key and body return the first job, another body is
-    refused (422)."""
+    atomic step. A replay of an Idempotency-Key sends nothing (its message went with the
+    job; if that was lost since, the reaper sends another). ``idem_key`` is scoped to the
+    client and the endpoint and bound to ``body``: the same key and body return the first
+    job, another body is refused (422)."""
     limit = settings.queue_limit if kind == "generate" else settings.train_queue_limit
     job_id = new_job_id()
     message = messages.encode(TASK_OF[kind], job_id)
@@ -255,7 +264,7 @@ def submit_job(
             "Idempotency-Key",
         ) from None
     if not sub.created:
-        return job_document(store, sub.job_id), False
+        return Submitted(job_document(store, sub.job_id), False)
     if message is None:  # a route Celery must publish itself
         try:
             messages.send(TASK_OF[kind], job_id)
@@ -269,7 +278,7 @@ def submit_job(
             )
     log_event(log, "job submitted", job_id=job_id, kind=kind, client=client)
     assert sub.doc is not None
-    return present(sub.doc, sub.position), True
+    return Submitted(present(sub.doc, sub.position), True, sub.doc)
 
 
 def job_document(store: JobStore, job_id: str) -> JobDocument:

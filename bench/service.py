@@ -15,8 +15,10 @@ Modes:
 
 ``--trivial`` serves a checkpoint whose network is a few hundred parameters (random weights,
 16x16, one channel): the model step costs next to nothing, so the control plane alone is
-measured. Clients wait for a job with ``GET /jobs/{id}?wait=`` (long poll, one request per
-job) or, with ``--wait poll``, by polling every ``--poll`` s.
+measured. Clients wait for a job with ``GET /jobs/{id}?wait=`` (long poll: two requests per
+job), with ``--wait prefer`` in the submission itself (``Prefer: wait=30``: one request),
+or with ``--wait poll`` by polling every ``--poll`` s. ``--rate R`` offers R jobs/s (open
+loop) instead of N clients that each wait for their job (closed loop).
 
     .venv/bin/python bench/service.py throughput --trivial --steps 1 --n 200 --duration 30
     .venv/bin/python bench/service.py batching --steps 20 --n 128
@@ -155,10 +157,10 @@ def service(args: argparse.Namespace, checkpoint: Path) -> Iterator[tuple[str, s
     ddpm = [sys.executable, "-m", "app.cli"]
     log_path = tmp / "service.log"
     logs = open(log_path, "wb")  # noqa: SIM115 - closed at exit
-    for argv in (
-        [*ddpm, "api", "--host", "127.0.0.1", "--port", str(port)],
-        [*ddpm, "worker", "--queue", "gen"],
-    ):
+    workers = [
+        [*ddpm, "worker", "--queue", "gen", "--name", f"gen{i}@%h"] for i in range(args.workers)
+    ]
+    for argv in ([*ddpm, "api", "--host", "127.0.0.1", "--port", str(port)], *workers):
         procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=logs, stderr=logs))
     base = f"http://127.0.0.1:{port}"
     try:
@@ -228,7 +230,7 @@ class Clients:
 
     async def wait(self, job_id: str, shard: int) -> dict:
         while True:
-            if self.args.wait == "long":
+            if self.args.wait in ("long", "prefer"):
                 r = await self.request("GET", f"/jobs/{job_id}", shard, params={"wait": 30})
             else:
                 r = await self.request("GET", f"/jobs/{job_id}", shard)
@@ -241,9 +243,12 @@ class Clients:
     async def job(self, body: dict) -> JobRun:
         shard = self._next = self._next + 1
         t0 = time.perf_counter()
-        r = await self.request("POST", "/generate", shard, json=body)
+        prefer = {"Prefer": "wait=30"} if self.args.wait == "prefer" else {}
+        r = await self.request("POST", "/generate", shard, json=body, headers=prefer)
         submitted = time.perf_counter()
-        doc = await self.wait(r.json()["id"], shard)
+        doc = r.json()
+        if doc["status"] not in TERMINAL:
+            doc = await self.wait(doc["id"], shard)
         if doc["status"] != "succeeded":
             raise RuntimeError(f"job {doc['id']} {doc['status']}: {doc.get('error')}")
         if self.args.fetch:
@@ -339,6 +344,12 @@ async def throughput(base: str, redis_url: str, args: argparse.Namespace, common
         f"| POST /generate p50 / p99 ms | {pct(sub, 0.5) * 1e3:.1f} / {pct(sub, 0.99) * 1e3:.1f} |"
     )
     if runs:
+        queued = [r.doc["metrics"].get("queue_seconds") or 0.0 for r in runs]
+        ran = [r.doc["metrics"].get("run_seconds") or 0.0 for r in runs]
+        print(
+            f"| server side p50: queued (created -> claimed) / ran (claimed -> finished) s "
+            f"| {pct(queued, 0.5):.3f} / {pct(ran, 0.5):.3f} |"
+        )
         print(f"| engine batches | {_batch_line([r.doc for r in runs])} |")
         print(f"| Redis commands per job | {total / max(1, ok):.1f} |")
         top = ", ".join(f"{k} {v / max(1, ok):.1f}" for k, v in delta.most_common(12))
@@ -441,13 +452,16 @@ def main() -> None:
                     "that each wait for their job")  # fmt: skip
     ap.add_argument("--connections", type=int, default=256, help="client connections in all")
     ap.add_argument("--shard", type=int, default=4, help="connections per AsyncClient")
-    ap.add_argument("--wait", choices=["long", "poll"], default="long")
+    ap.add_argument("--wait", choices=["long", "poll", "prefer"], default="long",
+                    help="how a client learns its job finished: GET /jobs/{id}?wait= (long), "
+                    "polling, or POST /generate with Prefer: wait= (one request)")  # fmt: skip
     ap.add_argument("--poll", type=float, default=0.05, help="--wait poll: seconds between polls")
     ap.add_argument("--fetch", action=argparse.BooleanOptionalAction, default=True,
                     help="fetch every PNG of a finished job")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the worker")
     ap.add_argument("--max-batch", type=int, default=128, help="the engine's DDPM_MAX_BATCH")
     ap.add_argument("--concurrency", type=int, default=0, help="DDPM_GEN_CONCURRENCY (0: default)")
+    ap.add_argument("--workers", type=int, default=1, help="gen worker processes")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", default="auto", help="the worker's DDPM_DEVICE (auto/cpu/cuda)")
     ap.add_argument("--count", type=int, default=16, help="overhead: images of the job")

@@ -50,7 +50,7 @@ def train(
 ) -> JobDocument:
     """Queue a training job (kind ``train``) that publishes a new checkpoint version."""
     request = normalise_train(body, settings, registry)
-    doc, created = submit_job(
+    doc, created, _ = submit_job(
         "train",
         request,
         settings,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from ..deps import (
     client_id,
@@ -14,8 +17,10 @@ from ..deps import (
     require_api_key,
 )
 from ..events import EVENT_ID_PATTERN, SSE_EVENT_SCHEMA, EventStreamResponse, job_event_stream
+from ..finish_watch import TERMINAL
 from ..jobs import (
     ApiError,
+    Submitted,
     cancel_job,
     document_response,
     normalise_generate,
@@ -39,8 +44,48 @@ MAX_WAIT = 60.0
 _LOCATION = {
     "Location": {"description": "/jobs/{id}", "schema": {"type": "string"}, "required": True}
 }
+_PREFERENCE_APPLIED = {
+    "Preference-Applied": {
+        "description": "`wait=N` when the request's `Prefer: wait=N` was honoured",
+        "schema": {"type": "string"},
+    }
+}
 _UNKNOWN_JOB = (404, "unknown or expired job")
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+_PREFER_WAIT = re.compile(r"^\s*wait\s*=\s*([0-9]{1,9})\s*$", re.IGNORECASE)
+
+
+def preferred_wait(prefer: str | None) -> int:
+    """The ``wait`` preference of a ``Prefer`` header (RFC 7240, in seconds, at most
+    MAX_WAIT); 0 when absent. Preferences this server does not know are ignored, as the
+    RFC asks."""
+    for part in (prefer or "").split(","):
+        m = _PREFER_WAIT.match(part.split(";", 1)[0])
+        if m:
+            return min(int(m.group(1)), int(MAX_WAIT))
+    return 0
+
+
+async def _current(
+    request: Request, store: JobStore, job_id: str, wait: float, known: dict | None = None
+) -> JobDocument:
+    """The job's document, after waiting up to ``wait`` s for it to finish (``known``: its
+    stored document as of now, if at hand); ApiError 404."""
+    ar = request.app.state.aredis.get()
+    if wait > 0:
+        doc = await request.app.state.finish_watch.wait(
+            job_id, lambda: store.aget(ar, job_id), wait, known
+        )
+    else:
+        doc = await store.aget(ar, job_id)
+    if doc is None:
+        raise ApiError(404, f"job {job_id} not found (unknown or expired)")
+    position = None
+    if doc["status"] == "queued":
+        position = await store.aqueue_position(ar, job_id, doc["kind"])
+    return present(doc, position)
 
 
 @router.post(
@@ -48,7 +93,17 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
     status_code=202,
     response_model=JobDocument,
     responses={
-        202: {"description": "queued: the job document", "headers": _LOCATION, "links": JOB_LINKS},
+        200: {
+            "description": "finished within the `Prefer: wait=N` the request asked for: the "
+            "job document, succeeded, failed or canceled",
+            "headers": _LOCATION | _PREFERENCE_APPLIED,
+            "links": JOB_LINKS,
+        },
+        202: {
+            "description": "queued (or still running after `Prefer: wait=N`): the job document",
+            "headers": _LOCATION | _PREFERENCE_APPLIED,
+            "links": JOB_LINKS,
+        },
         **errors(
             401,
             (404, "unknown checkpoint or version"),
@@ -59,31 +114,51 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
         ),
     },
 )
-def generate(
+async def generate(
+    request: Request,
     body: GenerateRequest,
     idempotency_key: str | None = Header(None, pattern=IDEM_RE),
+    prefer: str | None = Header(
+        None,
+        description="`wait=N` (RFC 7240): answer when the job has finished, or after N "
+        f"seconds (at most {MAX_WAIT:.0f}), in one request; other preferences are ignored",
+        max_length=256,
+    ),
     settings: Settings = Depends(get_settings_dep),
     store: JobStore = Depends(get_store),
     registry: Registry = Depends(get_registry),
     messages: TaskMessages = Depends(get_task_messages),
     client: str = Depends(client_id),
 ) -> Response:
-    """Queue a generation job: 202 with ``Location: /jobs/{id}`` and the job document."""
-    request = normalise_generate(body, settings, registry)
-    doc, created = submit_job(
-        "generate",
-        request,
-        settings,
-        store,
-        messages,
-        client=client,
-        idem_key=idempotency_key,
-        body=body.model_dump(mode="json"),
-    )
+    """Queue a generation job: 202 with ``Location: /jobs/{id}`` and the job document. With
+    ``Prefer: wait=N`` the answer waits for the job (200 once it has finished, 202 when N
+    seconds passed first), so a small job costs one request."""
+
+    def submit() -> Submitted:
+        # Resolving a checkpoint may read the object store: off the event loop.
+        normalised = normalise_generate(body, settings, registry)
+        return submit_job(
+            "generate",
+            normalised,
+            settings,
+            store,
+            messages,
+            client=client,
+            idem_key=idempotency_key,
+            body=body.model_dump(mode="json"),
+        )
+
+    doc, created, stored = await run_in_threadpool(submit)
     headers = {"Location": f"/jobs/{doc.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return document_response(doc, 202, headers)
+    wait = preferred_wait(prefer)
+    if not wait:
+        return document_response(doc, 202, headers)
+    headers["Preference-Applied"] = f"wait={wait}"
+    if doc.status not in TERMINAL:
+        doc = await _current(request, store, doc.id, wait, stored)
+    return document_response(doc, 200 if doc.status in TERMINAL else 202, headers)
 
 
 @router.get(
@@ -102,19 +177,7 @@ async def get_job(
     store: JobStore = Depends(get_store),
 ) -> Response:
     """The job document; 404 when unknown or expired. With ``wait``, a long poll."""
-    ar = request.app.state.aredis.get()
-    if wait > 0:
-        doc = await request.app.state.finish_watch.wait(
-            job_id, lambda: store.aget(ar, job_id), wait
-        )
-    else:
-        doc = await store.aget(ar, job_id)
-    if doc is None:
-        raise ApiError(404, f"job {job_id} not found (unknown or expired)")
-    position = None
-    if doc["status"] == "queued":
-        position = await store.aqueue_position(ar, job_id, doc["kind"])
-    return document_response(present(doc, position))
+    return document_response(await _current(request, store, job_id, wait))
 
 
 @router.post(

@@ -18,15 +18,16 @@ from app.store import cumulative_buckets, histogram_fields
 
 
 @pytest.fixture
-def settings(redis_url, tmp_path):
+def local(redis_url, tmp_path):
+    """Settings on a key prefix of their own."""
     return make_settings(redis_url, tmp_path, job_ttl=600)
 
 
 @pytest.fixture
-def store(settings):
-    s = store_for(settings)
+def store(local):
+    s = store_for(local)
     yield s
-    for key in s.r.keys(settings.key_prefix + "*"):
+    for key in s.r.keys(local.key_prefix + "*"):
         s.r.delete(key)
 
 
@@ -37,16 +38,16 @@ def _sent_by_celery(store, settings, job_id: str) -> dict:
     return json.loads(raw)
 
 
-def test_task_message_equals_what_celery_sends(store, settings):
+def test_task_message_equals_what_celery_sends(store, local):
     """The message the store pushes is the one Celery and kombu would have published: same
     headers, properties and body; only the random delivery tag differs."""
-    celery = make_celery(settings)
-    messages = TaskMessages(celery, settings.key_prefix)
+    celery = make_celery(local)
+    messages = TaskMessages(celery, local.key_prefix)
     job_id = "5b0c9a3e-7f2d-4e1a-9c8b-0d1e2f3a4b5c"
     key, raw = messages.encode(GENERATE_TASK, job_id)
-    assert key == settings.key_prefix + "gen"
+    assert key == local.key_prefix + "gen"
     ours = json.loads(raw)
-    theirs = _sent_by_celery(store, settings, job_id)
+    theirs = _sent_by_celery(store, local, job_id)
     for m in (ours, theirs):
         assert m["properties"].pop("delivery_tag")
         m["properties"].pop("reply_to")  # Celery's per-thread id; no results are kept
@@ -55,17 +56,17 @@ def test_task_message_equals_what_celery_sends(store, settings):
     assert ours == theirs
 
 
-def test_create_pushes_the_message_atomically(store, settings):
+def test_create_pushes_the_message_atomically(store, local):
     """A created job and its message appear together; a refused create (queue full) and an
     idempotent replay push nothing."""
-    messages = TaskMessages(make_celery(settings), settings.key_prefix)
-    broker = settings.key_prefix + "gen"
+    messages = TaskMessages(make_celery(local), local.key_prefix)
+    broker = local.key_prefix + "gen"
     job_id = "1b0c9a3e-7f2d-4e1a-9c8b-0d1e2f3a4b5c"
     msg = messages.encode(GENERATE_TASK, job_id)
     sub = store.create("generate", {}, job_id=job_id, message=msg, idem_key="k")
     assert sub.created and sub.position == 0 and sub.doc["status"] == "queued"
     assert store.r.llen(broker) == 1
-    assert job_id in pending_task_ids(store.r, settings, "gen")
+    assert job_id in pending_task_ids(store.r, local, "gen")
     replay = store.create(
         "generate", {}, job_id="2b0c9a3e-7f2d-4e1a-9c8b-0d1e2f3a4b5c", message=msg, idem_key="k"
     )
@@ -187,3 +188,48 @@ def test_many_long_polls_share_one_subscription(isolated):
         return out
 
     assert asyncio.run(scenario()) == ["succeeded"] * 200
+
+
+def test_prefer_wait_parsing():
+    from app.routes.jobs import preferred_wait
+
+    assert preferred_wait(None) == 0
+    assert preferred_wait("wait=5") == 5
+    assert preferred_wait("respond-async, wait=12") == 12
+    assert preferred_wait("WAIT = 3; foo") == 3
+    assert preferred_wait("wait=999999") == 60
+    assert preferred_wait("wait=-1") == 0 and preferred_wait("wait=1.5") == 0
+    assert preferred_wait("handling=strict") == 0
+
+
+def test_prefer_wait_answers_with_the_finished_job(client):
+    """POST /generate with ``Prefer: wait=N`` (the session's real worker runs the job):
+    one request, 200 and the succeeded document with its image."""
+    r = client.post(
+        "/generate",
+        json={"checkpoint": "tiny", "steps": 2, "seed": 5},
+        headers={"Prefer": "wait=30"},
+    )
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["status"] == "succeeded"
+    assert r.headers["Preference-Applied"] == "wait=30"
+    assert r.headers["Location"] == f"/jobs/{doc['id']}"
+    png = client.get(doc["result"]["images"][0]["url"])
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prefer_wait_times_out_with_the_queued_job(isolated):
+    """No worker: after the preferred wait the answer is the usual 202 with the queued job."""
+    s, c = isolated()
+    with c:
+        t0 = time.monotonic()
+        r = c.post(
+            "/generate", json={"checkpoint": "tiny", "steps": 2}, headers={"Prefer": "wait=1"}
+        )
+        assert r.status_code == 202 and r.json()["status"] == "queued"
+        assert r.json()["queue_position"] == 0
+        assert r.headers["Preference-Applied"] == "wait=1"
+        assert 0.9 <= time.monotonic() - t0 < 5
+        r = c.post("/generate", json={"checkpoint": "tiny", "steps": 2})
+        assert r.status_code == 202 and "Preference-Applied" not in r.headers
