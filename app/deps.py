@@ -46,15 +46,19 @@ async def get_task_messages(request: Request) -> TaskMessages:
 
 
 async def get_results(request: Request):
-    """A function kind -> ResultStore (each job records where its results went)."""
+    """A function kind -> ResultStore (each job records where its results went); one
+    store per kind and app."""
     state = request.app.state
+    stores = state.result_stores
 
     def results_for(kind: str) -> ResultStore:
-        s = state.settings
-        objects = object_store_of(s) if kind == "s3" else None
-        return make_result_store(
-            kind, s.data_dir, state.bin_redis, s.key_prefix, s.job_ttl, objects
-        )
+        if kind not in stores:
+            s = state.settings
+            objects = object_store_of(s) if kind == "s3" else None
+            stores[kind] = make_result_store(
+                kind, s.data_dir, state.bin_redis, s.key_prefix, s.job_ttl, objects
+            )
+        return stores[kind]
 
     return results_for
 

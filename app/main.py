@@ -156,6 +156,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     api.state.finish_watch = FinishWatch(api.state.aredis, api.state.store.finished_channel())
     api.state.stream_slots = StreamSlots(s.max_streams, s.max_streams_per_client)
     api.state.registry = make_registry(s, api.state.bin_redis)
+    api.state.result_stores = {}  # kind -> ResultStore, made on first use (deps.get_results)
     api.state.celery = celery or make_celery(s)
     api.state.task_messages = TaskMessages(api.state.celery, s.key_prefix)
     api.state.metrics = CollectorRegistry(auto_describe=False)

@@ -76,6 +76,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         worker_send_task_events=False,
+        # No task has a rate limit: skip the token-bucket bookkeeping of every message.
+        worker_disable_rate_limits=True,
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport,
         task_publish_retry_policy={

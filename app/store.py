@@ -485,6 +485,14 @@ class JobStore:
     def get(self, job_id: str) -> dict[str, Any] | None:
         return parse_doc(self.r.hgetall(self.job_key(job_id)))
 
+    def get_fields(self, job_id: str, *names: str) -> dict[str, Any] | None:
+        """Some fields of a job's document (absent ones None); None for a missing job."""
+        values = self.r.hmget(self.job_key(job_id), ["status", *names])
+        if values[0] is None:
+            return None
+        keys = ["status", *names]
+        return {k: None if v is None else json.loads(v) for k, v in zip(keys, values, strict=True)}
+
     async def aget(self, ar: aredis.Redis, job_id: str) -> dict[str, Any] | None:
         """:meth:`get` through the async client ``ar`` (decoded responses), for the API's
         event loop."""

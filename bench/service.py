@@ -154,7 +154,7 @@ def service(args: argparse.Namespace, checkpoint: Path) -> Iterator[tuple[str, s
     }
     if args.concurrency:
         env["DDPM_GEN_CONCURRENCY"] = str(args.concurrency)
-    ddpm = [sys.executable, "-m", "app.cli"]
+    ddpm = [args.service_python or sys.executable, "-m", "app.cli"]
     log_path = tmp / "service.log"
     logs = open(log_path, "wb")  # noqa: SIM115 - closed at exit
     workers = [
@@ -462,6 +462,9 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=128, help="the engine's DDPM_MAX_BATCH")
     ap.add_argument("--concurrency", type=int, default=0, help="DDPM_GEN_CONCURRENCY (0: default)")
     ap.add_argument("--workers", type=int, default=1, help="gen worker processes")
+    ap.add_argument("--service-python", default=None,
+                    help="the interpreter of the service's processes (another build's venv, "
+                    "to compare builds under the same clients)")  # fmt: skip
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", default="auto", help="the worker's DDPM_DEVICE (auto/cpu/cuda)")
     ap.add_argument("--count", type=int, default=16, help="overhead: images of the job")

@@ -243,7 +243,8 @@ _RESULT_ERRORS = errors(
 
 
 def _result(store: JobStore, results_for, job_id: str, name: str, media: str) -> Response:
-    doc = store.get(job_id)
+    # The fields a download needs, not the whole document (a download follows every job).
+    doc = store.get_fields(job_id, "result_store", "request", "result_attempt")
     if doc is None:
         raise ApiError(404, f"job {job_id} not found (unknown or expired)")
     if doc["status"] != "succeeded":
