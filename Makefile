@@ -40,7 +40,8 @@ format: install
 
 bench: install
 	$(PY) bench/sampler.py
-	$(PY) bench/service.py
+	$(PY) bench/service.py batching --steps 20 --n 128
+	$(PY) bench/service.py throughput --trivial --steps 1 --n 200 --duration 30
 
 # The wheels bench/gpu_check.sh installs on a GPU machine (cp312 manylinux x86_64, ~19 MB;
 # not in git). GPU_PY=3.11 GPU_WHEELS=... builds the same set for a CPU dry run here.

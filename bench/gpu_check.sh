@@ -7,7 +7,8 @@
 #            DDPMPipeline/DDIMPipeline fp32 and fp16, up to the probed batch; eager, bf16,
 #            compiled and CUDA graphs; img/s, TFLOP/s, fraction of the bf16 peak; a profile
 #   service  bench/service.py with the gen worker on CUDA: 64 concurrent single-image jobs
-#            against one 64-image job, and the service's overhead
+#            against one 64-image job; then 1-step jobs from 256 clients for 15 s (the
+#            control plane's jobs/s next to a GPU)
 # Everything goes to $OUT (at most 8 files): gpu_check.log (all of it), env.txt, tests.txt,
 # sampler.md, profile.txt, service.md, summary.md. Each stage has a time limit; a stage
 # that fails or runs out of time does not stop the others.
@@ -111,8 +112,10 @@ if [ "$DRY" = 1 ]; then
              --samplers ddpm --repeats 1 --warmup 1 --compile --compile-batches max
              --cuda-graphs --device-noise --deadline 150 --compile-reserve 60 --threads 2)
     INIT=(--preset tiny --image-size 16 --channels 1)
-    SERVICE=(--device cpu --steps 5 --sampler ddpm --n 4 --count 2 --repeat 1 --threads 1)
-    LIMITS=(300 240 180)
+    SERVICE=(batching --device cpu --steps 5 --sampler ddpm --n 4 --repeat 1 --threads 1)
+    CONTROL=(throughput --device cpu --steps 1 --n 16 --duration 5 --warmup 1 --wait prefer
+             --no-fetch --threads 1)
+    LIMITS=(300 240 180 60)
 else
     # Engine tests first, then training and the CPU-injected OOM, then the compile tests
     # (the slowest: 3 compiles).
@@ -125,9 +128,11 @@ else
              --compile --compile-batches max --cuda-graphs --graphs-batches 64,max
              --device-noise --deadline 175 --compile-reserve 80 --profile "$OUT/profile.txt")
     INIT=(--preset ddpm-cifar10 --image-size 32 --channels 3)
-    SERVICE=(--device cuda --steps 100 --sampler ddpm --n 64 --count 16 --repeat 3
-             --threads 4 --poll 0.05)
-    LIMITS=(150 220 110)
+    SERVICE=(batching --device cuda --steps 100 --sampler ddpm --n 64 --repeat 3 --threads 4)
+    # The control plane next to a GPU: 1-step jobs, so the job's surroundings dominate.
+    CONTROL=(throughput --device cuda --steps 1 --n 256 --duration 15 --wait prefer
+             --no-fetch --threads 4)
+    LIMITS=(150 220 110 60)
 fi
 
 if wanted tests; then
@@ -149,6 +154,10 @@ if wanted service; then
         "$PY" bench/service.py --checkpoint "$WORK/model" "${SERVICE[@]}"
     grep -E '^(ratio|overhead)' "$OUT/service.md" | sed 's/^/  /' | tee -a "$SUMMARY"
     grep -E '^\|' "$OUT/service.md" >>"$SUMMARY"
+    run_stage control "${LIMITS[3]}" "$OUT/service.md" \
+        "$PY" bench/service.py --checkpoint "$WORK/model" "${CONTROL[@]}"
+    grep -E '^\| (jobs/s|errors|job latency|server side|engine)' "$OUT/service.md" \
+        | sed 's/^/  /' | tee -a "$SUMMARY"
 fi
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm,temperature.gpu --format=csv >>"$OUT/env.txt" 2>&1

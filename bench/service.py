@@ -13,7 +13,7 @@ Modes:
 ``overhead``    one ``--count``-image job end to end against ``ddpm_core.pipeline.generate``
                 on the same machine.
 
-``--trivial`` serves a checkpoint whose network is a few hundred parameters (random weights,
+``--trivial`` serves a checkpoint whose network has about 10,000 parameters (random weights,
 16x16, one channel): the model step costs next to nothing, so the control plane alone is
 measured. Clients wait for a job with ``GET /jobs/{id}?wait=`` (long poll: two requests per
 job), with ``--wait prefer`` in the submission itself (``Prefer: wait=30``: one request),
