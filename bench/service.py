@@ -50,7 +50,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -106,6 +106,31 @@ def trivial_checkpoint(dst: Path) -> Path:
     return save_checkpoint(dst, config, model, meta={"note": "bench/service.py --trivial"})
 
 
+class CpuMeter:
+    """CPU seconds (user + system) each of the bench's processes has used: the service's
+    (by role) and this one, the clients'."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        import psutil
+
+        self.procs = {role: [psutil.Process(pid) for pid in ids] for role, ids in pids.items()} | {
+            "clients": [psutil.Process()]
+        }
+
+    def read(self) -> dict[str, float]:
+        import psutil
+
+        used = {}
+        for role, procs in self.procs.items():
+            total = 0.0
+            for p in procs:
+                with contextlib.suppress(psutil.Error):  # a process that died counts 0
+                    t = p.cpu_times()
+                    total += t.user + t.system
+            used[role] = total
+        return used
+
+
 class Redis:
     """``INFO commandstats`` deltas of the service's Redis."""
 
@@ -121,10 +146,17 @@ class Redis:
         )
 
 
+class Service(NamedTuple):
+    base: str  # the API's URL
+    redis_url: str
+    log_path: Path
+    pids: dict[str, list[int]]  # role (api, worker, redis) -> process ids
+
+
 @contextlib.contextmanager
-def service(args: argparse.Namespace, checkpoint: Path) -> Iterator[tuple[str, str, Path]]:
+def service(args: argparse.Namespace, checkpoint: Path) -> Iterator[Service]:
     """Start Redis (unless DDPM_TEST_REDIS_URL), ``ddpm api`` and ``ddpm worker --queue gen``;
-    yields (API base URL, Redis URL, log file); stops them all on exit."""
+    stops them all on exit."""
     from app.registry import Registry
     from app.service_cli import start_embedded_redis
 
@@ -133,10 +165,12 @@ def service(args: argparse.Namespace, checkpoint: Path) -> Iterator[tuple[str, s
     data.mkdir()
     Registry(data).publish(checkpoint, "bench")
     procs: list[subprocess.Popen] = []
+    pids: dict[str, list[int]] = {}
     url = os.environ.get("DDPM_TEST_REDIS_URL")
-    if not url:
+    if not url:  # an outside Redis is shared: its CPU is not the service's alone
         redis_proc, url = start_embedded_redis(data)
         procs.append(redis_proc)
+        pids["redis"] = [redis_proc.pid]
     port = _free_port()
     biggest = max(args.n, args.count, args.max_batch)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DDPM_")} | {
@@ -160,8 +194,10 @@ def service(args: argparse.Namespace, checkpoint: Path) -> Iterator[tuple[str, s
     workers = [
         [*ddpm, "worker", "--queue", "gen", "--name", f"gen{i}@%h"] for i in range(args.workers)
     ]
-    for argv in ([*ddpm, "api", "--host", "127.0.0.1", "--port", str(port)], *workers):
+    api = [*ddpm, "api", "--host", "127.0.0.1", "--port", str(port)]
+    for role, argv in [("api", api), *(("worker", w) for w in workers)]:
         procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=logs, stderr=logs))
+        pids.setdefault(role, []).append(procs[-1].pid)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -174,7 +210,7 @@ def service(args: argparse.Namespace, checkpoint: Path) -> Iterator[tuple[str, s
             if time.monotonic() > deadline:
                 raise TimeoutError(log_path.read_text()[-2000:])
             time.sleep(0.3)
-        yield base, url, log_path
+        yield Service(base, url, log_path, pids)
     finally:
         for p in reversed(procs):
             if p.poll() is None:
@@ -270,8 +306,8 @@ def _batch_line(docs: list[dict]) -> str:
     return f"mean of the jobs' mean batch {statistics.mean(means):.1f}, max {max(maxes)}"
 
 
-async def throughput(base: str, redis_url: str, args: argparse.Namespace, common: dict) -> None:
-    clients = Clients(base, args)
+async def throughput(svc: Service, args: argparse.Namespace, common: dict) -> None:
+    clients = Clients(svc.base, args)
     await clients.job({**common, "count": 1, "seed": 0})  # warm-up (model load)
     runs: list[JobRun] = []
     stop = time.perf_counter() + args.warmup + args.duration
@@ -303,15 +339,15 @@ async def throughput(base: str, redis_url: str, args: argparse.Namespace, common
             due += 1 / args.rate
         await asyncio.gather(*tasks)
 
-    redis = Redis(redis_url)
+    redis, cpu = Redis(svc.redis_url), CpuMeter(svc.pids)
     await asyncio.sleep(0)
     t0 = time.perf_counter()
-    before = None
+    before = cpu_before = None
 
     async def snapshot() -> None:
-        nonlocal before
+        nonlocal before, cpu_before
         await asyncio.sleep(args.warmup)
-        before = redis.calls()
+        before, cpu_before = redis.calls(), cpu.read()
 
     snap = asyncio.create_task(snapshot())
     if args.rate:
@@ -320,12 +356,12 @@ async def throughput(base: str, redis_url: str, args: argparse.Namespace, common
         await asyncio.gather(*(client() for _ in range(args.n)))
     await snap
     elapsed = time.perf_counter() - t0 - args.warmup
-    after = redis.calls()
+    after, cpu_after = redis.calls(), cpu.read()
     await clients.aclose()
     ok = len(runs)
     lat = [r.latency for r in runs]
     sub = [r.submit for r in runs]
-    assert before is not None
+    assert before is not None and cpu_before is not None
     delta = after - before
     total = sum(delta.values())
     load = (
@@ -354,6 +390,13 @@ async def throughput(base: str, redis_url: str, args: argparse.Namespace, common
         print(f"| Redis commands per job | {total / max(1, ok):.1f} |")
         top = ", ".join(f"{k} {v / max(1, ok):.1f}" for k, v in delta.most_common(12))
         print(f"| of which (per job) | {top} |")
+        used = {role: cpu_after[role] - cpu_before[role] for role in cpu_after}
+        per_job = ", ".join(f"{role} {t / ok * 1e3:.2f}" for role, t in used.items())
+        print(f"| CPU ms per job, by process | {per_job} |")
+        print(
+            f"| CPU used of {os.cpu_count()} cores (these processes) | "
+            f"{sum(used.values()) / elapsed / (os.cpu_count() or 1):.0%} |"
+        )
     for err, k in clients.errors.most_common(5):
         print(f"error x{k}: {err}")
 
@@ -497,14 +540,14 @@ def main() -> None:
         run = uvloop.run
     except ImportError:
         run = asyncio.run
-    with service(args, src) as (base, redis_url, log_path):
+    with service(args, src) as svc:
         if args.mode == "throughput":
-            run(throughput(base, redis_url, args, common))
+            run(throughput(svc, args, common))
         elif args.mode == "batching":
-            run(batching(base, args, common))
+            run(batching(svc.base, args, common))
         else:
-            run(overhead(base, src, args, common))
-    print(f"(service log: {log_path})")
+            run(overhead(svc.base, src, args, common))
+    print(f"(service log: {svc.log_path})")
 
 
 if __name__ == "__main__":
