@@ -110,24 +110,19 @@ class CpuMeter:
     """CPU seconds (user + system) each of the bench's processes has used: the service's
     (by role) and this one, the clients'."""
 
-    def __init__(self, pids: dict[str, list[int]]) -> None:
+    def __init__(self, procs: list[tuple[str, subprocess.Popen]]) -> None:
         import psutil
 
-        self.procs = {role: [psutil.Process(pid) for pid in ids] for role, ids in pids.items()} | {
-            "clients": [psutil.Process()]
-        }
+        self.error = psutil.Error
+        self.procs = [(role, psutil.Process(p.pid)) for role, p in procs]
+        self.procs.append(("clients", psutil.Process()))
 
     def read(self) -> dict[str, float]:
-        import psutil
-
-        used = {}
-        for role, procs in self.procs.items():
-            total = 0.0
-            for p in procs:
-                with contextlib.suppress(psutil.Error):  # a process that died counts 0
-                    t = p.cpu_times()
-                    total += t.user + t.system
-            used[role] = total
+        used = dict.fromkeys((role for role, _ in self.procs), 0.0)
+        for role, p in self.procs:
+            with contextlib.suppress(self.error):  # a process that died counts 0
+                t = p.cpu_times()
+                used[role] += t.user + t.system
         return used
 
 
@@ -150,7 +145,7 @@ class Service(NamedTuple):
     base: str  # the API's URL
     redis_url: str
     log_path: Path
-    pids: dict[str, list[int]]  # role (api, worker, redis) -> process ids
+    procs: list[tuple[str, subprocess.Popen]]  # (role: api, worker, redis; its process)
 
 
 @contextlib.contextmanager
@@ -164,13 +159,11 @@ def service(args: argparse.Namespace, checkpoint: Path) -> Iterator[Service]:
     data = tmp / "data"
     data.mkdir()
     Registry(data).publish(checkpoint, "bench")
-    procs: list[subprocess.Popen] = []
-    pids: dict[str, list[int]] = {}
+    procs: list[tuple[str, subprocess.Popen]] = []
     url = os.environ.get("DDPM_TEST_REDIS_URL")
     if not url:  # an outside Redis is shared: its CPU is not the service's alone
         redis_proc, url = start_embedded_redis(data)
-        procs.append(redis_proc)
-        pids["redis"] = [redis_proc.pid]
+        procs.append(("redis", redis_proc))
     port = _free_port()
     biggest = max(args.n, args.count, args.max_batch)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DDPM_")} | {
@@ -196,8 +189,7 @@ def service(args: argparse.Namespace, checkpoint: Path) -> Iterator[Service]:
     ]
     api = [*ddpm, "api", "--host", "127.0.0.1", "--port", str(port)]
     for role, argv in [("api", api), *(("worker", w) for w in workers)]:
-        procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=logs, stderr=logs))
-        pids.setdefault(role, []).append(procs[-1].pid)
+        procs.append((role, subprocess.Popen(argv, cwd=ROOT, env=env, stdout=logs, stderr=logs)))
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -210,12 +202,12 @@ def service(args: argparse.Namespace, checkpoint: Path) -> Iterator[Service]:
             if time.monotonic() > deadline:
                 raise TimeoutError(log_path.read_text()[-2000:])
             time.sleep(0.3)
-        yield Service(base, url, log_path, pids)
+        yield Service(base, url, log_path, procs)
     finally:
-        for p in reversed(procs):
+        for _, p in reversed(procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in procs:
+        for _, p in procs:
             try:
                 p.wait(30)
             except subprocess.TimeoutExpired:
@@ -339,7 +331,7 @@ async def throughput(svc: Service, args: argparse.Namespace, common: dict) -> No
             due += 1 / args.rate
         await asyncio.gather(*tasks)
 
-    redis, cpu = Redis(svc.redis_url), CpuMeter(svc.pids)
+    redis, cpu = Redis(svc.redis_url), CpuMeter(svc.procs)
     await asyncio.sleep(0)
     t0 = time.perf_counter()
     before = cpu_before = None
