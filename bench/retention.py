@@ -29,10 +29,10 @@ def main() -> None:
 
     import torch
 
-    from app.results import DiskResults
-    from app.service_cli import EmbeddedRedis
-    from app.settings import Settings
-    from app.store import store_from_settings
+    from app.cli.service import EmbeddedRedis
+    from app.core.settings import Settings
+    from app.core.storage.results import DiskResults
+    from app.core.store import store_from_settings
     from ddpm_core.builtin import builtin_path
     from ddpm_core.checkpoint import load_checkpoint
     from ddpm_core.images import png_bytes

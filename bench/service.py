@@ -85,9 +85,9 @@ def trivial_checkpoint(dst: Path) -> Path:
     8-channel stage, random weights (its images are noise; only the time matters)."""
     import torch
 
+    from app.cli.offline import checkpoint_dir
     from ddpm_core.checkpoint import save_checkpoint
     from ddpm_core.checkpoint_config import CheckpointConfig, read_json
-    from ddpm_core.cli import checkpoint_dir
     from ddpm_core.unet import UNet
 
     cfg = read_json(checkpoint_dir("digits") / "config.json")
@@ -152,8 +152,8 @@ class Service(NamedTuple):
 def service(args: argparse.Namespace, checkpoint: Path) -> Iterator[Service]:
     """Start Redis (unless DDPM_TEST_REDIS_URL), ``ddpm api`` and ``ddpm worker --queue gen``;
     stops them all on exit."""
-    from app.registry import Registry
-    from app.service_cli import start_embedded_redis
+    from app.cli.service import start_embedded_redis
+    from app.core.checkpoints.registry import Registry
 
     tmp = Path(tempfile.mkdtemp(prefix="ddpm-bench-"))
     data = tmp / "data"
@@ -509,7 +509,7 @@ def main() -> None:
 
     import torch
 
-    from ddpm_core.cli import checkpoint_dir
+    from app.cli.offline import checkpoint_dir
 
     tmp = Path(tempfile.mkdtemp(prefix="ddpm-bench-ckpt-"))
     src = trivial_checkpoint(tmp / "trivial") if args.trivial else checkpoint_dir(args.checkpoint)

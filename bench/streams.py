@@ -91,7 +91,7 @@ def report(title: str, figures: dict[str, list[float]]) -> None:
 
 def start_api(tmp: Path, streams: int) -> tuple[str, str, list[subprocess.Popen]]:
     """A ``ddpm api`` without a worker; returns (url, queued job id, processes)."""
-    from app.service_cli import start_embedded_redis
+    from app.cli.service import start_embedded_redis
 
     data = tmp / "data"
     data.mkdir()

@@ -36,7 +36,7 @@ MODEL = [
 def run(processes: int, threads: int, steps: int, batch: int, device: str, tmp: Path) -> dict:
     out, progress = tmp / f"p{processes}t{threads}", tmp / f"p{processes}t{threads}.jsonl"
     cmd = [
-        sys.executable, "-m", "ddpm_core.train_cli", "train", *MODEL, "--steps", str(steps),
+        sys.executable, "-m", "app.cli.train", "train", *MODEL, "--steps", str(steps),
         "--batch-size", str(batch), "--device", device, "--out", str(out),
         "--progress-file", str(progress), "--no-progress",
     ]  # fmt: skip

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 # The config and its validation need no torch; they live in checkpoint_config.
-from .checkpoint_config import (
+from ddpm_core.checkpoint_config import (
     CONFIG_FILE,
     FORMAT_VERSION,
     META_FILE,
@@ -33,9 +33,9 @@ from .checkpoint_config import (
     read_config,
     read_meta,
 )
-from .schedule import NoiseSchedule
-from .unet import UNet
-from .unet_config import DEFAULT_MAX_ACTIVATION_BYTES, DEFAULT_MAX_PARAMS
+from ddpm_core.schedule import NoiseSchedule
+from ddpm_core.unet import UNet
+from ddpm_core.unet_config import DEFAULT_MAX_ACTIVATION_BYTES, DEFAULT_MAX_PARAMS
 
 __all__ = [
     "FORMAT_VERSION",
@@ -65,7 +65,7 @@ class Checkpoint:
 
     @property
     def schedule(self) -> NoiseSchedule:
-        return self.config.noise_schedule()
+        return NoiseSchedule.from_config(self.config.schedule)
 
 
 def _state_dict(weights: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -14,9 +14,9 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .unet_config import (
+from ddpm_core.unet_config import (
     DEFAULT_MAX_ACTIVATION_BYTES,
     DEFAULT_MAX_PARAMS,
     ConfigError,
@@ -27,9 +27,6 @@ from .unet_config import (
     check_int,
     check_model_size,
 )
-
-if TYPE_CHECKING:
-    from .schedule import NoiseSchedule
 
 __all__ = [
     "FORMAT_VERSION",
@@ -138,11 +135,6 @@ class CheckpointConfig:
     @property
     def num_train_timesteps(self) -> int:
         return int(self.schedule.get("num_train_timesteps", 1000))
-
-    def noise_schedule(self) -> NoiseSchedule:
-        from .schedule import NoiseSchedule  # torch: only where a schedule is built
-
-        return NoiseSchedule.from_config(self.schedule)
 
     def to_dict(self) -> dict:
         return {

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .schedule import NoiseSchedule
+from ddpm_core.schedule import NoiseSchedule
 
 __all__ = [
     "extract",

@@ -11,7 +11,7 @@ resumable state and previews are rank 0's business alone; a run saved with N pro
 resumes with any other number.
 
 Launch: ``ddpm train --nproc-per-node N ...`` (re-runs itself under
-``python -m torch.distributed.run``), or ``torchrun ... -m ddpm_core.train_cli train ...``
+``python -m torch.distributed.run``), or ``torchrun ... -m app.cli.train train ...``
 for several hosts. The environment that torchrun sets (``WORLD_SIZE``, ``RANK``,
 ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) is all that :func:`setup` reads.
 NCCL on CUDA (one GPU per local rank), gloo on the CPU.
@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from .pipeline import resolve_device
+from ddpm_core.pipeline import resolve_device
 
 __all__ = [
     "DistContext",

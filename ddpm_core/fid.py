@@ -151,7 +151,7 @@ def reference_stats(
     """Feature statistics of ``dataset`` (``digits`` or an image folder) loaded at
     ``image_size`` and ``channels`` as training sees it, from the cache when the same
     images were seen before (the key hashes their pixels and the weights)."""
-    from .data import load_dataset
+    from ddpm_core.data import load_dataset
 
     ds = load_dataset(dataset, image_size, channels)
     pixels = ds.pixels.contiguous()

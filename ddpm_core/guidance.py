@@ -13,7 +13,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from .samplers import Denoiser
+from ddpm_core.samplers import Denoiser
 
 __all__ = ["guided_eps", "make_denoiser"]
 

@@ -71,7 +71,7 @@ class DigitsScore:
 def _split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
-    from .data import digits_arrays
+    from ddpm_core.data import digits_arrays
 
     images, labels = digits_arrays()
     return train_test_split(

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import torch
 
-from .checkpoint import Checkpoint
-from .guidance import make_denoiser
-from .samplers import StepCallback, StepTable, sample, step_table
-from .seeding import BatchNoise
+from ddpm_core.checkpoint import Checkpoint
+from ddpm_core.guidance import make_denoiser
+from ddpm_core.samplers import StepCallback, StepTable, sample, step_table
+from ddpm_core.seeding import BatchNoise
 
 __all__ = ["resolve_device", "step_table_for", "check_labels", "generate"]
 

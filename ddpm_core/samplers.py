@@ -61,8 +61,8 @@ from typing import Literal
 
 import torch
 
-from .checkpoint_config import PREDICTION_TYPES, SAMPLERS, VARIANCE_TYPES
-from .schedule import NoiseSchedule, linspace_timesteps
+from ddpm_core.checkpoint_config import PREDICTION_TYPES, SAMPLERS, VARIANCE_TYPES
+from ddpm_core.schedule import NoiseSchedule, linspace_timesteps
 
 __all__ = [
     "Denoiser",

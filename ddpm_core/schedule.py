@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ddpm_core.checkpoint_config import parse_schedule
+
 __all__ = ["NoiseSchedule", "default_timesteps", "linspace_timesteps"]
 
 
@@ -100,8 +102,6 @@ class NoiseSchedule:
     def from_config(cls, cfg: dict) -> NoiseSchedule:
         """Build from a checkpoint's ``schedule`` section (see ``to_config``); ValueError
         (a ConfigError naming the field) for an unknown kind or a parameter out of range."""
-        from .checkpoint_config import parse_schedule  # torch-free validation, shared
-
         p = parse_schedule(cfg)
         T = p["num_train_timesteps"]
         if p["kind"] == "linear":

@@ -32,17 +32,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, CheckpointConfig, non_finite_tensors, save_checkpoint
-from .checkpoint_config import PREDICTION_TYPES, SAMPLERS, scrub_paths
-from .data import ImageDataset, load_dataset
-from .diffusion import diffusion_loss, q_sample, training_target
-from .distributed import setup as setup_distributed
-from .ema import EMA
-from .images import make_grid, png_bytes
-from .pipeline import generate
-from .schedule import NoiseSchedule
-from .unet import UNet
-from .unet_config import UNetConfig, training_unet_config
+from ddpm_core.checkpoint import Checkpoint, CheckpointConfig, non_finite_tensors, save_checkpoint
+from ddpm_core.checkpoint_config import PREDICTION_TYPES, SAMPLERS, scrub_paths
+from ddpm_core.data import ImageDataset, load_dataset
+from ddpm_core.diffusion import diffusion_loss, q_sample, training_target
+from ddpm_core.distributed import setup as setup_distributed
+from ddpm_core.ema import EMA
+from ddpm_core.images import make_grid, png_bytes
+from ddpm_core.pipeline import generate
+from ddpm_core.schedule import NoiseSchedule
+from ddpm_core.unet import UNet
+from ddpm_core.unet_config import UNetConfig, training_unet_config
 
 __all__ = [
     "STATE_DIR",

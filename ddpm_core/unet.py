@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # The config lives in a torch-free module (the API validates checkpoints with it).
-from .unet_config import PRESETS, StagePlan, UNetConfig, preset, unet_layout
+from ddpm_core.unet_config import PRESETS, StagePlan, UNetConfig, preset, unet_layout
 
 __all__ = ["UNetConfig", "UNet", "PRESETS", "preset", "timestep_embedding"]
 

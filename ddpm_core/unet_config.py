@@ -35,7 +35,7 @@ __all__ = [
     "DEFAULT_MAX_ACTIVATION_BYTES",
 ]
 
-# The service's defaults (app.settings mirrors them): the DDPM CIFAR-10 UNet has 35.7 M
+# The service's defaults (app.core.settings mirrors them): the DDPM CIFAR-10 UNet has 35.7 M
 # parameters and about 0.2 GiB of activations per 32x32 image; 256x256 DDPM models ~114 M.
 DEFAULT_MAX_PARAMS = 200_000_000
 DEFAULT_MAX_ACTIVATION_BYTES = 8 * 2**30

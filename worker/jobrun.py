@@ -28,12 +28,11 @@ from typing import Any, TypeVar
 
 import redis
 
-from app.logs import log_event
-from app.queue import TASK_OF
-from app.store import Claim, is_transient
-
-from .monitor import Held
-from .runtime import Runtime
+from app.core.jobs.names import TASK_OF
+from app.core.logs import log_event
+from app.core.store import Claim, is_transient
+from worker.monitor import Held
+from worker.runtime import Runtime
 
 __all__ = ["Outcome", "run_job", "durably", "public_message", "Interrupted"]
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import redis
 
-from app.logs import log_event
-from app.store import RENEW_CANCEL, RENEW_PREVIEW, JobStore
+from app.core.logs import log_event
+from app.core.store import RENEW_CANCEL, RENEW_PREVIEW, JobStore
 
 __all__ = ["Held", "JobMonitor"]
 

@@ -16,17 +16,18 @@ passes are idempotent transitions of the store, so several reapers never conflic
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from app.logs import log_event
-from app.queue import QUEUE_OF_TASK, TASK_OF, pending_task_ids
-from app.results import DiskResults, ResultStore
-from app.settings import Settings
-from app.store import JOB_ID_RE, JobStore
+from app.core.jobs.ids import is_job_id
+from app.core.jobs.names import QUEUE_OF_TASK, TASK_OF
+from app.core.logs import log_event
+from app.core.queue import pending_task_ids
+from app.core.settings import Settings
+from app.core.storage.results import DiskResults, ResultStore
+from app.core.store import JobStore
 
 __all__ = ["Reaper"]
 
@@ -101,7 +102,7 @@ class Reaper:
         runs = Path(self.settings.data_dir).resolve() / "runs"
         gone = [j for j in expired if not self.store.r.exists(self.store.job_key(j))]
         for job_id in gone:
-            if re.fullmatch(JOB_ID_RE, job_id):  # never a path from Redis unchecked
+            if is_job_id(job_id):  # never a path from Redis unchecked
                 for results in self.result_stores:
                     results.delete(job_id)
                 shutil.rmtree(runs / job_id, ignore_errors=True)

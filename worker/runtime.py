@@ -13,12 +13,12 @@ from typing import Any
 
 import redis
 
-from app.logs import configure_logging, log_event
-from app.metrics import BATCH_BUCKETS
-from app.registry import Registry, make_registry
-from app.results import ResultStore, make_result_store, object_store_of
-from app.settings import Settings, get_settings
-from app.store import JobStore, connect, store_from_settings
+from app.core.checkpoints import Registry, make_registry
+from app.core.logs import configure_logging, log_event
+from app.core.settings import Settings, get_settings
+from app.core.stats import BATCH_BUCKETS
+from app.core.storage.results import ResultStore, make_result_store, object_store_of
+from app.core.store import JobStore, connect, store_from_settings
 
 __all__ = ["Runtime", "get_runtime"]
 
@@ -62,7 +62,7 @@ class Runtime:
         """A Celery app for sending tasks (re-queued jobs) with this runtime's settings."""
         with self._lock:
             if self._celery is None:
-                from app.queue import make_celery
+                from app.core.queue import make_celery
 
                 self._celery = make_celery(self.settings)
             return self._celery
@@ -71,7 +71,7 @@ class Runtime:
         """The process's job monitor (lease renewal, progress writes, cancel checks)."""
         with self._lock:
             if self._monitor is None:
-                from .monitor import JobMonitor
+                from worker.monitor import JobMonitor
 
                 self._monitor = JobMonitor(self.store, self.settings.progress_interval)
             return self._monitor
@@ -81,8 +81,7 @@ class Runtime:
         with self._lock:
             if self._engine is None:
                 from ddpm_core.acceleration import FastOptions
-
-                from .engine import Engine
+                from worker.generate.engine import Engine
 
                 s = self.settings
                 fast = FastOptions(
@@ -130,7 +129,7 @@ class Runtime:
 
     def start_background(self) -> None:
         """Start the heartbeat and the reaper (once)."""
-        from .reaper import Reaper
+        from worker.reaper import Reaper
 
         with self._lock:
             if self._threads:

@@ -14,14 +14,13 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
-from app.logs import log_event
-from app.queue import GENERATE_TASK, TRAIN_TASK
-from app.queue import app as celery_app
-
-from .generate import generate_body
-from .jobrun import run_job
-from .runtime import get_runtime
-from .training import train_body
+from app.core.jobs.names import GENERATE_TASK, TRAIN_TASK
+from app.core.logs import log_event
+from worker.celery_app import app as celery_app
+from worker.generate.job import generate_body
+from worker.jobrun import run_job
+from worker.runtime import get_runtime
+from worker.train.job import train_body
 
 __all__ = ["generate", "train"]
 

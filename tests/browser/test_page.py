@@ -14,7 +14,7 @@ from svc_helpers import wait_job
 
 pytestmark = pytest.mark.timeout(180)
 
-BLUE = (0x25, 0x63, 0xEB)  # the loss line of app/ui/chart.js
+BLUE = (0x25, 0x63, 0xEB)  # the loss line of app/api/ui/chart.js
 
 
 def open_page(page, served, hash_: str = "#/generate", ready: str = "generate"):

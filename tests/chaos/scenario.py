@@ -156,8 +156,8 @@ class Cluster:
         self.client.close()
 
     def store(self) -> Any:
-        from app.settings import Settings
-        from app.store import store_from_settings
+        from app.core.settings import Settings
+        from app.core.store import store_from_settings
 
         return store_from_settings(
             Settings(redis_url=self.redis_url, redis_password=PASSWORD, data_dir=self.data)

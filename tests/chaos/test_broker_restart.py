@@ -1,6 +1,6 @@
 """A gen worker with jobs in flight rides out a Redis SIGKILL and restart.
 
-Without the patch in app/queue.py (kombu's Redis channel closed after Celery's
+Without the patch in app/core/queue/kombu_patches.py (kombu's Redis channel closed after Celery's
 ``collect()`` detached its transport) the worker stops with "Unrecoverable error"; the
 unpatched run shows the test can tell."""
 
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scenario import Cluster  # noqa: E402
 
 UNPATCHED = (
-    "import kombu.transport.redis as k, app.queue, sys\n"
+    "import kombu.transport.redis as k, worker.celery_app, sys\n"
     "k.Channel._connparams = k.Channel._connparams.__wrapped__\n"
     "from app.cli import main\n"
     "sys.exit(main(['worker', '--queue', 'gen']))\n"

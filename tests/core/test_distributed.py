@@ -58,7 +58,7 @@ def _env() -> dict[str, str]:
 
 
 def _ddpm_train(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "ddpm_core.train_cli", "train", *args]
+    cmd = [sys.executable, "-m", "app.cli.train", "train", *args]
     return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=200)
 
 
@@ -144,7 +144,7 @@ def test_resume_with_another_number_of_processes(tmp_path: Path) -> None:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
         "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "resume",
-        "-m", "ddpm_core.train_cli", "train", "--resume", "--steps", "24",
+        "-m", "app.cli.train", "train", "--resume", "--steps", "24",
         "--out", str(tmp_path / "b"), "--progress-file", str(tmp_path / "b.jsonl"), "--no-progress",
     ]  # fmt: skip
     out = subprocess.PIPE

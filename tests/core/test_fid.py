@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_core import train_cli
+from app.cli import train as train_cli
 from ddpm_core.fid import (
     FidUnavailable,
     InceptionFeatures,

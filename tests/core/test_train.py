@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddpm_core import train_cli
+from app.cli import train as train_cli
 from ddpm_core.checkpoint import load_checkpoint
 from ddpm_core.data import load_digits
 from ddpm_core.train import (

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.cli.offline import checkpoint_dir
 from ddpm_core.checkpoint import load_checkpoint
-from ddpm_core.cli import checkpoint_dir
 from ddpm_core.pipeline import generate
-from worker.engine import Engine, GenSpec
+from worker.generate.engine import Engine, GenSpec
 
 NO_CUDA = "needs a CUDA device: run bench/gpu_check.sh on a GPU machine"
 

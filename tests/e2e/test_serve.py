@@ -24,7 +24,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def served(tmp_path):
-    from app.registry import Registry
+    from app.core.checkpoints.registry import Registry
 
     data = tmp_path / "data"
     Registry(data).publish(make_tiny_checkpoint(tmp_path / "src"), "tiny")

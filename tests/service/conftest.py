@@ -44,7 +44,7 @@ def _one_torch_thread() -> None:
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DATA_DIR with checkpoints ``tiny`` (unconditional) and ``tinycond`` (10 classes)."""
-    from app.registry import Registry
+    from app.core.checkpoints.registry import Registry
 
     d = tmp_path_factory.mktemp("data")
     src = tmp_path_factory.mktemp("src")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+BLOCKED = ROOT / "tests" / "architecture" / "blocked.py"
 TERMINAL = {"succeeded", "failed", "canceled"}
 
 
@@ -121,7 +122,7 @@ def service_env(settings) -> dict[str, str]:
 
 
 def make_settings(redis_url: str, data_dir: Path, **over):
-    from app.settings import Settings
+    from app.core.settings import Settings
 
     base = dict(
         redis_url=redis_url,
@@ -145,14 +146,16 @@ def make_settings(redis_url: str, data_dir: Path, **over):
 
 
 class WorkerProcess:
-    """A ``celery -A app.queue worker -P threads`` child process."""
+    """A ``celery -A worker.celery_app worker -P threads`` child process."""
 
     def __init__(self, settings, log: Path, queues: str = "gen,train", concurrency: int = 8):
         self.settings = settings
         self.log = log
         self.name = f"w{uuid.uuid4().hex[:6]}@test"
+        # As in the worker image: no web framework to import (tests/architecture/blocked.py).
         cmd = [
-            sys.executable, "-m", "celery", "-A", "app.queue", "worker",
+            sys.executable, str(BLOCKED), "fastapi,starlette,uvicorn",
+            "-m", "celery", "-A", "worker.celery_app", "worker",
             "-P", "threads", "-c", str(concurrency), "-Q", queues, "-n", self.name,
             "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "WARNING",
         ]  # fmt: skip
@@ -188,7 +191,7 @@ class WorkerProcess:
 
 
 def store_for(settings):
-    from app.store import store_from_settings
+    from app.core.store import store_from_settings
 
     return store_from_settings(settings)
 
@@ -196,6 +199,6 @@ def store_for(settings):
 def make_client(settings):
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
+    from app.api.main import create_app
 
     return TestClient(create_app(settings))

@@ -16,9 +16,9 @@ def _fields(r) -> list[str]:
 def test_api_process_never_imports_torch():
     code = (
         "import sys\n"
-        "from app.main import create_app\n"
-        "from app.settings import Settings\n"
-        "import app.queue, app.service_cli\n"
+        "from app.api.main import create_app\n"
+        "from app.core.settings import Settings\n"
+        "import app.core.queue, app.cli.service\n"
         "c = create_app(Settings(redis_url='redis://127.0.0.1:1/0'))\n"
         "from fastapi.testclient import TestClient\n"
         "TestClient(c).get('/openapi.json')\n"
@@ -123,7 +123,7 @@ def test_api_keys(isolated):
 def test_admin_auth_and_delete(isolated, tmp_path):
     from svc_helpers import make_tiny_checkpoint
 
-    from app.registry import Registry
+    from app.core.checkpoints.registry import Registry
 
     s, c = isolated()
     reg = Registry(s.data_dir)

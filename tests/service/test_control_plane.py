@@ -12,9 +12,9 @@ import time
 import pytest
 from svc_helpers import make_settings, store_for
 
-from app.metrics import RUN_BUCKETS
-from app.queue import GENERATE_TASK, TaskMessages, make_celery, pending_task_ids
-from app.store import cumulative_buckets, histogram_fields
+from app.core.jobs.names import GENERATE_TASK
+from app.core.queue import TaskMessages, make_celery, pending_task_ids
+from app.core.stats import RUN_BUCKETS, cumulative_buckets, histogram_fields
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_create_pushes_the_message_atomically(store, local):
     )
     assert not replay.created and replay.job_id == job_id
     assert store.r.llen(broker) == 1
-    from app.store import QueueFull
+    from app.core.store import QueueFull
 
     with pytest.raises(QueueFull):
         store.create("generate", {}, message=msg, queue_limit=1)
@@ -152,7 +152,7 @@ def test_long_poll_returns_when_the_job_finishes(isolated):
 def test_many_long_polls_share_one_subscription(isolated):
     """200 concurrent long polls on one event loop: one Redis subscription, every poll woken
     by its own job's finish."""
-    from app.finish_watch import FinishWatch
+    from app.api.streaming.finish_watch import FinishWatch
 
     s, c = isolated()
     store = store_for(s)
@@ -160,7 +160,7 @@ def test_many_long_polls_share_one_subscription(isolated):
     jobs = [store.create("generate", {}).job_id for _ in range(200)]
 
     async def scenario() -> list[str]:
-        from app.events import AsyncRedis
+        from app.api.streaming.aredis import AsyncRedis
 
         ar = AsyncRedis(s.broker_url, read_timeout=30, max_connections=16)
         watch = FinishWatch(ar, store.finished_channel())
@@ -191,7 +191,7 @@ def test_many_long_polls_share_one_subscription(isolated):
 
 
 def test_prefer_wait_parsing():
-    from app.routes.jobs import preferred_wait
+    from app.api.routes.jobs import preferred_wait
 
     assert preferred_wait(None) == 0
     assert preferred_wait("wait=5") == 5

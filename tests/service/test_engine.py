@@ -11,7 +11,7 @@ from svc_helpers import make_tiny_checkpoint
 
 from ddpm_core.checkpoint import load_checkpoint
 from ddpm_core.pipeline import generate
-from worker.engine import Engine, GenSpec
+from worker.generate.engine import Engine, GenSpec
 
 
 @pytest.fixture(scope="module")

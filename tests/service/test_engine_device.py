@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.cuda._utils import _get_device_index
 
-from worker.engine import Engine
+from worker.generate.engine import Engine
 
 
 def test_the_engine_gives_set_device_an_indexed_cuda_device(monkeypatch) -> None:

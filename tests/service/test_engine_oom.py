@@ -7,11 +7,11 @@ import pytest
 import torch
 from svc_helpers import make_tiny_checkpoint
 
-import worker.engine as engine_mod
+import worker.generate.engine as engine_mod
 from ddpm_core.acceleration import FastDenoiser
 from ddpm_core.checkpoint import load_checkpoint
 from ddpm_core.pipeline import generate
-from worker.engine import Engine, GenSpec
+from worker.generate.engine import Engine, GenSpec
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -53,7 +53,7 @@ def test_same_seed_same_pngs_and_matches_library(client):
     b = wait_job(client, submit(client, body)["id"])
     pa, pb = _pngs(client, a), _pngs(client, b)
     assert all(np.array_equal(x, y) for x, y in zip(pa, pb, strict=True))
-    ckpt = load_checkpoint(client.app.state.registry.resolve("tiny@1").path)
+    ckpt = load_checkpoint(client.app.state.api.registry.resolve("tiny@1").path)
     torch.set_num_threads(1)
     ref = to_uint8(generate(ckpt, count=2, seed=123, steps=12, sampler="ddpm"))
     for got, want in zip(pa, ref, strict=True):
@@ -71,7 +71,7 @@ def test_dpm_solver_jobs_match_the_library(client, sampler):
     done = wait_job(client, submit(client, body)["id"])
     assert done["status"] == "succeeded", done
     assert done["request"]["sampler"] == sampler and done["request"]["eta"] == 0.0
-    ckpt = load_checkpoint(client.app.state.registry.resolve("tiny@1").path)
+    ckpt = load_checkpoint(client.app.state.api.registry.resolve("tiny@1").path)
     torch.set_num_threads(1)
     ref = to_uint8(generate(ckpt, count=2, seed=77, steps=9, sampler=sampler))
     for got, want in zip(_pngs(client, done), ref, strict=True):
@@ -141,7 +141,7 @@ def test_sse_progress_then_done_and_resume(client):
 
 
 def test_idempotency_key(client):
-    h = {"Idempotency-Key": "abc-123-" + client.app.state.settings.key_prefix.strip(":")}
+    h = {"Idempotency-Key": "abc-123-" + client.app.state.api.settings.key_prefix.strip(":")}
     a = submit(client, {"count": 1, "seed": 5, "steps": 5}, h)
     r = client.post("/generate", json={"count": 1, "seed": 5, "steps": 5}, headers=h)
     assert r.status_code == 202 and r.json()["id"] == a["id"]
@@ -184,7 +184,7 @@ def test_continuous_batching_shares_calls(client):
     # Jobs with different step counts (and samplers) shared network calls.
     sharing = [b for b, d in zip(bodies, docs, strict=True) if d["metrics"]["shared_calls"] > 0]
     assert len({(b["steps"], b["sampler"]) for b in sharing}) >= 2
-    ckpt = load_checkpoint(client.app.state.registry.resolve("tiny@1").path)
+    ckpt = load_checkpoint(client.app.state.api.registry.resolve("tiny@1").path)
     for body, doc in zip(bodies, docs, strict=True):
         (png,) = _pngs(client, doc)
         ref = generate(

@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 from svc_helpers import make_client, make_settings, make_tiny_checkpoint
 
-from app.jobs import ApiError, validate_train_options
-from app.registry import NAME_RE, VERSION_RE, InvalidName, Registry, parse_ref, scrub_paths
+from app.core.checkpoints.registry import (
+    NAME_RE,
+    VERSION_RE,
+    InvalidName,
+    Registry,
+    parse_ref,
+    scrub_paths,
+)
+from app.core.errors import InvalidInput
+from app.core.jobs.validate import validate_train_options
 
 AUTH = {"Authorization": "Bearer admin-secret"}
 
@@ -108,7 +116,7 @@ def test_train_options_revalidate_from_a_plain_dict(settings) -> None:
         ({"out": "/tmp/x"}, "options.out"),
         ("not a dict", "options"),
     ]:
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(InvalidInput) as info:
             validate_train_options(bad, settings)  # type: ignore[arg-type]
         assert info.value.status == 422 and info.value.field == field, info.value.message
 
@@ -252,7 +260,7 @@ def test_scrub_paths_keeps_what_is_not_a_path() -> None:
 
 
 def test_size_settings_default_to_the_library_limits() -> None:
-    from app.settings import Settings
+    from app.core.settings import Settings
     from ddpm_core.unet_config import DEFAULT_MAX_ACTIVATION_BYTES, DEFAULT_MAX_PARAMS
 
     fields = Settings.model_fields
@@ -263,8 +271,8 @@ def test_size_settings_default_to_the_library_limits() -> None:
 
 
 def test_engine_loads_checkpoints_within_the_size_settings(tmp_path) -> None:
-    from app.settings import Settings
-    from worker.engine import Engine, GenSpec
+    from app.core.settings import Settings
+    from worker.generate.engine import Engine, GenSpec
 
     ck = str(make_tiny_checkpoint(tmp_path / "ck"))  # 651,041 parameters
     limits = Settings(max_model_params=600_000).model_limits  # what the runtime passes

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from app.logs import _Formatter, log_event
+from app.core.logs import _Formatter, log_event
 
 # One kv token: key=bare or key="JSON string".
 TOKEN = re.compile(r'([A-Za-z0-9_.-]+)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?: |$)')

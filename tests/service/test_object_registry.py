@@ -12,10 +12,11 @@ import pytest
 import redis
 from svc_helpers import make_settings, make_tiny_checkpoint
 
-from app.object_registry import ObjectRegistry
-from app.objstore import ObjectStore, ObjectStoreError
-from app.registry import InvalidCheckpoint, NotFound, ReadOnly, Registry, make_registry
-from app.results import ObjectResults, make_result_store
+from app.core.checkpoints import make_registry
+from app.core.checkpoints.object_registry import ObjectRegistry
+from app.core.checkpoints.registry import InvalidCheckpoint, NotFound, ReadOnly, Registry
+from app.core.storage.objstore import ObjectStore, ObjectStoreError
+from app.core.storage.results import ObjectResults, make_result_store
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -137,7 +138,7 @@ def test_tampered_files_are_refused(make, ckpt_dirs, tmp_path) -> None:
 
 
 def test_the_cache_keeps_the_most_recently_used_versions(make, ckpt_dirs, monkeypatch) -> None:
-    import app.object_registry as mod
+    import app.core.checkpoints.object_registry as mod
 
     monkeypatch.setattr(mod, "_KEEP_RECENT_S", -1.0)  # no grace period in this test
     reg = make("lru", size=2)
@@ -201,9 +202,9 @@ def test_the_reaper_deletes_expired_results(object_store_url, s3_endpoint, redis
     """Expired jobs lose their results in the object store too, not only on disk."""
     import time
 
-    from app.results import ObjectResults
-    from app.settings import Settings
-    from app.store import JobStore, store_from_settings
+    from app.core.settings import Settings
+    from app.core.storage.results import ObjectResults
+    from app.core.store import JobStore, store_from_settings
     from worker.reaper import Reaper
 
     s = Settings(redis_url=redis_url, data_dir=tmp_path, key_prefix=f"reap-{time.time_ns()}:")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from svc_helpers import decode_png, make_settings, store_for, submit, wait_job
 
-from app.preview import PREVIEW_NAME
+from app.core.jobs.previews import PREVIEW_NAME
 
 
 def _read_events(response, until, timeout: float = 60.0) -> list[tuple[str, str, dict]]:
@@ -195,7 +195,7 @@ def test_engine_hands_previews_only_while_watched_at_most_every_interval(tmp_pat
 
     from svc_helpers import make_tiny_checkpoint
 
-    from worker.engine import Engine, GenSpec
+    from worker.generate.engine import Engine, GenSpec
 
     ckpt = str(make_tiny_checkpoint(tmp_path / "u"))
     engine = Engine("cpu", max_batch=64, threads=1, preview_interval=0.05).start()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from svc_helpers import make_settings, make_tiny_checkpoint, store_for
 
-from app.registry import InvalidName, NotFound, ReadOnly, Registry, parse_ref
-from app.results import DiskResults
+from app.core.checkpoints.registry import InvalidName, NotFound, ReadOnly, Registry, parse_ref
+from app.core.storage.results import DiskResults
 
 
 def test_events_are_capped(redis_url, tmp_path):

@@ -8,8 +8,8 @@ import time
 import pytest
 from svc_helpers import make_settings, store_for
 
-from app.queue import make_celery, pending_task_ids
-from app.store import ClientLimit, IdempotencyConflict, QueueFull
+from app.core.queue import make_celery, pending_task_ids
+from app.core.store import ClientLimit, IdempotencyConflict, QueueFull
 
 
 @pytest.fixture
@@ -221,8 +221,8 @@ def test_api_per_client_limit(isolated):
 
 def test_expired_jobs_lose_their_results_and_runs(settings, tmp_path):
     """The reaper deletes the result files and training run folders of expired jobs."""
-    from app.results import DiskResults
-    from app.store import JobStore
+    from app.core.storage.results import DiskResults
+    from app.core.store import JobStore
     from worker.reaper import Reaper
 
     short = JobStore(store_for(settings).r, settings.key_prefix, ttl=1, lease_ttl=0.3)

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from app.schemas import TrainOptions
+from app.core.jobs.spec import TrainOptions
 from ddpm_core.train import TrainConfig
 
 WORKER_OWNED = {"out", "resume_from", "device"}
@@ -60,10 +60,10 @@ def test_sampler_names_agree_everywhere() -> None:
     import argparse
     import typing
 
-    from app.remote_cli import add_commands as remote_commands
-    from app.schemas import GenerateRequest
+    from app.cli.remote import add_commands as remote_commands
+    from app.core.jobs.spec import GenerateRequest
     from ddpm_core.checkpoint_config import SAMPLERS
-    from worker.generate import GenerateJob
+    from worker.generate.job import GenerateJob
 
     def literal(annotation) -> set[str]:
         args = set()
@@ -85,8 +85,8 @@ def test_sampler_names_agree_everywhere() -> None:
                 found.append(set(action.choices))
         return found
 
-    from ddpm_core.cli import add_commands as core_commands
-    from ddpm_core.train_cli import add_commands as train_commands
+    from app.cli.offline import add_commands as core_commands
+    from app.cli.train import add_commands as train_commands
 
     for add in (remote_commands, core_commands, train_commands):
         parser = argparse.ArgumentParser()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from app.settings import Settings
-from worker.train_procs import train_processes
+from app.core.settings import Settings
+from worker.train.processes import train_processes
 
 
 def test_cpu_hosts_train_in_one_process_unless_told() -> None:
@@ -35,7 +35,7 @@ def test_a_failing_run_reports_its_error(tmp_path) -> None:
     import threading
 
     from ddpm_core.train import TrainConfig
-    from worker.train_procs import ChildFailed, run_processes
+    from worker.train.processes import ChildFailed, run_processes
 
     cfg = TrainConfig(out=str(tmp_path / "runs" / "job"), batch_size=1, steps=2, device="cpu")
     seen: list = []

@@ -1,0 +1,59 @@
+"""The FastAPI application: ``create_app(settings)``; ``app`` for uvicorn
+(``app.api.main:app``). No torch here: the registry reads JSON only and work is
+enqueued by task name."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from celery import Celery
+from fastapi import FastAPI
+
+from app.api.errors import install_handlers
+from app.api.middleware import BodyLimitMiddleware
+from app.api.openapi import install as install_openapi
+from app.api.openapi import operation_id
+from app.api.routes import admin, checkpoints, health, jobs, previews, ui
+from app.api.state import ApiState
+from app.core.logs import configure_logging
+from app.core.settings import Settings, get_settings
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None, celery: Celery | None = None) -> FastAPI:
+    """Build the API for ``settings`` (default: the environment)."""
+    s = settings or get_settings()
+    configure_logging(s.log_level, s.log_format)
+    state = ApiState.build(s, celery)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await state.aclose()
+
+    api = FastAPI(
+        lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+        title="ddpm-service",
+        version="0.1.0",
+        description="DDPM image generation with a job queue. Jobs run on Celery workers; "
+        "poll `GET /jobs/{id}` or stream `GET /jobs/{id}/events`.",
+    )
+    api.state.api = state
+    install_handlers(api)
+    for module in (jobs, checkpoints, admin, health, previews, ui):
+        api.include_router(module.router)
+    api.add_middleware(BodyLimitMiddleware, limit=s.max_body_bytes)
+    install_openapi(api, s)
+    return api
+
+
+def __getattr__(name: str) -> Any:
+    # ``app.api.main:app`` for uvicorn, built on first access so that importing is cheap.
+    if name == "app":
+        globals()["app"] = create_app()
+        return globals()["app"]
+    raise AttributeError(name)

@@ -1,0 +1,71 @@
+"""Prometheus metrics. Workers write counters and histogram buckets into the store's
+``stats`` hash (:mod:`app.core.stats`); the API's collector turns them into metric
+families on scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from app.core.jobs.names import JOB_STATUSES, KINDS
+from app.core.stats import BATCH_BUCKETS, QUEUE_BUCKETS, RUN_BUCKETS, cumulative_buckets
+from app.core.store import JobStore
+
+__all__ = ["StoreCollector"]
+
+
+def _hist(stats: dict[str, float], name: str, buckets: tuple, doc: str) -> HistogramMetricFamily:
+    h = HistogramMetricFamily(f"ddpm_{name}", doc, labels=[])
+    cumulative = cumulative_buckets(stats, name, buckets)
+    pairs = [(b if b == "+Inf" else str(float(b)), n) for b, n in cumulative]
+    h.add_metric([], pairs, stats.get(f"{name}_sum", 0.0))
+    return h
+
+
+class StoreCollector(Collector):
+    """Reads the shared stats at scrape time (so every API replica reports the same)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator:
+        stats = self.store.stats()
+        jobs = CounterMetricFamily(
+            "ddpm_jobs", "finished jobs by kind and status", labels=["kind", "status"]
+        )
+        for kind in KINDS:
+            for status in JOB_STATUSES[2:]:
+                jobs.add_metric([kind, status], stats.get(f"jobs_finished:{kind}:{status}", 0.0))
+        yield jobs
+        sub = CounterMetricFamily("ddpm_jobs_submitted", "submitted jobs by kind", labels=["kind"])
+        for kind in KINDS:
+            sub.add_metric([kind], stats.get(f"jobs_submitted:{kind}", 0.0))
+        yield sub
+        depth = GaugeMetricFamily("ddpm_queue_depth", "jobs waiting", labels=["queue"])
+        depth.add_metric(["gen"], self.store.queue_depth("generate"))
+        depth.add_metric(["train"], self.store.queue_depth("train"))
+        yield depth
+        running = GaugeMetricFamily("ddpm_jobs_running", "jobs running", labels=["queue"])
+        running.add_metric(["gen"], len(self.store.running("generate")))
+        running.add_metric(["train"], len(self.store.running("train")))
+        yield running
+        requeued = CounterMetricFamily(
+            "ddpm_jobs_requeued", "jobs re-queued after their worker was lost", labels=["kind"]
+        )
+        for kind in KINDS:
+            requeued.add_metric([kind], stats.get(f"jobs_requeued:{kind}", 0.0))
+        yield requeued
+        workers = GaugeMetricFamily("ddpm_workers", "live workers (heartbeats)")
+        workers.add_metric([], len(self.store.workers()))
+        yield workers
+        yield CounterMetricFamily(
+            "ddpm_images_generated", "images generated", value=stats.get("images_generated", 0.0)
+        )
+        yield CounterMetricFamily(
+            "ddpm_network_calls", "batched network calls", value=stats.get("batch_size_count", 0.0)
+        )
+        yield _hist(stats, "queue_seconds", QUEUE_BUCKETS, "seconds from submit to start")
+        yield _hist(stats, "run_seconds", RUN_BUCKETS, "seconds from start to finish")
+        yield _hist(stats, "batch_size", BATCH_BUCKETS, "rows per network call")

@@ -1,0 +1,64 @@
+"""Admin: start a training run."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Header, Response
+
+from app.api.deps import MessagesDep, RegistryDep, SettingsDep, StoreDep, require_admin
+from app.api.openapi import JOB_LINKS, errors
+from app.api.params import IDEM_RE
+from app.api.schemas import JobDocument
+from app.api.services.submit import normalise_train, submit_job
+from app.core.jobs.spec import TrainRequest
+
+router = APIRouter(dependencies=[Depends(require_admin)], tags=["admin"])
+
+
+@router.post(
+    "/train",
+    status_code=202,
+    response_model=JobDocument,
+    responses={
+        202: {
+            "description": "queued: the job document (kind train)",
+            "headers": {
+                "Location": {"description": "/jobs/{id}", "schema": {"type": "string"}},
+            },
+            "links": JOB_LINKS,
+        },
+        **errors(
+            401,
+            403,
+            (404, "resume_from names an unknown checkpoint or version"),
+            413,
+            422,
+            (429, "too many jobs in flight for this client"),
+            503,
+        ),
+    },
+)
+def train(
+    body: TrainRequest,
+    response: Response,
+    settings: SettingsDep,
+    store: StoreDep,
+    registry: RegistryDep,
+    messages: MessagesDep,
+    idempotency_key: str | None = Header(None, pattern=IDEM_RE),
+) -> JobDocument:
+    """Queue a training job (kind ``train``) that publishes a new checkpoint version."""
+    request = normalise_train(body, settings, registry)
+    doc, created, _ = submit_job(
+        "train",
+        request,
+        settings,
+        store,
+        messages,
+        client="admin",
+        idem_key=idempotency_key,
+        body=body.model_dump(mode="json"),
+    )
+    response.headers["Location"] = f"/jobs/{doc.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return doc

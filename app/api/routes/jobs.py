@@ -1,0 +1,304 @@
+"""Generation jobs: submit, poll, stream events, cancel, fetch results."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import (
+    ClientDep,
+    MessagesDep,
+    RegistryDep,
+    ResultsDep,
+    SettingsDep,
+    StoreDep,
+    require_api_key,
+)
+from app.api.errors import HttpError
+from app.api.openapi import JOB_LINKS, errors
+from app.api.params import IDEM_RE, JobId
+from app.api.schemas import JobDocument
+from app.api.services.documents import cancel_job, document_response, present, unknown_job
+from app.api.services.submit import Submitted, normalise_generate, submit_job
+from app.api.streaming.events import (
+    EVENT_ID_PATTERN,
+    SSE_EVENT_SCHEMA,
+    EventStreamResponse,
+    job_event_stream,
+)
+from app.core.jobs.names import TERMINAL
+from app.core.jobs.spec import GenerateRequest
+from app.core.storage.results import ResultStore
+from app.core.store import JobStore
+
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["jobs"])
+
+MAX_WAIT = 60.0
+
+
+_LOCATION = {
+    "Location": {"description": "/jobs/{id}", "schema": {"type": "string"}, "required": True}
+}
+_PREFERENCE_APPLIED = {
+    "Preference-Applied": {
+        "description": "`wait=N` when the request's `Prefer: wait=N` was honoured",
+        "schema": {"type": "string"},
+    }
+}
+_UNKNOWN_JOB = (404, "unknown or expired job")
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+_PREFER_WAIT = re.compile(r"^\s*wait\s*=\s*([0-9]{1,9})\s*$", re.IGNORECASE)
+
+
+def preferred_wait(prefer: str | None) -> int:
+    """The ``wait`` preference of a ``Prefer`` header (RFC 7240, in seconds, at most
+    MAX_WAIT); 0 when absent. Preferences this server does not know are ignored, as the
+    RFC asks."""
+    for part in (prefer or "").split(","):
+        m = _PREFER_WAIT.match(part.split(";", 1)[0])
+        if m:
+            return min(int(m.group(1)), int(MAX_WAIT))
+    return 0
+
+
+async def _current(
+    request: Request, store: JobStore, job_id: str, wait: float, known: dict | None = None
+) -> JobDocument:
+    """The job's document, after waiting up to ``wait`` s for it to finish (``known``: its
+    stored document as of now, if at hand); HttpError 404."""
+    state = request.app.state.api
+    ar = state.aredis.get()
+    if wait > 0:
+        doc = await state.finish_watch.wait(job_id, lambda: store.aget(ar, job_id), wait, known)
+    else:
+        doc = await store.aget(ar, job_id)
+    if doc is None:
+        raise unknown_job(job_id)
+    position = None
+    if doc["status"] == "queued":
+        position = await store.aqueue_position(ar, job_id, doc["kind"])
+    return present(doc, position)
+
+
+@router.post(
+    "/generate",
+    status_code=202,
+    response_model=JobDocument,
+    responses={
+        200: {
+            "description": "finished within the `Prefer: wait=N` the request asked for: the "
+            "job document, succeeded, failed or canceled",
+            "headers": _LOCATION | _PREFERENCE_APPLIED,
+            "links": JOB_LINKS,
+        },
+        202: {
+            "description": "queued (or still running after `Prefer: wait=N`): the job document",
+            "headers": _LOCATION | _PREFERENCE_APPLIED,
+            "links": JOB_LINKS,
+        },
+        **errors(
+            401,
+            (404, "unknown checkpoint or version"),
+            413,
+            422,
+            (429, "the queue is full, or this client has too many jobs in flight"),
+            503,
+        ),
+    },
+)
+async def generate(
+    request: Request,
+    body: GenerateRequest,
+    settings: SettingsDep,
+    store: StoreDep,
+    registry: RegistryDep,
+    messages: MessagesDep,
+    client: ClientDep,
+    idempotency_key: str | None = Header(None, pattern=IDEM_RE),
+    prefer: str | None = Header(
+        None,
+        description="`wait=N` (RFC 7240): answer when the job has finished, or after N "
+        f"seconds (at most {MAX_WAIT:.0f}), in one request; other preferences are ignored",
+        max_length=256,
+    ),
+) -> Response:
+    """Queue a generation job: 202 with ``Location: /jobs/{id}`` and the job document. With
+    ``Prefer: wait=N`` the answer waits for the job (200 once it has finished, 202 when N
+    seconds passed first), so a small job costs one request."""
+
+    def submit() -> Submitted:
+        # Resolving a checkpoint may read the object store: off the event loop.
+        normalised = normalise_generate(body, settings, registry)
+        return submit_job(
+            "generate",
+            normalised,
+            settings,
+            store,
+            messages,
+            client=client,
+            idem_key=idempotency_key,
+            body=body.model_dump(mode="json"),
+        )
+
+    doc, created, stored = await run_in_threadpool(submit)
+    headers = {"Location": f"/jobs/{doc.id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    wait = preferred_wait(prefer)
+    if not wait:
+        return document_response(doc, 202, headers)
+    headers["Preference-Applied"] = f"wait={wait}"
+    if doc.status not in TERMINAL:
+        doc = await _current(request, store, doc.id, wait, stored)
+    return document_response(doc, 200 if doc.status in TERMINAL else 202, headers)
+
+
+@router.get(
+    "/jobs/{job_id}", response_model=JobDocument, responses=errors(401, _UNKNOWN_JOB, 422, 503)
+)
+async def get_job(
+    request: Request,
+    store: StoreDep,
+    job_id: str = JobId,
+    wait: float = Query(
+        0.0,
+        ge=0.0,
+        le=MAX_WAIT,
+        description="long poll: answer when the job has finished (succeeded, failed or "
+        f"canceled) or after this many seconds, whichever comes first (at most {MAX_WAIT:.0f})",
+    ),
+) -> Response:
+    """The job document; 404 when unknown or expired. With ``wait``, a long poll."""
+    return document_response(await _current(request, store, job_id, wait))
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    status_code=202,
+    response_model=JobDocument,
+    responses=errors(401, _UNKNOWN_JOB, (409, "the job has finished already"), 422, 503),
+)
+def cancel(store: StoreDep, job_id: str = JobId) -> JobDocument:
+    """Cancel a queued or running job; 409 when it has already finished."""
+    return cancel_job(store, job_id)
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    status_code=200,
+    response_class=EventStreamResponse,
+    responses={
+        200: {
+            "description": "an event stream: `retry:` first, then frames `id:`, `event:` "
+            "(status, progress, done) and `data:` (one JSON object), and `: keep-alive` "
+            "comments while idle; it closes after `done` or after DDPM_STREAM_LIFETIME s",
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+        },
+        **errors(
+            (400, "Last-Event-ID is not an event id (see its pattern)"),
+            401,
+            _UNKNOWN_JOB,
+            422,
+            (429, "too many open event streams (in all, or of this client)"),
+            503,
+        ),
+    },
+)
+async def events(
+    request: Request,
+    client: ClientDep,
+    job_id: str = JobId,
+    # Checked by the route (400, as SSE clients expect), not by FastAPI (422).
+    last_event_id: str | None = Header(
+        None,
+        description="resume after this event id",
+        json_schema_extra={"pattern": EVENT_ID_PATTERN},
+    ),
+    preview: bool = Query(False, description="also send live `preview` events while open"),
+) -> EventStreamResponse:
+    """Server-Sent Events: ``status``, ``progress`` and a final ``done``; resumable
+    with ``Last-Event-ID``. The server ends a stream after ``DDPM_STREAM_LIFETIME``
+    seconds (the client reconnects with ``Last-Event-ID``); open streams are capped
+    (``DDPM_MAX_STREAMS``, ``DDPM_MAX_STREAMS_PER_CLIENT``: 429 beyond). With ``preview=1``
+    also ``preview`` events (``step``, ``total``, ``url`` of a small PNG grid of the current
+    x0 estimate), made only while someone watches."""
+    return await job_event_stream(request, job_id, last_event_id, client, preview)
+
+
+_RESULT_ERRORS = errors(
+    401,
+    (404, "unknown or expired job, a failed or canceled job, or no such result"),
+    (409, "the job has not finished yet"),
+    422,
+    503,
+)
+
+
+def _result(
+    store: JobStore, results_for: Callable[[str], ResultStore], job_id: str, name: str, media: str
+) -> Response:
+    # The fields a download needs, not the whole document (a download follows every job).
+    doc = store.get_fields(job_id, "result_store", "request", "result_attempt")
+    if doc is None:
+        raise unknown_job(job_id)
+    if doc["status"] != "succeeded":
+        raise HttpError(
+            409 if doc["status"] not in ("failed", "canceled") else 404,
+            f"job {job_id} is {doc['status']}: no results",
+        )
+    store_kind = doc.get("result_store") or "disk"
+    if name == "grid.png" and (doc.get("request") or {}).get("count") == 1:
+        name = "0.png"  # a one-image job stores no separate grid
+    data = results_for(store_kind).get(job_id, name, doc.get("result_attempt"))
+    if data is None:
+        raise HttpError(404, f"{name} not found for job {job_id}")
+    return Response(data, media_type=media, headers={"Cache-Control": "max-age=3600"})
+
+
+@router.get(
+    "/jobs/{job_id}/images/{index}.png",
+    response_class=Response,
+    responses={
+        200: {"description": "the image", "content": {"image/png": _BINARY}},
+        **_RESULT_ERRORS,
+    },
+)
+def image(
+    store: StoreDep,
+    results_for: ResultsDep,
+    index: int = Path(..., ge=0, le=99999),
+    job_id: str = JobId,
+) -> Response:
+    """Image ``index`` of a succeeded job, as PNG."""
+    return _result(store, results_for, job_id, f"{index}.png", "image/png")
+
+
+@router.get(
+    "/jobs/{job_id}/grid.png",
+    response_class=Response,
+    responses={
+        200: {"description": "the grid", "content": {"image/png": _BINARY}},
+        **_RESULT_ERRORS,
+    },
+)
+def grid(store: StoreDep, results_for: ResultsDep, job_id: str = JobId) -> Response:
+    """All images of a succeeded job tiled in one PNG."""
+    return _result(store, results_for, job_id, "grid.png", "image/png")
+
+
+@router.get(
+    "/jobs/{job_id}/trajectory.gif",
+    response_class=Response,
+    responses={
+        200: {"description": "the animation", "content": {"image/gif": _BINARY}},
+        **_RESULT_ERRORS,
+    },
+)
+def trajectory(store: StoreDep, results_for: ResultsDep, job_id: str = JobId) -> Response:
+    """The animated denoising (when ``trajectory_frames`` > 0)."""
+    return _result(store, results_for, job_id, "trajectory.gif", "image/gif")

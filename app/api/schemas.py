@@ -1,0 +1,150 @@
+"""Response models of the HTTP API (the request models are the job specs of
+:mod:`app.core.jobs.spec`)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.jobs.names import JobStatus
+
+__all__ = [
+    "Progress",
+    "ImageRef",
+    "JobResult",
+    "JobError",
+    "JobMetrics",
+    "JobDocument",
+    "CheckpointVersion",
+    "CheckpointInfo",
+    "ErrorBody",
+    "FieldError",
+    "ValidationErrorBody",
+    "ErrorMessage",
+    "WorkerStatus",
+    "Readiness",
+]
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total: int = 0
+    fraction: float = 0.0
+
+
+class ImageRef(BaseModel):
+    index: int
+    seed: int
+    url: str
+
+
+class JobResult(BaseModel):
+    images: list[ImageRef] | None = None
+    grid_url: str | None = None
+    trajectory_url: str | None = None
+    checkpoint: str | None = None
+    final_loss: float | None = None
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class JobMetrics(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    queue_seconds: float | None = None
+    run_seconds: float | None = None
+
+
+class JobDocument(BaseModel):
+    """The state of one job, as ``GET /jobs/{id}`` returns it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0b7c6f0e-6a51-4c55-9d1b-3f2a3c1e8d11",
+                    "kind": "generate",
+                    "status": "succeeded",
+                    "created_at": "2026-01-01T12:00:00+00:00",
+                    "progress": {"step": 50, "total": 50, "fraction": 1.0},
+                    "request": {"count": 1, "seed": 42, "checkpoint": "digits@1"},
+                    "result": {
+                        "images": [{"index": 0, "seed": 42, "url": "/jobs/0b7c.../images/0.png"}],
+                        "grid_url": "/jobs/0b7c.../grid.png",
+                    },
+                }
+            ]
+        }
+    )
+
+    id: str
+    kind: Literal["generate", "train"]
+    status: JobStatus
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    queue_position: int | None = None
+    progress: Progress = Field(default_factory=Progress)
+    eta_seconds: float | None = None
+    request: dict[str, Any] = Field(default_factory=dict)
+    result: JobResult | None = None
+    error: JobError | None = None
+    metrics: JobMetrics = Field(default_factory=JobMetrics)
+    attempts: int = 0
+
+
+class CheckpointVersion(BaseModel):
+    version: str
+    builtin: bool = False
+    config: dict[str, Any] = Field(default_factory=dict)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class CheckpointInfo(BaseModel):
+    name: str
+    latest: str
+    versions: list[CheckpointVersion]
+
+
+class ErrorBody(BaseModel):
+    detail: Any
+
+
+# -- error and health bodies (what the API sends; the OpenAPI document declares them) ------
+class FieldError(BaseModel):
+    field: str = Field(
+        ...,
+        description="the offending field: dotted for the body (options.lr), or the "
+        "header/path/query name (header.last-event-id); `body` for the body as a whole",
+    )
+    reason: str = Field(..., description="why it was refused")
+
+
+class ValidationErrorBody(BaseModel):
+    """422: the request is well-formed HTTP but a field is invalid; every problem listed."""
+
+    detail: list[FieldError]
+
+
+class ErrorMessage(BaseModel):
+    """Every error status but 422: one human-readable message."""
+
+    detail: str
+
+
+class WorkerStatus(BaseModel):
+    name: str
+    device: str | None = None
+    age_s: float
+
+
+class Readiness(BaseModel):
+    """``GET /readyz``: ``ok`` with the live workers, or ``unavailable`` with the reason."""
+
+    status: Literal["ok", "unavailable"]
+    workers: list[WorkerStatus] | None = None
+    reason: str | None = None

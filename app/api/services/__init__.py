@@ -1,0 +1,1 @@
+"""The logic behind the thin routes: submitting jobs and presenting them."""

@@ -1,0 +1,49 @@
+"""Async Redis clients for the API's event loop (event streams, long polls)."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+
+import redis.asyncio as aredis
+
+__all__ = ["AsyncRedis"]
+
+
+class AsyncRedis:
+    """Async Redis clients from one URL, one per event loop (uvicorn runs one loop; a
+    TestClient may run a loop per request, and a connection belongs to its loop)."""
+
+    def __init__(self, url: str, read_timeout: float, max_connections: int) -> None:
+        self.url = url
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aredis.Redis] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self) -> aredis.Redis:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            # Blocking: at the cap a command waits for a free connection (up to 10 s) rather
+            # than failing; a burst of finished long polls reads at once.
+            pool = aredis.BlockingConnectionPool.from_url(
+                self.url,
+                decode_responses=True,
+                socket_connect_timeout=3,
+                socket_timeout=self.read_timeout,
+                health_check_interval=30,
+                max_connections=self.max_connections,
+                timeout=10,
+            )
+            client = aredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+            self._clients[loop] = client
+        return client
+
+    async def aclose(self) -> None:
+        """Close the running loop's client (others died with their loops)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        self._clients.clear()
+        if client is not None:
+            await client.aclose()

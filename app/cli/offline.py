@@ -1,0 +1,206 @@
+"""The offline ``ddpm`` sub-commands over the model library: init, sample, convert.
+
+Argument definitions import nothing heavy; torch is imported when a command
+runs, so that the API process can build the whole ``ddpm`` parser without it.
+Bad input ends with a one-line message and exit code 2 (:class:`UsageError`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from app.cli.common import UsageError, checkpoint_dir
+from ddpm_core.checkpoint_config import SAMPLERS
+
+__all__ = ["add_commands", "check_sampling_args", "cmd_init", "cmd_sample", "cmd_convert"]
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``init``, ``sample`` and ``convert`` on a sub-parser set."""
+    p = sub.add_parser("init", help="write a freshly initialised (untrained) checkpoint")
+    p.add_argument("out", type=Path, help="checkpoint directory to create")
+    p.add_argument("--preset", default="tiny", help="UNet preset: tiny, small, ddpm-cifar10")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--channels", type=int, default=None, help="image channels (1 or 3)")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--schedule", choices=["linear", "cosine"], default="linear")
+    p.add_argument("--timesteps", type=int, default=1000, help="T of the forward process")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace an existing directory")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("sample", help="sample images from a checkpoint to PNG files and a grid")
+    p.add_argument("checkpoint", help="checkpoint directory, or a built-in name (e.g. digits)")
+    p.add_argument("-o", "--out", type=Path, default=Path("samples"), help="output directory")
+    p.add_argument("-n", "--count", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed+i")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: checkpoint)")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None)
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1]")
+    p.add_argument("--label", type=int, default=None, help="class label (conditional models)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--batch-size", type=int, default=64, help="images per network call")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the network (CUDA)")
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--nrow", type=int, default=None, help="images per grid row")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("convert", help="convert a diffusers UNet2DModel directory to a checkpoint")
+    p.add_argument("source", type=Path, help="diffusers model dir (config.json + weights)")
+    p.add_argument("out", type=Path, help="checkpoint directory to create")
+    p.add_argument(
+        "--variance-type",
+        choices=["fixed_small", "fixed_large"],
+        default=None,
+        help="sampling variance, over the scheduler config's (default: its own, else fixed_large)",
+    )
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    import torch
+
+    from ddpm_core.checkpoint import CheckpointConfig, save_checkpoint
+    from ddpm_core.unet import UNet, preset
+
+    overrides = {}
+    if args.image_size is not None:
+        overrides["image_size"] = args.image_size
+    if args.channels is not None:
+        if args.channels not in (1, 3):
+            raise UsageError("--channels must be 1 or 3")
+        overrides |= {"in_channels": args.channels, "out_channels": args.channels}
+    if args.num_classes is not None:
+        overrides["num_classes"] = args.num_classes
+    if args.out.exists() and not args.force:
+        raise UsageError(f"{args.out} already exists (use --force to replace it)")
+    try:
+        unet_cfg = preset(args.preset, **overrides)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    torch.manual_seed(args.seed)
+    model = UNet(unet_cfg)
+    cfg = CheckpointConfig(
+        unet=unet_cfg,
+        schedule={"kind": args.schedule, "num_train_timesteps": args.timesteps},
+        default_steps=min(50, args.timesteps),
+    )
+    meta = {
+        "dataset": None,
+        "training_steps": 0,
+        "command": " ".join(sys.argv),
+        "note": "untrained",
+    }
+    save_checkpoint(args.out, cfg, model, meta=meta, overwrite=args.force)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.out} ({args.preset}, {n / 1e6:.2f}M parameters, untrained)")
+    return 0
+
+
+def check_sampling_args(args: argparse.Namespace) -> None:
+    """--count, --batch-size, --seed and --eta, as ``sample`` and ``eval`` take them."""
+    from ddpm_core.seeding import MAX_SEED
+
+    if args.count < 1:
+        raise UsageError("--count must be >= 1")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    if not 0 <= args.seed <= MAX_SEED - args.count:
+        raise UsageError(f"--seed must be in [0, {MAX_SEED - args.count}]")
+    if args.eta is not None and not 0 <= args.eta <= 1:
+        raise UsageError("--eta must be in [0, 1]")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ddpm_core.checkpoint import CheckpointError, load_checkpoint
+    from ddpm_core.images import make_grid, png_bytes
+    from ddpm_core.pipeline import generate, resolve_device
+
+    check_sampling_args(args)
+    try:
+        device = resolve_device(args.device)
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.bf16 and device.type != "cuda":
+        raise UsageError("--bf16 needs a CUDA device")
+    try:
+        ckpt = load_checkpoint(checkpoint_dir(args.checkpoint), use_ema=not args.raw, device=device)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    cfg = ckpt.config
+    steps = cfg.default_steps if args.steps is None else args.steps
+    if not 1 <= steps <= cfg.num_train_timesteps:
+        raise UsageError(f"--steps must be in [1, {cfg.num_train_timesteps}]")
+    if args.label is not None:
+        if cfg.num_classes is None:
+            raise UsageError("--label given, but this checkpoint is unconditional")
+        if not 0 <= args.label < cfg.num_classes:
+            raise UsageError(f"--label must be in [0, {cfg.num_classes - 1}]")
+    if args.guidance is not None and args.label is None:
+        raise UsageError("--guidance needs --label")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=args.count * steps, unit="img-step", disable=args.no_progress)
+    started = time.perf_counter()
+
+    def progress(step: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        bar.update(x.shape[0])
+
+    images_t = generate(
+        ckpt,
+        count=args.count,
+        seed=args.seed,
+        steps=steps,
+        sampler=args.sampler,
+        eta=args.eta,
+        labels=args.label,
+        guidance_scale=args.guidance,
+        autocast_dtype=torch.bfloat16 if args.bf16 else None,
+        callback=progress,
+        batch_size=args.batch_size,
+    ).cpu()
+    bar.close()
+    elapsed = time.perf_counter() - started
+    for i, img in enumerate(images_t):
+        (args.out / f"{i:05d}_seed{args.seed + i}.png").write_bytes(png_bytes(img))
+    (args.out / "grid.png").write_bytes(png_bytes(make_grid(images_t, nrow=args.nrow)))
+    print(
+        f"{args.count} images in {elapsed:.2f}s ({args.count / elapsed:.2f} img/s, "
+        f"{steps} steps, {device}) -> {args.out}/grid.png"
+    )
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ddpm_core.checkpoint import CheckpointError, save_checkpoint
+    from ddpm_core.checkpoint_config import scrub_paths
+    from ddpm_core.convert import (
+        ConversionError,
+        checkpoint_config_from_diffusers,
+        load_diffusers_dir,
+    )
+
+    if args.out.exists() and not args.force:
+        raise UsageError(f"{args.out} already exists (use --force to replace it)")
+    try:
+        dconfig, model = load_diffusers_dir(args.source)
+        cfg = checkpoint_config_from_diffusers(dconfig, model.config, args.variance_type)
+    except (ConversionError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    # meta.json is served by the registry: the source by name, not by path.
+    meta = {"converted_from": args.source.name, "command": scrub_paths(" ".join(sys.argv))}
+    try:
+        save_checkpoint(args.out, cfg, model, meta=meta, overwrite=args.force)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {args.out} (variance {cfg.variance_type})")
+    return 0

@@ -1,0 +1,776 @@
+"""The job store: job documents, their events, leases and every state transition, in Redis.
+
+Keys (all under the configured prefix, ``ddpm:`` by default)::
+
+    job:{id}            hash, one JSON value per field of the job document
+    job:{id}:events     stream (capped with MAXLEN), the SSE source
+    job:{id}:cancel     cancel flag (deleted when the job finishes)
+    job:{id}:preview    a client watches the live preview (short TTL, refreshed by the stream)
+    queue:{kind}        sorted set of queued jobs by submit time (gen, train)
+    leases:{kind}       sorted set of running jobs by lease expiry (Redis time, ms)
+    inflight:{client}   sorted set of a client's unfinished jobs (per-client limit)
+    idem:{client}:{endpoint}:{key}   "job-id fingerprint" of an Idempotency-Key
+    expiry              sorted set of finished jobs by expiry time (result clean-up)
+    worker:{name}       heartbeat (JSON) with a TTL
+    stats               counters and histogram buckets for /metrics
+
+The job hash is the source of truth. Every transition -- create, claim (start),
+renew/progress, finish (succeed, fail, cancel), requeue -- is ONE Lua script, so
+the document, its sets, its events and the counters change together or not at
+all. A running job's ``attempts`` is its fencing token: only the worker holding
+the current attempt can renew its lease, report progress or finish it, so a
+stale worker that wakes up after its lease expired changes nothing. Lease times
+come from the Redis server clock, never from a worker's.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+
+from app.core.jobs.ids import new_job_id
+from app.core.jobs.names import QUEUE_OF
+from app.core.stats import histogram_fields
+from app.core.store.connection import connect
+
+__all__ = [
+    "JobStore",
+    "Claim",
+    "Submission",
+    "QueueFull",
+    "ClientLimit",
+    "IdempotencyConflict",
+    "store_from_settings",
+    "now_iso",
+    "fingerprint",
+    "parse_doc",
+    "RENEW_CANCEL",
+    "RENEW_PREVIEW",
+]
+
+# Bits of what JobStore.renew returns for a job whose lease it renewed.
+RENEW_CANCEL = 1
+RENEW_PREVIEW = 2
+
+
+class QueueFull(Exception):
+    """The queue of this kind of job is at its limit."""
+
+
+class ClientLimit(Exception):
+    """This client has as many unfinished jobs as it may."""
+
+
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key reused with a different request body."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What :meth:`JobStore.create` did: a new job, or the replay of an earlier one."""
+
+    job_id: str
+    created: bool
+    # A created job: its document as stored and its place in the queue (0 = next), so the
+    # API can answer without reading it back.
+    doc: dict[str, Any] | None = None
+    position: int | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker now runs: ``attempt`` is its fencing token."""
+
+    job_id: str
+    attempt: int
+    doc: dict[str, Any]
+
+
+# -- Lua -------------------------------------------------------------------------------------
+# Shared by the scripts below. Field values are JSON, so a status is stored as '"running"'.
+_LIB = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function event(key, maxlen, ttl, name, data)
+  redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'event', name, 'data', data)
+  redis.call('EXPIRE', key, ttl)
+end
+local function hset_pairs(key, a, from, to)
+  if to >= from then redis.call('HSET', key, unpack(a, from, to)) end
+end
+-- job keys: KEYS[1] hash, [2] events, [3] cancel flag, [4] queue, [5] leases, [6] stats,
+-- [7] expiry. Terminal transition shared by finish, cancel, claim and requeue.
+local function finish_job(id, prefix, kind, to, ttl, events_ttl, maxlen, done, now)
+  redis.call('HSET', KEYS[1], 'status', '"' .. to .. '"')
+  redis.call('ZREM', KEYS[4], id)
+  redis.call('ZREM', KEYS[5], id)
+  local client = redis.call('HGET', KEYS[1], 'client')
+  if client then redis.call('ZREM', prefix .. 'inflight:' .. cjson.decode(client), id) end
+  redis.call('DEL', KEYS[3])
+  redis.call('EXPIRE', KEYS[1], ttl)
+  local idem = redis.call('HGET', KEYS[1], 'idem')  -- the key lives as long as the job
+  if idem then redis.call('EXPIRE', cjson.decode(idem), ttl) end
+  event(KEYS[2], maxlen, events_ttl, 'status', '{"status": "' .. to .. '"}')
+  event(KEYS[2], maxlen, events_ttl, 'done', done)
+  redis.call('HINCRBYFLOAT', KEYS[6], 'jobs_finished:' .. kind .. ':' .. to, 1)
+  redis.call('ZADD', KEYS[7], math.floor(now / 1000) + ttl, id)
+  -- Wakes the API's long polls (GET /jobs/{id}?wait=): one channel, one subscriber each.
+  redis.call('PUBLISH', prefix .. 'finished', id)
+end
+"""
+
+# KEYS: job hash, events, queue, stats, idem (or ''), inflight, broker list (or '')
+# ARGV: id, prefix, kind, ttl, maxlen, queue_limit, client_limit, fingerprint, created_ts,
+#       broker message, then field/value pairs of the document
+_CREATE = (
+    _LIB
+    + """
+local id, prefix, kind = ARGV[1], ARGV[2], ARGV[3]
+local ttl, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5])
+local queue_limit, client_limit = tonumber(ARGV[6]), tonumber(ARGV[7])
+if KEYS[5] ~= '' then
+  local prev = redis.call('GET', KEYS[5])
+  if prev then
+    local sep = string.find(prev, ' ', 1, true)
+    local pid = string.sub(prev, 1, sep - 1)
+    if redis.call('EXISTS', prefix .. 'job:' .. pid) == 1 then
+      if string.sub(prev, sep + 1) == ARGV[8] then return {'replay', pid} end
+      return {'conflict', pid}
+    end
+  end
+end
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[9]) - ttl)
+if queue_limit >= 0 and redis.call('ZCARD', KEYS[3]) >= queue_limit then
+  return {'queue_full'}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - ttl * 1000)
+if client_limit > 0 and redis.call('ZCARD', KEYS[6]) >= client_limit then
+  return {'client_limit'}
+end
+hset_pairs(KEYS[1], ARGV, 11, #ARGV)
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[3], tonumber(ARGV[9]), id)
+redis.call('ZADD', KEYS[6], now, id)
+redis.call('EXPIRE', KEYS[6], ttl)
+event(KEYS[2], maxlen, ttl, 'status', '{"status": "queued"}')
+redis.call('HINCRBYFLOAT', KEYS[4], 'jobs_submitted:' .. kind, 1)
+if KEYS[5] ~= '' then redis.call('SET', KEYS[5], id .. ' ' .. ARGV[8], 'EX', ttl) end
+-- The task's message, in the same step: a stored job always has one on its way.
+if KEYS[7] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[10]) end
+return {'created', id, redis.call('ZRANK', KEYS[3], id)}
+"""
+)
+
+# KEYS: job keys. ARGV: id, prefix, kind, ttl, events_ttl, maxlen, lease_ms, worker,
+#       started_at, started_ts, cancel_done
+_CLAIM = (
+    _LIB
+    + """
+local id, prefix, kind = ARGV[1], ARGV[2], ARGV[3]
+local ttl, events_ttl, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'gone'} end
+if st ~= '"queued"' then return {'busy', st} end
+if redis.call('HGET', KEYS[1], 'kind') ~= '"' .. kind .. '"' then return {'wrong_kind'} end
+local now = now_ms()
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  finish_job(id, prefix, kind, 'canceled', ttl, events_ttl, maxlen, ARGV[11], now)
+  return {'canceled'}
+end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', '"running"', 'worker', ARGV[8],
+           'started_at', ARGV[9], 'started_ts', ARGV[10])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZREM', KEYS[4], id)
+redis.call('ZADD', KEYS[5], now + tonumber(ARGV[7]), id)
+event(KEYS[2], maxlen, ttl, 'status', '{"status": "running", "attempt": ' .. attempt .. '}')
+return {'claimed', attempt, redis.call('HGETALL', KEYS[1])}
+"""
+)
+
+# KEYS: job hash, events, cancel flag, leases, preview flag. ARGV: id, attempt, lease_ms,
+#       ttl, maxlen, progress ('' = none), event data ('' = none), preview event data ('' =
+#       none)
+# Returns -1 when the lease is lost (another attempt owns the job, or it finished), else
+# bit 0: a cancel was requested, bit 1: someone watches the job's preview.
+_RENEW = (
+    _LIB
+    + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= '"running"' or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[2] then return -1 end
+redis.call('ZADD', KEYS[4], now_ms() + tonumber(ARGV[3]), ARGV[1])
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[1], 'progress', ARGV[6])
+  event(KEYS[2], tonumber(ARGV[5]), tonumber(ARGV[4]), 'progress', ARGV[7])
+end
+if ARGV[8] ~= '' then event(KEYS[2], tonumber(ARGV[5]), tonumber(ARGV[4]), 'preview', ARGV[8]) end
+return redis.call('EXISTS', KEYS[3]) + 2 * redis.call('EXISTS', KEYS[5])
+"""
+)
+
+# KEYS: job keys. ARGV: id, prefix, kind, ttl, events_ttl, maxlen, attempt ('' = any),
+#       to, allowed (comma list), done, last progress ('' = none; an event unless the
+#       document already says so), n_stats,
+#       stat pairs..., field pairs...
+_FINISH = (
+    _LIB
+    + """
+local id, prefix, kind = ARGV[1], ARGV[2], ARGV[3]
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'gone'} end
+local ok = false
+for s in string.gmatch(ARGV[9], '[^,]+') do if '"' .. s .. '"' == st then ok = true end end
+if not ok then return {'refused', st} end
+if ARGV[7] ~= '' and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[7] then
+  return {'stale', st}
+end
+if ARGV[11] ~= '' and redis.call('HGET', KEYS[1], 'progress') ~= ARGV[11] then
+  event(KEYS[2], tonumber(ARGV[6]), tonumber(ARGV[5]), 'progress', ARGV[11])
+end
+local n = tonumber(ARGV[12])
+for i = 13, 12 + 2 * n, 2 do redis.call('HINCRBYFLOAT', KEYS[6], ARGV[i], ARGV[i + 1]) end
+hset_pairs(KEYS[1], ARGV, 13 + 2 * n, #ARGV)
+finish_job(id, prefix, kind, ARGV[8], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+           ARGV[10], now_ms())
+return {'done', st}
+"""
+)
+
+# KEYS: job keys. ARGV: id, prefix, kind, ttl, events_ttl, maxlen, done (for a queued job)
+# Queued: canceled at once. Running: the flag tells its worker to stop at the next step.
+_CANCEL = (
+    _LIB
+    + """
+local id, prefix, kind = ARGV[1], ARGV[2], ARGV[3]
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'gone'} end
+if st == '"queued"' then
+  finish_job(id, prefix, kind, 'canceled', tonumber(ARGV[4]), tonumber(ARGV[5]),
+             tonumber(ARGV[6]), ARGV[7], now_ms())
+  return {'canceled'}
+end
+if st == '"running"' then
+  redis.call('SET', KEYS[3], '1', 'EX', tonumber(ARGV[4]))
+  return {'requested'}
+end
+return {'finished', st}
+"""
+)
+
+# KEYS: job keys. ARGV: id, prefix, kind, ttl, events_ttl, maxlen, max_attempts,
+#       fail_done, cancel_done, fail_error, cancel_error, attempt ('' = by lease expiry)
+# A running job whose lease expired: queued again (front of its queue, by submit time),
+# or failed after max_attempts, or canceled when a cancel was requested meanwhile. With
+# an attempt: its own worker gives it back (shutting down), whatever the lease says.
+_REQUEUE = (
+    _LIB
+    + """
+local id, prefix, kind = ARGV[1], ARGV[2], ARGV[3]
+local ttl, events_ttl, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local now = now_ms()
+local given_back = ARGV[12] ~= ''
+local expiry = redis.call('ZSCORE', KEYS[5], id)
+if not given_back and expiry and tonumber(expiry) > now then return {'alive'} end
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= '"running"' then
+  if not given_back then redis.call('ZREM', KEYS[5], id) end
+  return {'gone'}
+end
+if given_back and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[12] then return {'stale'} end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts'))
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('HSET', KEYS[1], 'error', ARGV[11])
+  finish_job(id, prefix, kind, 'canceled', ttl, events_ttl, maxlen, ARGV[9], now)
+  return {'canceled', attempts}
+end
+if not given_back and attempts >= tonumber(ARGV[7]) then
+  redis.call('HSET', KEYS[1], 'error', ARGV[10])
+  finish_job(id, prefix, kind, 'failed', ttl, events_ttl, maxlen, ARGV[8], now)
+  return {'failed', attempts}
+end
+redis.call('HSET', KEYS[1], 'status', '"queued"')
+redis.call('HDEL', KEYS[1], 'worker')
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZREM', KEYS[5], id)
+redis.call('ZADD', KEYS[4], tonumber(redis.call('HGET', KEYS[1], 'created_ts')), id)
+redis.call('HINCRBYFLOAT', KEYS[6], 'jobs_requeued:' .. kind, 1)
+event(KEYS[2], maxlen, ttl, 'status',
+      '{"status": "queued", "reason": "lease expired", "attempt": ' .. attempts .. '}')
+return {'requeued', attempts}
+"""
+)
+
+# KEYS: job hash, events, queue, stats, idem (or ''), inflight. ARGV: id, kind
+_FORGET = """
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
+if KEYS[5] ~= '' then redis.call('DEL', KEYS[5]) end
+redis.call('HINCRBYFLOAT', KEYS[4], 'jobs_submitted:' .. ARGV[2], -1)
+return 1
+"""
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def now_iso() -> str:
+    """The current UTC time, ISO 8601 with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def fingerprint(body: Any) -> str:
+    """A digest of a request body (canonical JSON), to bind an Idempotency-Key to it."""
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canon.encode()).hexdigest()[:32]
+
+
+def store_from_settings(settings: Any, client: redis.Redis | None = None) -> JobStore:
+    """The job store that ``settings`` (an :class:`app.core.settings.Settings`) describe."""
+    s = settings
+    return JobStore(
+        client or connect(s.broker_url),
+        s.key_prefix,
+        s.job_ttl,
+        s.events_maxlen,
+        lease_ttl=s.lease_ttl,
+        events_ttl=s.events_ttl,
+        max_attempts=s.max_attempts,
+    )
+
+
+def parse_doc(raw: dict[str, str]) -> dict[str, Any] | None:
+    """A job document from its hash (every field JSON); None for a missing job."""
+    return {k: json.loads(v) for k, v in raw.items()} if raw else None
+
+
+def _pairs(fields: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for k, v in fields.items():
+        out += [k, json.dumps(v)]
+    return out
+
+
+class JobStore:
+    """Job documents and every transition of their lifecycle; heartbeats; stats."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "ddpm:",
+        ttl: int = 86400,
+        events_maxlen: int = 1000,
+        *,
+        lease_ttl: float = 15.0,
+        events_ttl: int = 600,
+        max_attempts: int = 3,
+    ) -> None:
+        self.r = client
+        self.prefix = prefix
+        self.ttl = int(ttl)
+        self.events_maxlen = events_maxlen
+        self.lease_ms = int(lease_ttl * 1000)
+        self.events_ttl = int(min(events_ttl, ttl))
+        self.max_attempts = max_attempts
+        self._create = client.register_script(_CREATE)
+        self._claim = client.register_script(_CLAIM)
+        self._renew = client.register_script(_RENEW)
+        self._finish = client.register_script(_FINISH)
+        self._cancel = client.register_script(_CANCEL)
+        self._requeue = client.register_script(_REQUEUE)
+        self._forget = client.register_script(_FORGET)
+
+    # -- keys ------------------------------------------------------------------------------
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def job_key(self, job_id: str, suffix: str | None = None) -> str:
+        return self.key("job", job_id) + (f":{suffix}" if suffix else "")
+
+    def qkey(self, kind: str) -> str:
+        """The queue sorted set of a job kind (``generate`` -> ``queue:gen``)."""
+        return self.key("queue", QUEUE_OF.get(kind, kind))
+
+    def lkey(self, kind: str) -> str:
+        """The leases of running jobs of a kind (``leases:gen``), scored by expiry (ms)."""
+        return self.key("leases", QUEUE_OF.get(kind, kind))
+
+    def _job_keys(self, job_id: str, kind: str) -> list[str]:
+        return [
+            self.job_key(job_id),
+            self.job_key(job_id, "events"),
+            self.job_key(job_id, "cancel"),
+            self.qkey(kind),
+            self.lkey(kind),
+            self.key("stats"),
+            self.key("expiry"),
+        ]
+
+    def _common(self, job_id: str, kind: str) -> list[Any]:
+        return [job_id, self.prefix, kind, self.ttl, self.events_ttl, self.events_maxlen]
+
+    def finished_channel(self) -> str:
+        """The pub/sub channel every terminal transition publishes the job id on."""
+        return self.prefix + "finished"
+
+    # -- reads -----------------------------------------------------------------------------
+    def ping(self) -> bool:
+        return bool(self.r.ping())
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        return parse_doc(self.r.hgetall(self.job_key(job_id)))
+
+    def get_fields(self, job_id: str, *names: str) -> dict[str, Any] | None:
+        """Some fields of a job's document (absent ones None); None for a missing job."""
+        values = self.r.hmget(self.job_key(job_id), ["status", *names])
+        if values[0] is None:
+            return None
+        keys = ["status", *names]
+        return {k: None if v is None else json.loads(v) for k, v in zip(keys, values, strict=True)}
+
+    async def aget(self, ar: aredis.Redis, job_id: str) -> dict[str, Any] | None:
+        """:meth:`get` through the async client ``ar`` (decoded responses), for the API's
+        event loop."""
+        return parse_doc(await ar.hgetall(self.job_key(job_id)))
+
+    async def aqueue_position(self, ar: aredis.Redis, job_id: str, kind: str) -> int | None:
+        rank = await ar.zrank(self.qkey(kind), job_id)
+        return None if rank is None else int(rank)
+
+    def running(self, kind: str = "generate") -> list[str]:
+        """Ids of jobs of ``kind`` that hold a lease (live or expired)."""
+        return list(self.r.zrange(self.lkey(kind), 0, -1))
+
+    def expired_leases(self, kind: str, limit: int = 100) -> list[str]:
+        """Running jobs whose lease has expired by the Redis clock."""
+        sec, usec = self.r.time()
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        return list(self.r.zrangebyscore(self.lkey(kind), "-inf", now_ms, start=0, num=limit))
+
+    def queued_before(self, kind: str, ts: float, limit: int = 1000) -> list[str]:
+        """Queued jobs submitted before ``ts`` (epoch seconds)."""
+        return list(self.r.zrangebyscore(self.qkey(kind), "-inf", ts, start=0, num=limit))
+
+    def queue_position(self, job_id: str, kind: str = "generate") -> int | None:
+        rank = self.r.zrank(self.qkey(kind), job_id)
+        return None if rank is None else int(rank)
+
+    def queue_depth(self, kind: str = "generate") -> int:
+        return int(self.r.zcard(self.qkey(kind)))
+
+    def read_events(
+        self, job_id: str, last_id: str = "0-0", block_ms: int | None = None, count: int = 100
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """Events after ``last_id`` as (id, event, data); blocks up to ``block_ms``."""
+        res = self.r.xread({self.job_key(job_id, "events"): last_id}, count=count, block=block_ms)
+        out = []
+        for _key, entries in res or []:
+            for eid, fields in entries:
+                out.append(
+                    (eid, fields.get("event", "message"), json.loads(fields.get("data", "{}")))
+                )
+        return out
+
+    # -- transitions -----------------------------------------------------------------------
+    def create(
+        self,
+        kind: str,
+        request: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+        *,
+        client: str = "anon",
+        idem_key: str | None = None,
+        body_fingerprint: str = "",
+        queue_limit: int = -1,
+        client_limit: int = 0,
+        job_id: str | None = None,
+        message: tuple[str, str] | None = None,
+    ) -> Submission:
+        """Create a queued job, atomically with its queue entry, first event and counters.
+
+        An ``idem_key`` (already scoped by the caller: client and endpoint) seen before with
+        the same ``body_fingerprint`` returns the earlier job (``created`` False); with
+        another body it raises :class:`IdempotencyConflict`. Raises :class:`QueueFull` or
+        :class:`ClientLimit` at the limits (``queue_limit`` < 0 and ``client_limit`` 0 mean
+        none). ``message`` (broker list key, message) is pushed with a created job, in the
+        same atomic step (:class:`app.core.queue.TaskMessages`)."""
+        job_id = job_id or new_job_id()
+        created_ts = time.time()
+        doc = {
+            "id": job_id,
+            "kind": kind,
+            "status": "queued",
+            "created_at": now_iso(),
+            "created_ts": created_ts,
+            "client": client,
+            "request": request,
+            "attempts": 0,
+            "progress": {"step": 0, "total": 0, "fraction": 0.0},
+        } | (extra or {})
+        idem = self.key("idem", idem_key) if idem_key else ""
+        if idem:
+            doc["idem"] = idem
+        res = self._create(
+            keys=[
+                self.job_key(job_id),
+                self.job_key(job_id, "events"),
+                self.qkey(kind),
+                self.key("stats"),
+                idem,
+                self.key("inflight", client),
+                message[0] if message else "",
+            ],
+            args=[
+                job_id,
+                self.prefix,
+                kind,
+                self.ttl,
+                self.events_maxlen,
+                queue_limit,
+                client_limit,
+                body_fingerprint,
+                repr(created_ts),
+                message[1] if message else "",
+                *_pairs(doc),
+            ],
+        )
+        outcome = res[0]
+        if outcome == "created":
+            return Submission(job_id, True, doc, int(res[2]))
+        if outcome == "replay":
+            return Submission(res[1], False)
+        if outcome == "conflict":
+            raise IdempotencyConflict(res[1])
+        if outcome == "queue_full":
+            raise QueueFull(kind)
+        raise ClientLimit(client)
+
+    def forget(
+        self, job_id: str, kind: str, client: str = "anon", idem_key: str | None = None
+    ) -> None:
+        """Undo :meth:`create` (the job was never handed to anyone)."""
+        self._forget(
+            keys=[
+                self.job_key(job_id),
+                self.job_key(job_id, "events"),
+                self.qkey(kind),
+                self.key("stats"),
+                self.key("idem", idem_key) if idem_key else "",
+                self.key("inflight", client),
+            ],
+            args=[job_id, kind],
+        )
+
+    def claim(self, job_id: str, kind: str, worker: str) -> Claim | None:
+        """queued -> running with a fresh lease and the next attempt number (the fencing
+        token). None when the job is not queued (running elsewhere, finished, gone); a job
+        whose cancel flag is set is canceled instead."""
+        done = json.dumps({"status": "canceled", "error": _CANCELED_QUEUED})
+        res = self._claim(
+            keys=self._job_keys(job_id, kind),
+            args=[
+                *self._common(job_id, kind),
+                self.lease_ms,
+                json.dumps(worker),
+                json.dumps(now_iso()),
+                json.dumps(time.time()),
+                done,
+            ],
+        )
+        if res[0] != "claimed":
+            return None
+        flat = res[2]
+        doc = {flat[i]: json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return Claim(job_id, int(res[1]), doc)
+
+    def renew(
+        self,
+        kind: str,
+        held: dict[str, int],
+        progress: dict[str, dict[str, Any]] | None = None,
+        previews: dict[str, dict[str, Any]] | None = None,
+    ) -> dict[str, int]:
+        """Renew the leases of ``held`` (job id -> attempt) and write pending ``progress`` (job
+        id -> event data; its step/total/fraction also go to the document) and ``previews``
+        (job id -> ``preview`` event data), in one round trip. Returns job id -> -1 (lease
+        lost: stop, the result would be discarded) or a bit set: ``RENEW_CANCEL`` (cancel
+        requested), ``RENEW_PREVIEW`` (a client watches the preview, :meth:`want_preview`)."""
+        progress = progress or {}
+        previews = previews or {}
+        pipe = self.r.pipeline(transaction=False)
+        ids = list(held)
+        for job_id in ids:
+            data = progress.get(job_id)
+            doc_progress = (
+                json.dumps({k: data[k] for k in ("step", "total", "fraction") if k in data})
+                if data
+                else ""
+            )
+            self._renew(
+                keys=[
+                    self.job_key(job_id),
+                    self.job_key(job_id, "events"),
+                    self.job_key(job_id, "cancel"),
+                    self.lkey(kind),
+                    self.job_key(job_id, "preview"),
+                ],
+                args=[
+                    job_id,
+                    held[job_id],
+                    self.lease_ms,
+                    self.ttl,
+                    self.events_maxlen,
+                    doc_progress,
+                    json.dumps(data) if data else "",
+                    json.dumps(previews[job_id]) if job_id in previews else "",
+                ],
+                client=pipe,
+            )
+        return {job_id: int(v) for job_id, v in zip(ids, pipe.execute(), strict=True)}
+
+    def finish(
+        self,
+        job_id: str,
+        kind: str,
+        status: str,
+        attempt: int | None,
+        *,
+        allowed: Iterable[str] = ("running",),
+        stats: Sequence[tuple[str, float]] = (),
+        **fields: Any,
+    ) -> bool:
+        """Move a job to a terminal ``status`` with ``fields`` (result, error, metrics...),
+        its last ``progress`` event (when ``fields`` has one), ``status`` and ``done`` events
+        and counters, in one step. ``attempt`` fences it: a worker whose attempt is no
+        longer the job's changes nothing (False)."""
+        fields = {"finished_at": now_iso(), "finished_ts": time.time()} | fields
+        done = {"status": status} | {k: fields[k] for k in ("result", "error") if k in fields}
+        args: list[Any] = [
+            *self._common(job_id, kind),
+            "" if attempt is None else str(attempt),
+            status,
+            ",".join(allowed),
+            json.dumps(done),
+            json.dumps(fields["progress"]) if "progress" in fields else "",
+            len(stats),
+        ]
+        for name, amount in stats:
+            args += [name, repr(float(amount))]
+        args += _pairs(fields)
+        res = self._finish(keys=self._job_keys(job_id, kind), args=args)
+        return res[0] == "done"
+
+    def cancel(self, job_id: str, kind: str) -> tuple[str, str | None]:
+        """Cancel: ``canceled`` (it was queued: it never starts), ``requested`` (running: its
+        worker stops at the next step), ``finished`` (too late; with its status) or
+        ``gone``. Returns (outcome, terminal status or None)."""
+        done = json.dumps({"status": "canceled", "error": _CANCELED_QUEUED})
+        res = self._cancel(
+            keys=self._job_keys(job_id, kind), args=[*self._common(job_id, kind), done]
+        )
+        return res[0], (json.loads(res[1]) if len(res) > 1 else None)
+
+    def requeue(self, job_id: str, kind: str, attempt: int | None = None) -> str:
+        """A running job whose lease expired: ``requeued`` (its worker is gone; it runs
+        again), ``failed`` (max attempts reached), ``canceled`` (cancel was requested),
+        ``alive`` (the lease was renewed meanwhile) or ``gone``. With ``attempt``, the
+        worker running that attempt gives the job back (``stale`` if it is not its own)."""
+        attempts_left = f"its worker stopped responding {self.max_attempts} times"
+        lost = {"type": "WorkerLost", "message": f"gave up: {attempts_left}"}
+        canceled = {"type": "Canceled", "message": "canceled while its worker was lost"}
+        res = self._requeue(
+            keys=self._job_keys(job_id, kind),
+            args=[
+                *self._common(job_id, kind),
+                self.max_attempts,
+                json.dumps({"status": "failed", "error": lost}),
+                json.dumps({"status": "canceled", "error": canceled}),
+                json.dumps(lost),
+                json.dumps(canceled),
+                "" if attempt is None else str(attempt),
+            ],
+        )
+        return res[0]
+
+    # -- live previews ---------------------------------------------------------------------
+    def want_preview(self, job_id: str, ttl: float = 10.0) -> None:
+        """Say that a client watches ``job_id``'s live preview for the next ``ttl`` seconds
+        (refresh it while watching). The job's worker learns it at its next lease renewal;
+        nobody watching costs the worker nothing."""
+        self.r.set(self.job_key(job_id, "preview"), "1", px=max(1, int(ttl * 1000)))
+
+    # -- events ----------------------------------------------------------------------------
+    def add_event(self, job_id: str, event: str, data: dict[str, Any]) -> str:
+        key = self.job_key(job_id, "events")
+        pipe = self.r.pipeline()
+        pipe.xadd(
+            key,
+            {"event": event, "data": json.dumps(data)},
+            maxlen=self.events_maxlen,
+            approximate=True,
+        )
+        pipe.expire(key, self.ttl)
+        return pipe.execute()[0]
+
+    # -- retention -------------------------------------------------------------------------
+    def expired_jobs(self, limit: int = 100) -> list[str]:
+        """Finished jobs whose documents have expired: their results can go."""
+        return list(self.r.zrangebyscore(self.key("expiry"), "-inf", time.time(), 0, limit))
+
+    def forget_expired(self, job_ids: list[str]) -> None:
+        if job_ids:
+            self.r.zrem(self.key("expiry"), *job_ids)
+
+    # -- workers ---------------------------------------------------------------------------
+    def heartbeat(self, name: str, info: dict[str, Any], ttl: float) -> None:
+        payload = info | {"name": name, "time": time.time()}
+        self.r.set(self.key("worker", name), json.dumps(payload), px=int(ttl * 1000))
+
+    def remove_heartbeat(self, name: str) -> None:
+        self.r.delete(self.key("worker", name))
+
+    def workers(self) -> list[dict[str, Any]]:
+        keys = list(self.r.scan_iter(match=self.key("worker", "*"), count=100))
+        vals = self.r.mget(keys) if keys else []
+        return [json.loads(v) for v in vals if v]
+
+    def redis_uptime(self) -> float:
+        """Seconds since the Redis server started (leases need that long to be trusted)."""
+        return float(self.r.info("server").get("uptime_in_seconds", 0))
+
+    # -- stats (for /metrics) --------------------------------------------------------------
+    def incr_stat(self, field: str, amount: float = 1) -> None:
+        self.r.hincrbyfloat(self.key("stats"), field, amount)
+
+    def observe(self, name: str, values: Sequence[float], buckets: Sequence[float]) -> None:
+        """Add observations to a histogram kept as hash fields (one round trip)."""
+        if not values:
+            return
+        total: collections.Counter[str] = collections.Counter()
+        for value in values:
+            for f, amount in histogram_fields(name, value, buckets):
+                total[f] += amount
+        pipe = self.r.pipeline(transaction=False)
+        for f, amount in total.items():
+            pipe.hincrbyfloat(self.key("stats"), f, amount)
+        pipe.execute()
+
+    def stats(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.r.hgetall(self.key("stats")).items()}
+
+
+_CANCELED_QUEUED = {"type": "Canceled", "message": "canceled before it started"}

@@ -1,0 +1,1 @@
+"""Generation jobs: the continuously batched engine and the job body around it."""

@@ -1,0 +1,1 @@
+"""Training jobs: the job body and the multi-process runner (torchrun child)."""
