@@ -13,9 +13,20 @@ import time
 from pathlib import Path
 
 from app.cli.common import UsageError, checkpoint_dir
-from ddpm_core.checkpoint_config import SAMPLERS
+from app.cli.options import add_generate_flags
 
-__all__ = ["add_commands", "check_sampling_args", "cmd_init", "cmd_sample", "cmd_convert"]
+__all__ = [
+    "SAMPLE_FLAGS",
+    "add_commands",
+    "check_sampling_args",
+    "cmd_init",
+    "cmd_sample",
+    "cmd_convert",
+]
+
+# The generation options ``ddpm sample`` and ``ddpm eval`` take as flags (before the
+# sampling-only ones).
+SAMPLE_FLAGS = ("count", "seed", "steps", "sampler", "eta", "label", "guidance_scale")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -35,17 +46,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint to PNG files and a grid")
     p.add_argument("checkpoint", help="checkpoint directory, or a built-in name (e.g. digits)")
     p.add_argument("-o", "--out", type=Path, default=Path("samples"), help="output directory")
-    p.add_argument("-n", "--count", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0, help="image i uses seed+i")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: checkpoint)")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default=None)
-    p.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1]")
-    p.add_argument("--label", type=int, default=None, help="class label (conditional models)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    add_generate_flags(p, SAMPLE_FLAGS, remote=False)
     p.add_argument("--batch-size", type=int, default=64, help="images per network call")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the network (CUDA)")
-    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    add_generate_flags(p, ["use_ema"], remote=False)
     p.add_argument("--nrow", type=int, default=None, help="images per grid row")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sample)
@@ -133,7 +138,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.bf16 and device.type != "cuda":
         raise UsageError("--bf16 needs a CUDA device")
     try:
-        ckpt = load_checkpoint(checkpoint_dir(args.checkpoint), use_ema=not args.raw, device=device)
+        ckpt = load_checkpoint(
+            checkpoint_dir(args.checkpoint), use_ema=args.use_ema is not False, device=device
+        )
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
     cfg = ckpt.config
@@ -145,7 +152,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             raise UsageError("--label given, but this checkpoint is unconditional")
         if not 0 <= args.label < cfg.num_classes:
             raise UsageError(f"--label must be in [0, {cfg.num_classes - 1}]")
-    if args.guidance is not None and args.label is None:
+    if args.guidance_scale is not None and args.label is None:
         raise UsageError("--guidance needs --label")
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -163,7 +170,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         eta=args.eta,
         labels=args.label,
-        guidance_scale=args.guidance,
+        guidance_scale=args.guidance_scale,
         autocast_dtype=torch.bfloat16 if args.bf16 else None,
         callback=progress,
         batch_size=args.batch_size,

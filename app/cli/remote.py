@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from app.cli.common import UsageError
+from app.cli.offline import SAMPLE_FLAGS
+from app.cli.options import add_generate_flags, generate_values
 
 __all__ = ["add_commands"]
 
@@ -43,20 +45,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "checkpoint", nargs="?", default=None, help="name or name@version (default: the service's)"
     )
     g.add_argument("-o", "--out", type=Path, default=Path("samples"), help="output directory")
-    g.add_argument("-n", "--count", type=int, default=16)
-    g.add_argument("--seed", type=int, default=0, help="image i uses seed+i")
-    g.add_argument("--steps", type=int, default=None, help="sampling steps (default: checkpoint)")
-    g.add_argument(
-        "--sampler", choices=["ddpm", "ddim", "dpm++2m", "dpm++3m", "dpm++2m-sde"], default=None
-    )
-    g.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1]")
-    g.add_argument("--label", type=int, default=None, help="class label (conditional models)")
-    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    g.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    add_generate_flags(g, [*SAMPLE_FLAGS, "use_ema"], remote=True)
     g.add_argument("--nrow", type=int, default=None, help="images per grid row")
-    g.add_argument(
-        "--trajectory-frames", type=int, default=0, help="also write trajectory.gif (N frames)"
-    )
+    add_generate_flags(g, ["trajectory_frames"], remote=True)
     g.add_argument("--no-wait", action="store_true", help="print the job id and exit")
     g.set_defaults(func=_guard(cmd_generate))
 
@@ -210,18 +201,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         _out_dir(args.out)
     started = time.perf_counter()
     with _client(args) as client:
-        job = client.generate(
-            args.count,
-            seed=args.seed,
-            steps=args.steps,
-            sampler=args.sampler,
-            eta=args.eta,
-            checkpoint=args.checkpoint,
-            label=args.label,
-            guidance_scale=args.guidance,
-            use_ema=False if args.raw else None,
-            trajectory_frames=args.trajectory_frames or None,
-        )
+        options = generate_values(args)  # None: the service's (the checkpoint's) default
+        options["trajectory_frames"] = options["trajectory_frames"] or None
+        job = client.generate(**options)
         if args.no_wait:
             print(job.id)
             return 0

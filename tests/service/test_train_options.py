@@ -63,7 +63,7 @@ def test_sampler_names_agree_everywhere() -> None:
     from app.cli.remote import add_commands as remote_commands
     from app.core.jobs.spec import GenerateRequest
     from ddpm_core.checkpoint_config import SAMPLERS
-    from worker.generate.job import GenerateJob
+    from app.core.jobs.spec import GenerateJob
 
     def literal(annotation) -> set[str]:
         args = set()

@@ -21,12 +21,14 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from app.core.jobs.options import engine_fields
+from app.core.jobs.spec import GENERATE_OPTIONS
 from app.core.logs import log_event
 from ddpm_core.acceleration import FastDenoiser, FastOptions, probe_max_batch
 from ddpm_core.checkpoint import Checkpoint, load_checkpoint
@@ -35,7 +37,7 @@ from ddpm_core.pipeline import check_labels, resolve_device, step_table_for
 from ddpm_core.samplers import StepTable, denoise_step, stack_coefs, stack_history
 from ddpm_core.seeding import ImageRNG
 
-__all__ = ["GenSpec", "EngineJob", "Engine", "JobFailed"]
+__all__ = ["GenSpec", "EngineJob", "Engine", "RunFailure"]
 
 log = logging.getLogger("ddpm.engine")
 
@@ -45,8 +47,9 @@ PreviewFn = Callable[[int, int, torch.Tensor], None]
 PREVIEW_ROWS = 16
 
 
-class JobFailed(Exception):
-    """A job could not run; ``type`` names the cause (CheckpointError, NonFinite, ...)."""
+class RunFailure(Exception):
+    """Why a job could not run in the engine; ``type`` names the cause (CheckpointError,
+    NonFinite, OutOfMemory, ...) and becomes the job's error type."""
 
     def __init__(self, type_: str, message: str) -> None:
         super().__init__(message)
@@ -54,34 +57,27 @@ class JobFailed(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class GenSpec:
-    """What to generate: the normalised request plus the checkpoint's directory."""
-
-    job_id: str
-    checkpoint_path: str
-    checkpoint_ref: str
-    count: int = 1
-    seed: int = 0
-    steps: int | None = None
-    sampler: str | None = None
-    eta: float | None = None
-    label: int | None = None
-    guidance_scale: float | None = None
-    use_ema: bool = True
-    trajectory_frames: int = 0
+# What to generate: the engine's options of the declared generation options (None: the
+# checkpoint's default), plus which checkpoint directory and job.
+GenSpec = make_dataclass(
+    "GenSpec",
+    [("job_id", str), ("checkpoint_path", str), ("checkpoint_ref", str)]
+    + [(name, Any, field(default=default)) for name, default in engine_fields(GENERATE_OPTIONS)],
+    frozen=True,
+)
+GenSpec.__doc__ = "What to generate: a job's normalised options and its checkpoint directory."
 
 
 @dataclass(eq=False)
 class EngineJob:
     """A job inside the engine; the submitting thread waits on ``done``."""
 
-    spec: GenSpec
+    spec: GenSpec  # type: ignore[valid-type]
     on_progress: ProgressFn | None = None
     done: threading.Event = field(default_factory=threading.Event)
     cancel: threading.Event = field(default_factory=threading.Event)
     status: str = "pending"  # -> succeeded | failed | canceled | interrupted (engine stopped)
-    error: JobFailed | None = None
+    error: RunFailure | None = None
     images: torch.Tensor | None = None  # (count, C, H, W) on CPU, in [-1, 1]
     frames: list[torch.Tensor] = field(default_factory=list)  # grids' sources, (count, C, H, W)
     network_calls: int = 0
@@ -268,9 +264,9 @@ class Engine:
                 except Exception as exc:  # noqa: BLE001 - never let the engine thread die
                     log_event(log, "engine error", logging.ERROR, error=repr(exc))
                     for job in list(self._active):
-                        self._finish(job, "failed", JobFailed("EngineError", repr(exc)))
+                        self._finish(job, "failed", RunFailure("EngineError", repr(exc)))
         for job in self._active + self._pending:
-            self._finish(job, "interrupted", JobFailed("WorkerShutdown", "the worker stopped"))
+            self._finish(job, "interrupted", RunFailure("WorkerShutdown", "the worker stopped"))
 
     def _model_key(self, spec: GenSpec) -> tuple:
         """The cache key of the spec's model: its directory's identity (a re-created directory
@@ -358,7 +354,7 @@ class Engine:
                 rng = ImageRNG(spec.seed + i, self.device)
                 rows.append(_Row(job, i, rng, table, rng.initial(shape), spec.label, float(scale)))
         except Exception as exc:  # noqa: BLE001 - the job fails alone
-            self._finish(job, "failed", JobFailed(type(exc).__name__, str(exc)))
+            self._finish(job, "failed", RunFailure(type(exc).__name__, str(exc)))
             return
         total = len(table)
         job._ckpt, job._key = ckpt, key
@@ -381,7 +377,7 @@ class Engine:
         for job in [j for j in self._active if j.cancel.is_set()]:
             self._finish(job, "canceled")
 
-    def _finish(self, job: EngineJob, status: str, error: JobFailed | None = None) -> None:
+    def _finish(self, job: EngineJob, status: str, error: RunFailure | None = None) -> None:
         if job.done.is_set():
             return
         self._rows = [r for r in self._rows if r.job is not job]
@@ -419,10 +415,10 @@ class Engine:
             self._run(batch)
             return len(batch)
         except torch.OutOfMemoryError as exc:
-            oom, error = True, JobFailed("OutOfMemory", str(exc))
+            oom, error = True, RunFailure("OutOfMemory", str(exc))
             trace = traceback.format_exc(limit=3)
         except Exception as exc:  # noqa: BLE001
-            oom, error = False, JobFailed(type(exc).__name__, str(exc))
+            oom, error = False, RunFailure(type(exc).__name__, str(exc))
             trace = traceback.format_exc(limit=3)
         # Out of the except block: the failed attempt's tensors (held by the traceback's
         # frames) are free now, before the memory is handed back and the parts run.
@@ -464,7 +460,7 @@ class Engine:
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _fail_from(self, job: EngineJob, error: JobFailed, trace: str = "") -> None:
+    def _fail_from(self, job: EngineJob, error: RunFailure, trace: str = "") -> None:
         log_event(
             log,
             "job failed in the engine",
@@ -530,7 +526,7 @@ class Engine:
                 self._finish(
                     job,
                     "failed",
-                    JobFailed("NonFinite", f"image {r.index} became NaN/inf at step {r.k + 1}"),
+                    RunFailure("NonFinite", f"image {r.index} became NaN/inf at step {r.k + 1}"),
                 )
                 continue
             r.x = x_new[i]

@@ -5,11 +5,13 @@ never overwrite the files of the attempt that was recorded."""
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from app.core.checkpoints.registry import NotFound, RegistryError
+from app.core.jobs.options import engine_fields
+from app.core.jobs.spec import GENERATE_OPTIONS, GenerateJob
 from app.core.stats import QUEUE_BUCKETS, RUN_BUCKETS, histogram_fields
 from app.core.store import Claim
 from worker.generate.previews import PreviewPublisher
@@ -17,25 +19,7 @@ from worker.jobrun import Interrupted, Outcome, durably
 from worker.monitor import Held
 from worker.runtime import Runtime
 
-__all__ = ["GenerateJob", "generate_body"]
-
-
-class GenerateJob(BaseModel):
-    """A normalised generation request as the API stored it; checked again here, because
-    a worker trusts nothing it reads from Redis."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    count: int = Field(ge=1, le=4096)
-    seed: int = Field(ge=0, le=2**62 + 4096)
-    steps: int = Field(ge=1, le=100_000)
-    sampler: Literal["ddpm", "ddim", "dpm++2m", "dpm++3m", "dpm++2m-sde"]
-    eta: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
-    checkpoint: str = Field(max_length=140)
-    label: int | None = Field(None, ge=0)
-    guidance_scale: float | None = Field(None, ge=0.0, le=100.0, allow_inf_nan=False)
-    use_ema: bool = True
-    trajectory_frames: int = Field(0, ge=0, le=1000)
+__all__ = ["generate_body"]
 
 
 def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
@@ -60,15 +44,7 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         job_id=job_id,
         checkpoint_path=str(checkpoint_dir),
         checkpoint_ref=ckpt.ref,
-        count=req.count,
-        seed=req.seed,
-        steps=req.steps,
-        sampler=req.sampler,
-        eta=req.eta,
-        label=req.label,
-        guidance_scale=req.guidance_scale,
-        use_ema=req.use_ema,
-        trajectory_frames=req.trajectory_frames,
+        **{name: getattr(req, name) for name, _ in engine_fields(GENERATE_OPTIONS)},
     )
 
     def on_progress(step: int, total: int, fraction: float) -> None:

@@ -12,6 +12,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from app.core.jobs.options import (
+    NOT_IN_ENGINE,
+    Flag,
+    GenerateOption,
+    Stored,
+    request_model,
+    stored_model,
+)
+from ddpm_core.checkpoint_config import SAMPLERS
 from ddpm_core.unet_config import (
     TRAINING_SET_FIELDS,
     UNET_FIELDS,
@@ -19,14 +28,93 @@ from ddpm_core.unet_config import (
     training_unet_config,
 )
 
-__all__ = ["GenerateRequest", "TrainOptions", "TrainRequest", "NAME_PATTERN", "MAX_TRAIN_STEPS"]
+__all__ = [
+    "GENERATE_OPTIONS",
+    "GenerateRequest",
+    "GenerateJob",
+    "TrainOptions",
+    "TrainRequest",
+    "NAME_PATTERN",
+    "MAX_TRAIN_STEPS",
+]
 
 
-class GenerateRequest(BaseModel):
-    """A generation request; unset fields take the checkpoint's defaults."""
+Sampler = Literal[SAMPLERS]  # type: ignore[valid-type]
 
+# Every option of a generation job, declared once: the request schema (GenerateRequest),
+# the stored form the worker checks again (GenerateJob), the engine's GenSpec, the
+# ``ddpm sample`` and ``ddpm remote generate`` flags derive from it; the clients' and the
+# web page's forms are checked against it (tests/architecture/test_options.py).
+GENERATE_OPTIONS: tuple[GenerateOption, ...] = (
+    GenerateOption(
+        "count", int, 1, "number of images (1..DDPM_MAX_COUNT)", {"ge": 1},
+        stored=Stored(int, bounds={"ge": 1, "le": 4096}),
+        engine_default=1,
+        flag=Flag(("-n", "--count"), int, default=16),
+    ),
+    GenerateOption(
+        "seed", int | None, None, "image i uses seed+i; null = random (echoed back)",
+        {"ge": 0, "le": 2**62},
+        stored=Stored(int, bounds={"ge": 0, "le": 2**62 + 4096}),
+        engine_default=0,
+        flag=Flag(("--seed",), int, "image i uses seed+i", default=0),
+    ),
+    GenerateOption(
+        "steps", int | None, None, "sampling steps (1..T)", {"ge": 1},
+        stored=Stored(int, bounds={"ge": 1, "le": 100_000}),
+        flag=Flag(("--steps",), int, "sampling steps (default: checkpoint)"),
+    ),
+    GenerateOption(
+        "sampler", Sampler | None, None,
+        "ddpm, ddim, or the DPM-Solver++ multistep samplers dpm++2m, dpm++3m "
+        "and dpm++2m-sde (stochastic)",
+        stored=Stored(Sampler),
+        flag=Flag(("--sampler",), str, choices=SAMPLERS),
+    ),
+    GenerateOption(
+        "eta", float | None, None, "DDIM stochasticity (ddim only)", {"ge": 0.0, "le": 1.0},
+        stored=Stored(float, 0.0, {"ge": 0.0, "le": 1.0, "allow_inf_nan": False}),
+        flag=Flag(("--eta",), float, "DDIM eta in [0, 1]"),
+    ),
+    GenerateOption(
+        "checkpoint", str | None, None, "name or name@version", {"max_length": 140},
+        stored=Stored(str, bounds={"max_length": 140}),
+        engine_default=NOT_IN_ENGINE,  # the engine gets the version's directory
+    ),
+    GenerateOption(
+        "label", int | None, None, "class (class-conditional checkpoints)", {"ge": 0},
+        stored=Stored(int | None, None, {"ge": 0}),
+        flag=Flag(("--label",), int, "class label (conditional models)"),
+    ),
+    GenerateOption(
+        "guidance_scale", float | None, None, None, {"ge": 0.0, "le": 50.0},
+        # A checkpoint's own default may be up to MAX_GUIDANCE_SCALE.
+        stored=Stored(float | None, None, {"ge": 0.0, "le": 100.0, "allow_inf_nan": False}),
+        flag=Flag(("--guidance",), float, "classifier-free guidance scale"),
+    ),
+    GenerateOption(
+        "use_ema", bool, True,
+        stored=Stored(bool, True),
+        engine_default=True,
+        flag=Flag(("--raw",), help="use the raw weights instead of the EMA", invert=True),
+    ),
+    GenerateOption(
+        "trajectory_frames", int, 0, "0 = no GIF of the denoising", {"ge": 0},
+        stored=Stored(int, 0, {"ge": 0, "le": 1000}),
+        engine_default=0,
+        flag=Flag(
+            ("--trajectory-frames",), int, "also write trajectory.gif (N frames)",
+            default=0, remote_only=True,
+        ),
+    ),
+)  # fmt: skip
+
+GenerateRequest = request_model(
+    "GenerateRequest",
+    "A generation request; unset fields take the checkpoint's defaults.",
+    GENERATE_OPTIONS,
     # strict: JSON booleans or strings are not numbers here (a JSON int is still a float)
-    model_config = ConfigDict(
+    ConfigDict(
         extra="forbid",
         strict=True,
         allow_inf_nan=False,
@@ -36,24 +124,14 @@ class GenerateRequest(BaseModel):
                 {"count": 8, "checkpoint": "digits", "label": 3, "guidance_scale": 2.0},
             ]
         },
-    )
-
-    count: int = Field(1, ge=1, description="number of images (1..DDPM_MAX_COUNT)")
-    seed: int | None = Field(
-        None, ge=0, le=2**62, description="image i uses seed+i; null = random (echoed back)"
-    )
-    steps: int | None = Field(None, ge=1, description="sampling steps (1..T)")
-    sampler: Literal["ddpm", "ddim", "dpm++2m", "dpm++3m", "dpm++2m-sde"] | None = Field(
-        None,
-        description="ddpm, ddim, or the DPM-Solver++ multistep samplers dpm++2m, dpm++3m "
-        "and dpm++2m-sde (stochastic)",
-    )
-    eta: float | None = Field(None, ge=0.0, le=1.0, description="DDIM stochasticity (ddim only)")
-    checkpoint: str | None = Field(None, description="name or name@version", max_length=140)
-    label: int | None = Field(None, ge=0, description="class (class-conditional checkpoints)")
-    guidance_scale: float | None = Field(None, ge=0.0, le=50.0)
-    use_ema: bool = True
-    trajectory_frames: int = Field(0, ge=0, description="0 = no GIF of the denoising")
+    ),
+)
+GenerateJob = stored_model(
+    "GenerateJob",
+    "A normalised generation request as the API stored it; checked again by the worker, "
+    "which trusts nothing it reads from Redis.",
+    GENERATE_OPTIONS,
+)
 
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
