@@ -452,7 +452,7 @@ def open_image(data: bytes) -> Image.Image:
     except ImportError as exc:
         raise ModuleNotFoundError(
             "PIL images need Pillow: pip install 'ddpm-service-client[images]' (or pillow);"
-            " Job.save() needs nothing more",
+            " Job.save() writes the files without it",
             name="PIL",
         ) from exc
 
