@@ -114,3 +114,22 @@ def test_the_blocker_really_blocks(tmp_path: Path) -> None:
         timeout=110,
     )
     assert r.returncode != 0 and "fastapi is blocked here" in r.stderr, r.stderr[-2000:]
+
+
+def test_client_imports_with_httpx_alone(tmp_path: Path) -> None:
+    """Every module of app.client, where the service's packages and the rest of the
+    project cannot be imported (tests/client/test_httpx_alone.py runs a job so)."""
+    script = tmp_path / "import_all.py"
+    script.write_text(_IMPORT_ALL)
+    blocked = (
+        "torch,numpy,fastapi,starlette,uvicorn,celery,kombu,redis,pydantic,"
+        "app.core,app.api,app.cli,worker,ddpm_core"
+    )
+    r = subprocess.run(
+        [sys.executable, str(BLOCKED), blocked, str(script), "app.client"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert r.returncode == 0 and "imported" in r.stdout, r.stderr[-3000:]
