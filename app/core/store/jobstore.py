@@ -15,7 +15,8 @@ Keys (all under the configured prefix, ``ddpm:`` by default)::
     stats               counters and histogram buckets for /metrics
 
 The job hash is the source of truth. Every transition -- create, claim (start),
-renew/progress, finish (succeed, fail, cancel), requeue -- is ONE Lua script, so
+renew/progress, finish (succeed, fail, cancel), requeue -- is ONE Lua script
+(``lua/*.lua``, their keys and arguments named in :mod:`app.core.store.scripts`), so
 the document, its sets, its events and the counters change together or not at
 all. A running job's ``attempts`` is its fencing token: only the worker holding
 the current attempt can renew its lease, report progress or finish it, so a
@@ -41,6 +42,7 @@ from app.core.jobs.ids import new_job_id
 from app.core.jobs.names import QUEUE_OF
 from app.core.stats import histogram_fields
 from app.core.store.connection import connect
+from app.core.store.scripts import StoreScripts
 
 __all__ = [
     "JobStore",
@@ -99,234 +101,6 @@ class Claim:
     doc: dict[str, Any]
 
 
-# -- Lua -------------------------------------------------------------------------------------
-# Shared by the scripts below. Field values are JSON, so a status is stored as '"running"'.
-_LIB = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function event(key, maxlen, ttl, name, data)
-  redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'event', name, 'data', data)
-  redis.call('EXPIRE', key, ttl)
-end
-local function hset_pairs(key, a, from, to)
-  if to >= from then redis.call('HSET', key, unpack(a, from, to)) end
-end
--- job keys: KEYS[1] hash, [2] events, [3] cancel flag, [4] queue, [5] leases, [6] stats,
--- [7] expiry. Terminal transition shared by finish, cancel, claim and requeue.
-local function finish_job(id, prefix, kind, to, ttl, events_ttl, maxlen, done, now)
-  redis.call('HSET', KEYS[1], 'status', '"' .. to .. '"')
-  redis.call('ZREM', KEYS[4], id)
-  redis.call('ZREM', KEYS[5], id)
-  local client = redis.call('HGET', KEYS[1], 'client')
-  if client then redis.call('ZREM', prefix .. 'inflight:' .. cjson.decode(client), id) end
-  redis.call('DEL', KEYS[3])
-  redis.call('EXPIRE', KEYS[1], ttl)
-  local idem = redis.call('HGET', KEYS[1], 'idem')  -- the key lives as long as the job
-  if idem then redis.call('EXPIRE', cjson.decode(idem), ttl) end
-  event(KEYS[2], maxlen, events_ttl, 'status', '{"status": "' .. to .. '"}')
-  event(KEYS[2], maxlen, events_ttl, 'done', done)
-  redis.call('HINCRBYFLOAT', KEYS[6], 'jobs_finished:' .. kind .. ':' .. to, 1)
-  redis.call('ZADD', KEYS[7], math.floor(now / 1000) + ttl, id)
-  -- Wakes the API's long polls (GET /jobs/{id}?wait=): one channel, one subscriber each.
-  redis.call('PUBLISH', prefix .. 'finished', id)
-end
-"""
-
-# KEYS: job hash, events, queue, stats, idem (or ''), inflight, broker list (or '')
-# ARGV: id, prefix, kind, ttl, maxlen, queue_limit, client_limit, fingerprint, created_ts,
-#       broker message, then field/value pairs of the document
-_CREATE = (
-    _LIB
-    + """
-local id, prefix, kind = ARGV[1], ARGV[2], ARGV[3]
-local ttl, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5])
-local queue_limit, client_limit = tonumber(ARGV[6]), tonumber(ARGV[7])
-if KEYS[5] ~= '' then
-  local prev = redis.call('GET', KEYS[5])
-  if prev then
-    local sep = string.find(prev, ' ', 1, true)
-    local pid = string.sub(prev, 1, sep - 1)
-    if redis.call('EXISTS', prefix .. 'job:' .. pid) == 1 then
-      if string.sub(prev, sep + 1) == ARGV[8] then return {'replay', pid} end
-      return {'conflict', pid}
-    end
-  end
-end
-local now = now_ms()
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[9]) - ttl)
-if queue_limit >= 0 and redis.call('ZCARD', KEYS[3]) >= queue_limit then
-  return {'queue_full'}
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - ttl * 1000)
-if client_limit > 0 and redis.call('ZCARD', KEYS[6]) >= client_limit then
-  return {'client_limit'}
-end
-hset_pairs(KEYS[1], ARGV, 11, #ARGV)
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[3], tonumber(ARGV[9]), id)
-redis.call('ZADD', KEYS[6], now, id)
-redis.call('EXPIRE', KEYS[6], ttl)
-event(KEYS[2], maxlen, ttl, 'status', '{"status": "queued"}')
-redis.call('HINCRBYFLOAT', KEYS[4], 'jobs_submitted:' .. kind, 1)
-if KEYS[5] ~= '' then redis.call('SET', KEYS[5], id .. ' ' .. ARGV[8], 'EX', ttl) end
--- The task's message, in the same step: a stored job always has one on its way.
-if KEYS[7] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[10]) end
-return {'created', id, redis.call('ZRANK', KEYS[3], id)}
-"""
-)
-
-# KEYS: job keys. ARGV: id, prefix, kind, ttl, events_ttl, maxlen, lease_ms, worker,
-#       started_at, started_ts, cancel_done
-_CLAIM = (
-    _LIB
-    + """
-local id, prefix, kind = ARGV[1], ARGV[2], ARGV[3]
-local ttl, events_ttl, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {'gone'} end
-if st ~= '"queued"' then return {'busy', st} end
-if redis.call('HGET', KEYS[1], 'kind') ~= '"' .. kind .. '"' then return {'wrong_kind'} end
-local now = now_ms()
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  finish_job(id, prefix, kind, 'canceled', ttl, events_ttl, maxlen, ARGV[11], now)
-  return {'canceled'}
-end
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', '"running"', 'worker', ARGV[8],
-           'started_at', ARGV[9], 'started_ts', ARGV[10])
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('ZREM', KEYS[4], id)
-redis.call('ZADD', KEYS[5], now + tonumber(ARGV[7]), id)
-event(KEYS[2], maxlen, ttl, 'status', '{"status": "running", "attempt": ' .. attempt .. '}')
-return {'claimed', attempt, redis.call('HGETALL', KEYS[1])}
-"""
-)
-
-# KEYS: job hash, events, cancel flag, leases, preview flag. ARGV: id, attempt, lease_ms,
-#       ttl, maxlen, progress ('' = none), event data ('' = none), preview event data ('' =
-#       none)
-# Returns -1 when the lease is lost (another attempt owns the job, or it finished), else
-# bit 0: a cancel was requested, bit 1: someone watches the job's preview.
-_RENEW = (
-    _LIB
-    + """
-local st = redis.call('HGET', KEYS[1], 'status')
-if st ~= '"running"' or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[2] then return -1 end
-redis.call('ZADD', KEYS[4], now_ms() + tonumber(ARGV[3]), ARGV[1])
-if ARGV[6] ~= '' then
-  redis.call('HSET', KEYS[1], 'progress', ARGV[6])
-  event(KEYS[2], tonumber(ARGV[5]), tonumber(ARGV[4]), 'progress', ARGV[7])
-end
-if ARGV[8] ~= '' then event(KEYS[2], tonumber(ARGV[5]), tonumber(ARGV[4]), 'preview', ARGV[8]) end
-return redis.call('EXISTS', KEYS[3]) + 2 * redis.call('EXISTS', KEYS[5])
-"""
-)
-
-# KEYS: job keys. ARGV: id, prefix, kind, ttl, events_ttl, maxlen, attempt ('' = any),
-#       to, allowed (comma list), done, last progress ('' = none; an event unless the
-#       document already says so), n_stats,
-#       stat pairs..., field pairs...
-_FINISH = (
-    _LIB
-    + """
-local id, prefix, kind = ARGV[1], ARGV[2], ARGV[3]
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {'gone'} end
-local ok = false
-for s in string.gmatch(ARGV[9], '[^,]+') do if '"' .. s .. '"' == st then ok = true end end
-if not ok then return {'refused', st} end
-if ARGV[7] ~= '' and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[7] then
-  return {'stale', st}
-end
-if ARGV[11] ~= '' and redis.call('HGET', KEYS[1], 'progress') ~= ARGV[11] then
-  event(KEYS[2], tonumber(ARGV[6]), tonumber(ARGV[5]), 'progress', ARGV[11])
-end
-local n = tonumber(ARGV[12])
-for i = 13, 12 + 2 * n, 2 do redis.call('HINCRBYFLOAT', KEYS[6], ARGV[i], ARGV[i + 1]) end
-hset_pairs(KEYS[1], ARGV, 13 + 2 * n, #ARGV)
-finish_job(id, prefix, kind, ARGV[8], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
-           ARGV[10], now_ms())
-return {'done', st}
-"""
-)
-
-# KEYS: job keys. ARGV: id, prefix, kind, ttl, events_ttl, maxlen, done (for a queued job)
-# Queued: canceled at once. Running: the flag tells its worker to stop at the next step.
-_CANCEL = (
-    _LIB
-    + """
-local id, prefix, kind = ARGV[1], ARGV[2], ARGV[3]
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {'gone'} end
-if st == '"queued"' then
-  finish_job(id, prefix, kind, 'canceled', tonumber(ARGV[4]), tonumber(ARGV[5]),
-             tonumber(ARGV[6]), ARGV[7], now_ms())
-  return {'canceled'}
-end
-if st == '"running"' then
-  redis.call('SET', KEYS[3], '1', 'EX', tonumber(ARGV[4]))
-  return {'requested'}
-end
-return {'finished', st}
-"""
-)
-
-# KEYS: job keys. ARGV: id, prefix, kind, ttl, events_ttl, maxlen, max_attempts,
-#       fail_done, cancel_done, fail_error, cancel_error, attempt ('' = by lease expiry)
-# A running job whose lease expired: queued again (front of its queue, by submit time),
-# or failed after max_attempts, or canceled when a cancel was requested meanwhile. With
-# an attempt: its own worker gives it back (shutting down), whatever the lease says.
-_REQUEUE = (
-    _LIB
-    + """
-local id, prefix, kind = ARGV[1], ARGV[2], ARGV[3]
-local ttl, events_ttl, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local now = now_ms()
-local given_back = ARGV[12] ~= ''
-local expiry = redis.call('ZSCORE', KEYS[5], id)
-if not given_back and expiry and tonumber(expiry) > now then return {'alive'} end
-local st = redis.call('HGET', KEYS[1], 'status')
-if st ~= '"running"' then
-  if not given_back then redis.call('ZREM', KEYS[5], id) end
-  return {'gone'}
-end
-if given_back and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[12] then return {'stale'} end
-local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts'))
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('HSET', KEYS[1], 'error', ARGV[11])
-  finish_job(id, prefix, kind, 'canceled', ttl, events_ttl, maxlen, ARGV[9], now)
-  return {'canceled', attempts}
-end
-if not given_back and attempts >= tonumber(ARGV[7]) then
-  redis.call('HSET', KEYS[1], 'error', ARGV[10])
-  finish_job(id, prefix, kind, 'failed', ttl, events_ttl, maxlen, ARGV[8], now)
-  return {'failed', attempts}
-end
-redis.call('HSET', KEYS[1], 'status', '"queued"')
-redis.call('HDEL', KEYS[1], 'worker')
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('ZREM', KEYS[5], id)
-redis.call('ZADD', KEYS[4], tonumber(redis.call('HGET', KEYS[1], 'created_ts')), id)
-redis.call('HINCRBYFLOAT', KEYS[6], 'jobs_requeued:' .. kind, 1)
-event(KEYS[2], maxlen, ttl, 'status',
-      '{"status": "queued", "reason": "lease expired", "attempt": ' .. attempts .. '}')
-return {'requeued', attempts}
-"""
-)
-
-# KEYS: job hash, events, queue, stats, idem (or ''), inflight. ARGV: id, kind
-_FORGET = """
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[6], ARGV[1])
-if KEYS[5] ~= '' then redis.call('DEL', KEYS[5]) end
-redis.call('HINCRBYFLOAT', KEYS[4], 'jobs_submitted:' .. ARGV[2], -1)
-return 1
-"""
-
-
 # -- helpers ----------------------------------------------------------------------------------
 def now_iso() -> str:
     """The current UTC time, ISO 8601 with milliseconds."""
@@ -359,10 +133,12 @@ def parse_doc(raw: dict[str, str]) -> dict[str, Any] | None:
 
 
 def _pairs(fields: dict[str, Any]) -> list[str]:
-    out: list[str] = []
-    for k, v in fields.items():
-        out += [k, json.dumps(v)]
-    return out
+    return [x for k, v in fields.items() for x in (k, json.dumps(v))]
+
+
+def _fence(attempt: int | None) -> str:
+    """An attempt as the scripts compare it with the stored one ('' = any)."""
+    return "" if attempt is None else str(attempt)
 
 
 class JobStore:
@@ -386,13 +162,7 @@ class JobStore:
         self.lease_ms = int(lease_ttl * 1000)
         self.events_ttl = int(min(events_ttl, ttl))
         self.max_attempts = max_attempts
-        self._create = client.register_script(_CREATE)
-        self._claim = client.register_script(_CLAIM)
-        self._renew = client.register_script(_RENEW)
-        self._finish = client.register_script(_FINISH)
-        self._cancel = client.register_script(_CANCEL)
-        self._requeue = client.register_script(_REQUEUE)
-        self._forget = client.register_script(_FORGET)
+        self._scripts = StoreScripts(client)
 
     # -- keys ------------------------------------------------------------------------------
     def key(self, *parts: str) -> str:
@@ -409,19 +179,39 @@ class JobStore:
         """The leases of running jobs of a kind (``leases:gen``), scored by expiry (ms)."""
         return self.key("leases", QUEUE_OF.get(kind, kind))
 
-    def _job_keys(self, job_id: str, kind: str) -> list[str]:
-        return [
-            self.job_key(job_id),
-            self.job_key(job_id, "events"),
-            self.job_key(job_id, "cancel"),
-            self.qkey(kind),
-            self.lkey(kind),
-            self.key("stats"),
-            self.key("expiry"),
-        ]
+    def _job_keys(self, job_id: str, kind: str) -> dict[str, str]:
+        """The keys of a transition of a running job (:data:`scripts.JOB_KEYS`)."""
+        return {
+            "job": self.job_key(job_id),
+            "events": self.job_key(job_id, "events"),
+            "cancel": self.job_key(job_id, "cancel"),
+            "queue": self.qkey(kind),
+            "leases": self.lkey(kind),
+            "stats": self.key("stats"),
+            "expiry": self.key("expiry"),
+        }
 
-    def _common(self, job_id: str, kind: str) -> list[Any]:
-        return [job_id, self.prefix, kind, self.ttl, self.events_ttl, self.events_maxlen]
+    def _common(self, job_id: str, kind: str) -> dict[str, Any]:
+        """The arguments every such transition takes (:data:`scripts.COMMON`)."""
+        return {
+            "id": job_id,
+            "prefix": self.prefix,
+            "kind": kind,
+            "ttl": self.ttl,
+            "events_ttl": self.events_ttl,
+            "maxlen": self.events_maxlen,
+        }
+
+    def _submit_keys(self, job_id: str, kind: str, client: str, idem: str) -> dict[str, str]:
+        """The keys that :meth:`create` writes and :meth:`forget` removes."""
+        return {
+            "job": self.job_key(job_id),
+            "events": self.job_key(job_id, "events"),
+            "queue": self.qkey(kind),
+            "stats": self.key("stats"),
+            "idem": idem,
+            "inflight": self.key("inflight", client),
+        }
 
     def finished_channel(self) -> str:
         """The pub/sub channel every terminal transition publishes the job id on."""
@@ -524,29 +314,22 @@ class JobStore:
         idem = self.key("idem", idem_key) if idem_key else ""
         if idem:
             doc["idem"] = idem
-        res = self._create(
-            keys=[
-                self.job_key(job_id),
-                self.job_key(job_id, "events"),
-                self.qkey(kind),
-                self.key("stats"),
-                idem,
-                self.key("inflight", client),
-                message[0] if message else "",
-            ],
-            args=[
-                job_id,
-                self.prefix,
-                kind,
-                self.ttl,
-                self.events_maxlen,
-                queue_limit,
-                client_limit,
-                body_fingerprint,
-                repr(created_ts),
-                message[1] if message else "",
-                *_pairs(doc),
-            ],
+        broker, body = message or ("", "")
+        res = self._scripts.create(
+            keys=self._submit_keys(job_id, kind, client, idem) | {"broker": broker},
+            args={
+                "id": job_id,
+                "prefix": self.prefix,
+                "kind": kind,
+                "ttl": self.ttl,
+                "maxlen": self.events_maxlen,
+                "queue_limit": queue_limit,
+                "client_limit": client_limit,
+                "fingerprint": body_fingerprint,
+                "created_ts": repr(created_ts),
+                "message": body,
+                "fields": _pairs(doc),
+            },
         )
         outcome = res[0]
         if outcome == "created":
@@ -563,33 +346,27 @@ class JobStore:
         self, job_id: str, kind: str, client: str = "anon", idem_key: str | None = None
     ) -> None:
         """Undo :meth:`create` (the job was never handed to anyone)."""
-        self._forget(
-            keys=[
-                self.job_key(job_id),
-                self.job_key(job_id, "events"),
-                self.qkey(kind),
-                self.key("stats"),
-                self.key("idem", idem_key) if idem_key else "",
-                self.key("inflight", client),
-            ],
-            args=[job_id, kind],
+        self._scripts.forget(
+            keys=self._submit_keys(
+                job_id, kind, client, self.key("idem", idem_key) if idem_key else ""
+            ),
+            args={"id": job_id, "kind": kind},
         )
 
     def claim(self, job_id: str, kind: str, worker: str) -> Claim | None:
         """queued -> running with a fresh lease and the next attempt number (the fencing
         token). None when the job is not queued (running elsewhere, finished, gone); a job
         whose cancel flag is set is canceled instead."""
-        done = json.dumps({"status": "canceled", "error": _CANCELED_QUEUED})
-        res = self._claim(
+        res = self._scripts.claim(
             keys=self._job_keys(job_id, kind),
-            args=[
-                *self._common(job_id, kind),
-                self.lease_ms,
-                json.dumps(worker),
-                json.dumps(now_iso()),
-                json.dumps(time.time()),
-                done,
-            ],
+            args=self._common(job_id, kind)
+            | {
+                "lease_ms": self.lease_ms,
+                "worker": json.dumps(worker),
+                "started_at": json.dumps(now_iso()),
+                "started_ts": json.dumps(time.time()),
+                "cancel_done": _CANCELED_QUEUED_DONE,
+            },
         )
         if res[0] != "claimed":
             return None
@@ -620,24 +397,24 @@ class JobStore:
                 if data
                 else ""
             )
-            self._renew(
-                keys=[
-                    self.job_key(job_id),
-                    self.job_key(job_id, "events"),
-                    self.job_key(job_id, "cancel"),
-                    self.lkey(kind),
-                    self.job_key(job_id, "preview"),
-                ],
-                args=[
-                    job_id,
-                    held[job_id],
-                    self.lease_ms,
-                    self.ttl,
-                    self.events_maxlen,
-                    doc_progress,
-                    json.dumps(data) if data else "",
-                    json.dumps(previews[job_id]) if job_id in previews else "",
-                ],
+            self._scripts.renew(
+                keys={
+                    "job": self.job_key(job_id),
+                    "events": self.job_key(job_id, "events"),
+                    "cancel": self.job_key(job_id, "cancel"),
+                    "leases": self.lkey(kind),
+                    "preview": self.job_key(job_id, "preview"),
+                },
+                args={
+                    "id": job_id,
+                    "attempt": held[job_id],
+                    "lease_ms": self.lease_ms,
+                    "ttl": self.ttl,
+                    "maxlen": self.events_maxlen,
+                    "progress": doc_progress,
+                    "progress_event": json.dumps(data) if data else "",
+                    "preview_event": json.dumps(previews[job_id]) if job_id in previews else "",
+                },
                 client=pipe,
             )
         return {job_id: int(v) for job_id, v in zip(ids, pipe.execute(), strict=True)}
@@ -659,28 +436,28 @@ class JobStore:
         longer the job's changes nothing (False)."""
         fields = {"finished_at": now_iso(), "finished_ts": time.time()} | fields
         done = {"status": status} | {k: fields[k] for k in ("result", "error") if k in fields}
-        args: list[Any] = [
-            *self._common(job_id, kind),
-            "" if attempt is None else str(attempt),
-            status,
-            ",".join(allowed),
-            json.dumps(done),
-            json.dumps(fields["progress"]) if "progress" in fields else "",
-            len(stats),
-        ]
-        for name, amount in stats:
-            args += [name, repr(float(amount))]
-        args += _pairs(fields)
-        res = self._finish(keys=self._job_keys(job_id, kind), args=args)
+        res = self._scripts.finish(
+            keys=self._job_keys(job_id, kind),
+            args=self._common(job_id, kind)
+            | {
+                "attempt": _fence(attempt),
+                "to": status,
+                "allowed": ",".join(allowed),
+                "done": json.dumps(done),
+                "progress": json.dumps(fields["progress"]) if "progress" in fields else "",
+                "counters": [x for name, amount in stats for x in (name, repr(float(amount)))],
+                "fields": _pairs(fields),
+            },
+        )
         return res[0] == "done"
 
     def cancel(self, job_id: str, kind: str) -> tuple[str, str | None]:
         """Cancel: ``canceled`` (it was queued: it never starts), ``requested`` (running: its
         worker stops at the next step), ``finished`` (too late; with its status) or
         ``gone``. Returns (outcome, terminal status or None)."""
-        done = json.dumps({"status": "canceled", "error": _CANCELED_QUEUED})
-        res = self._cancel(
-            keys=self._job_keys(job_id, kind), args=[*self._common(job_id, kind), done]
+        res = self._scripts.cancel(
+            keys=self._job_keys(job_id, kind),
+            args=self._common(job_id, kind) | {"cancel_done": _CANCELED_QUEUED_DONE},
         )
         return res[0], (json.loads(res[1]) if len(res) > 1 else None)
 
@@ -692,17 +469,17 @@ class JobStore:
         attempts_left = f"its worker stopped responding {self.max_attempts} times"
         lost = {"type": "WorkerLost", "message": f"gave up: {attempts_left}"}
         canceled = {"type": "Canceled", "message": "canceled while its worker was lost"}
-        res = self._requeue(
+        res = self._scripts.requeue(
             keys=self._job_keys(job_id, kind),
-            args=[
-                *self._common(job_id, kind),
-                self.max_attempts,
-                json.dumps({"status": "failed", "error": lost}),
-                json.dumps({"status": "canceled", "error": canceled}),
-                json.dumps(lost),
-                json.dumps(canceled),
-                "" if attempt is None else str(attempt),
-            ],
+            args=self._common(job_id, kind)
+            | {
+                "max_attempts": self.max_attempts,
+                "fail_done": json.dumps({"status": "failed", "error": lost}),
+                "cancel_done": json.dumps({"status": "canceled", "error": canceled}),
+                "fail_error": json.dumps(lost),
+                "cancel_error": json.dumps(canceled),
+                "attempt": _fence(attempt),
+            },
         )
         return res[0]
 
@@ -774,3 +551,5 @@ class JobStore:
 
 
 _CANCELED_QUEUED = {"type": "Canceled", "message": "canceled before it started"}
+# The done event of a job canceled while queued (by cancel, or by a claim that finds the flag).
+_CANCELED_QUEUED_DONE = json.dumps({"status": "canceled", "error": _CANCELED_QUEUED})

@@ -1,0 +1,34 @@
+-- A new queued job with its queue entry, first event, counters and broker message; or
+-- the earlier job of a reused Idempotency-Key; or a limit reached.
+-- K.idem and K.broker are '' when there is none.
+if K.idem ~= '' then
+  local prev = redis.call('GET', K.idem)
+  if prev then
+    local sep = string.find(prev, ' ', 1, true)
+    local pid = string.sub(prev, 1, sep - 1)
+    if redis.call('EXISTS', A.prefix .. 'job:' .. pid) == 1 then
+      if string.sub(prev, sep + 1) == A.fingerprint then return {'replay', pid} end
+      return {'conflict', pid}
+    end
+  end
+end
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', K.queue, '-inf', A.created_ts - A.ttl)
+if A.queue_limit >= 0 and redis.call('ZCARD', K.queue) >= A.queue_limit then
+  return {'queue_full'}
+end
+redis.call('ZREMRANGEBYSCORE', K.inflight, '-inf', now - A.ttl * 1000)
+if A.client_limit > 0 and redis.call('ZCARD', K.inflight) >= A.client_limit then
+  return {'client_limit'}
+end
+hset_pairs(K.job, A.fields)
+redis.call('EXPIRE', K.job, A.ttl)
+redis.call('ZADD', K.queue, A.created_ts, A.id)
+redis.call('ZADD', K.inflight, now, A.id)
+redis.call('EXPIRE', K.inflight, A.ttl)
+event(K.events, A.maxlen, A.ttl, 'status', '{"status": "queued"}')
+redis.call('HINCRBYFLOAT', K.stats, 'jobs_submitted:' .. A.kind, 1)
+if K.idem ~= '' then redis.call('SET', K.idem, A.id .. ' ' .. A.fingerprint, 'EX', A.ttl) end
+-- The task's message, in the same step: a stored job always has one on its way.
+if K.broker ~= '' then redis.call('LPUSH', K.broker, A.message) end
+return {'created', A.id, redis.call('ZRANK', K.queue, A.id)}

@@ -1,0 +1,20 @@
+-- A job in one of the A.allowed states (comma list) -> A.to, fenced by A.attempt ('' =
+-- any), with its counters, fields and last progress ('' = none; an event unless the
+-- document already says so).
+local st = redis.call('HGET', K.job, 'status')
+if not st then return {'gone'} end
+local ok = false
+for s in string.gmatch(A.allowed, '[^,]+') do if '"' .. s .. '"' == st then ok = true end end
+if not ok then return {'refused', st} end
+if A.attempt ~= '' and redis.call('HGET', K.job, 'attempts') ~= A.attempt then
+  return {'stale', st}
+end
+if A.progress ~= '' and redis.call('HGET', K.job, 'progress') ~= A.progress then
+  event(K.events, A.maxlen, A.events_ttl, 'progress', A.progress)
+end
+for i = 1, #A.counters, 2 do
+  redis.call('HINCRBYFLOAT', K.stats, A.counters[i], A.counters[i + 1])
+end
+hset_pairs(K.job, A.fields)
+finish_job(K, A, A.to, A.done, now_ms())
+return {'done', st}

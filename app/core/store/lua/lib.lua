@@ -1,0 +1,33 @@
+-- Shared by every script of the job store; it comes first, before the generated bindings
+-- of the script's names (scripts.py), so its functions see only what they are passed.
+-- Field values are JSON, so a status is stored as '"running"'.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function event(key, maxlen, ttl, name, data)
+  redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'event', name, 'data', data)
+  redis.call('EXPIRE', key, ttl)
+end
+local function hset_pairs(key, pairs)
+  if #pairs > 0 then redis.call('HSET', key, unpack(pairs)) end
+end
+-- The terminal transition shared by finish, cancel, claim and requeue. K: the job keys,
+-- A: the common arguments (JOB_KEYS and COMMON in scripts.py).
+local function finish_job(K, A, to, done, now)
+  redis.call('HSET', K.job, 'status', '"' .. to .. '"')
+  redis.call('ZREM', K.queue, A.id)
+  redis.call('ZREM', K.leases, A.id)
+  local client = redis.call('HGET', K.job, 'client')
+  if client then redis.call('ZREM', A.prefix .. 'inflight:' .. cjson.decode(client), A.id) end
+  redis.call('DEL', K.cancel)
+  redis.call('EXPIRE', K.job, A.ttl)
+  local idem = redis.call('HGET', K.job, 'idem')  -- the key lives as long as the job
+  if idem then redis.call('EXPIRE', cjson.decode(idem), A.ttl) end
+  event(K.events, A.maxlen, A.events_ttl, 'status', '{"status": "' .. to .. '"}')
+  event(K.events, A.maxlen, A.events_ttl, 'done', done)
+  redis.call('HINCRBYFLOAT', K.stats, 'jobs_finished:' .. A.kind .. ':' .. to, 1)
+  redis.call('ZADD', K.expiry, math.floor(now / 1000) + A.ttl, A.id)
+  -- Wakes the API's long polls (GET /jobs/{id}?wait=): one channel, one subscriber each.
+  redis.call('PUBLISH', A.prefix .. 'finished', A.id)
+end
