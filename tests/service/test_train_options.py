@@ -61,9 +61,8 @@ def test_sampler_names_agree_everywhere() -> None:
     import typing
 
     from app.cli.remote import add_commands as remote_commands
-    from app.core.jobs.spec import GenerateRequest
+    from app.core.jobs.spec import GenerateJob, GenerateRequest
     from ddpm_core.checkpoint_config import SAMPLERS
-    from app.core.jobs.spec import GenerateJob
 
     def literal(annotation) -> set[str]:
         args = set()
