@@ -18,8 +18,9 @@ One run:
 2. for each server in turn (never both at once: an idle server's threads would take CPU
    from the measured one): starts it as a separate process tree limited to ``--threads``
    torch threads (ours: ``ddpm serve --no-train-worker`` with DDPM_TORCH_THREADS; the
-   peer: ``torch.set_num_threads``; OMP_NUM_THREADS for both), warms it up (not counted),
-   runs every workload, stops it;
+   peer: ``torch.set_num_threads``; OMP_NUM_THREADS for both), warms it up (not counted:
+   one image per sampler, then ``--clients`` concurrent 2-step images), runs every
+   workload, stops it;
 3. drives both with the same load generator, async httpx clients that each submit one
    image and hold its PNG. Ours: ``POST /generate`` with ``Prefer: wait=60`` (then
    ``GET /jobs/{id}?wait=60`` while unfinished), then GET the image. The peer: ``POST
@@ -339,17 +340,18 @@ async def run_workload(
 
 
 async def warm_up(server: Server, submit: Submit, args: argparse.Namespace) -> float:
-    """Not counted: one image per sampler, then a small concurrent mix (model load, first
-    calls at a few batch sizes)."""
+    """Not counted: one image per sampler (model load), then as many concurrent clients as
+    the workloads have, at 2 steps, so that the first calls at the workloads' batch sizes
+    (oneDNN primitives, allocations) are paid here."""
     t0 = time.perf_counter()
     samplers = args.samplers.split(",")
-    async with httpx.AsyncClient(base_url=server.base, timeout=300) as http:
+    limits = httpx.Limits(max_connections=args.clients + 4)
+    async with httpx.AsyncClient(base_url=server.base, timeout=300, limits=limits) as http:
         for i, s in enumerate(samplers):
             await submit(http, Req(s, args.steps, 10**6 + i))
-        k = min(8, args.clients)
         await asyncio.gather(
-            *(submit(http, Req(samplers[i % len(samplers)], args.steps, 10**6 + 10 + i))
-              for i in range(k))
+            *(submit(http, Req(samplers[i % len(samplers)], 2, 10**6 + 10 + i))
+              for i in range(args.clients))
         )  # fmt: skip
     return time.perf_counter() - t0
 
