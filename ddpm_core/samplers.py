@@ -61,7 +61,7 @@ from typing import Literal
 
 import torch
 
-from ddpm_core.checkpoint_config import PREDICTION_TYPES, SAMPLERS, VARIANCE_TYPES
+from ddpm_core.config.names import PREDICTION_TYPES, SAMPLERS, VARIANCE_TYPES
 from ddpm_core.schedule import NoiseSchedule, linspace_timesteps
 
 __all__ = [

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ddpm_core.checkpoint_config import parse_schedule
+from ddpm_core.config.schedule import parse_schedule
 
 __all__ = ["NoiseSchedule", "default_timesteps", "linspace_timesteps"]
 

@@ -33,7 +33,9 @@ import numpy as np
 import torch
 
 from ddpm_core.checkpoint import Checkpoint, CheckpointConfig, non_finite_tensors, save_checkpoint
-from ddpm_core.checkpoint_config import PREDICTION_TYPES, SAMPLERS, scrub_paths
+from ddpm_core.config.names import PREDICTION_TYPES, SAMPLERS
+from ddpm_core.config.paths import scrub_paths
+from ddpm_core.config.unet import UNetConfig, training_unet_config
 from ddpm_core.data import ImageDataset, load_dataset
 from ddpm_core.diffusion import diffusion_loss, q_sample, training_target
 from ddpm_core.distributed import setup as setup_distributed
@@ -42,7 +44,6 @@ from ddpm_core.images import make_grid, png_bytes
 from ddpm_core.pipeline import generate
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.unet import UNet
-from ddpm_core.unet_config import UNetConfig, training_unet_config
 
 __all__ = [
     "STATE_DIR",

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from app.cli.common import UsageError, checkpoint_dir
-from ddpm_core.checkpoint_config import SAMPLERS
+from ddpm_core.config.names import SAMPLERS
 
 __all__ = ["add_commands", "check_sampling_args", "cmd_init", "cmd_sample", "cmd_convert"]
 
@@ -182,7 +182,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from ddpm_core.checkpoint import CheckpointError, save_checkpoint
-    from ddpm_core.checkpoint_config import scrub_paths
+    from ddpm_core.config.paths import scrub_paths
     from ddpm_core.convert import (
         ConversionError,
         checkpoint_config_from_diffusers,

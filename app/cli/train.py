@@ -18,7 +18,7 @@ from pathlib import Path
 
 from app.cli.common import UsageError, checkpoint_dir, run
 from app.cli.offline import check_sampling_args
-from ddpm_core.checkpoint_config import SAMPLERS
+from ddpm_core.config.names import SAMPLERS
 
 __all__ = ["add_commands", "cmd_train", "cmd_eval", "main"]
 

@@ -12,12 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ddpm_core.unet_config import (
-    TRAINING_SET_FIELDS,
-    UNET_FIELDS,
-    ConfigError,
-    training_unet_config,
-)
+from ddpm_core.config.checks import ConfigError
+from ddpm_core.config.unet import TRAINING_SET_FIELDS, UNET_FIELDS, training_unet_config
 
 __all__ = ["GenerateRequest", "TrainOptions", "TrainRequest", "NAME_PATTERN", "MAX_TRAIN_STEPS"]
 
