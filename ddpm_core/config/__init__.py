@@ -10,6 +10,8 @@ the library builds its networks, schedules and training runs from the same decla
 - :mod:`~ddpm_core.config.schedule`: a checkpoint's noise schedule section.
 - :mod:`~ddpm_core.config.checkpoint`: a checkpoint's ``config.json`` and ``meta.json``.
 - :mod:`~ddpm_core.config.paths`: server paths cut out of served metadata.
+- :mod:`~ddpm_core.config.options`: how a training option is declared (:class:`Option`).
+- :mod:`~ddpm_core.config.train`: :class:`TrainConfig`, every training option, once.
 
 This package imports none of its modules itself: import them by name.
 """
