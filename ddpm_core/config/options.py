@@ -82,7 +82,8 @@ def _num(v: float) -> str:
 class Flag:
     """The command-line flag of an option.
 
-    ``names``: the flag and its aliases. ``help``: its line in ``--help``. ``choices``:
+    ``names``: the flag and its aliases. ``help``: its line in ``--help``; ``metavar``: its
+    value's name there (None: argparse's, from the field's name). ``choices``:
     True to offer the option's choices, False to take any value (the config checks it),
     or a mapping from the names the flag accepts to the values they stand for (short
     names, e.g. ``--prediction v``). ``none_at``: the flag value that stands for None
@@ -93,6 +94,7 @@ class Flag:
 
     names: tuple[str, ...]
     help: str | None = None
+    metavar: str | None = None
     choices: bool | Mapping[str, Any] = True
     none_at: Any = None
     custom: bool = False

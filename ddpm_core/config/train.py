@@ -88,7 +88,12 @@ class TrainConfig:
         default_factory=dict,
         description="UNetConfig fields that replace the preset's (ddpm_core.config.unet)",
         schema=overrides_schema(),
-        cli=Flag(("--unet",), custom=True),  # KEY=VALUE pairs
+        cli=Flag(
+            ("--unet",),
+            help="override a UNetConfig field, VALUE as JSON (e.g. channel_mult=[1,2,2])",
+            metavar="KEY=VALUE",
+            custom=True,  # repeated, one field each
+        ),
     )
     # digits: its labels; an image folder: labels from its sub-folders
     class_cond: bool = option(
@@ -220,7 +225,12 @@ class TrainConfig:
     resume_from: str | None = option(
         None,
         request=False,
-        cli=Flag(("--resume",), custom=True),  # [CHECKPOINT]
+        cli=Flag(
+            ("--resume",),
+            help="continue a run (from CHECKPOINT, or from --out when omitted)",
+            metavar="CHECKPOINT",
+            custom=True,  # its value is optional
+        ),
     )
 
     def __post_init__(self) -> None:
