@@ -87,7 +87,7 @@ def trivial_checkpoint(dst: Path) -> Path:
 
     from app.cli.offline import checkpoint_dir
     from ddpm_core.checkpoint import save_checkpoint
-    from ddpm_core.checkpoint_config import CheckpointConfig, read_json
+    from ddpm_core.config.checkpoint import CheckpointConfig, read_json
     from ddpm_core.unet import UNet
 
     cfg = read_json(checkpoint_dir("digits") / "config.json")

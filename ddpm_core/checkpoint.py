@@ -22,8 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-# The config and its validation need no torch; they live in checkpoint_config.
-from ddpm_core.checkpoint_config import (
+# The config and its validation need no torch; they live in ddpm_core.config.
+from ddpm_core.config.checkpoint import (
     CONFIG_FILE,
     FORMAT_VERSION,
     META_FILE,
@@ -33,9 +33,9 @@ from ddpm_core.checkpoint_config import (
     read_config,
     read_meta,
 )
+from ddpm_core.config.size import DEFAULT_MAX_ACTIVATION_BYTES, DEFAULT_MAX_PARAMS
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.unet import UNet
-from ddpm_core.unet_config import DEFAULT_MAX_ACTIVATION_BYTES, DEFAULT_MAX_PARAMS
 
 __all__ = [
     "FORMAT_VERSION",

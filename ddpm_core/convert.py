@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from ddpm_core.checkpoint import CheckpointConfig
-from ddpm_core.checkpoint_config import PREDICTION_TYPES, VARIANCE_TYPES
+from ddpm_core.config.checks import ConfigError, check_int, check_int_list
+from ddpm_core.config.names import PREDICTION_TYPES, VARIANCE_TYPES
 from ddpm_core.unet import UNet, UNetConfig
-from ddpm_core.unet_config import ConfigError, check_int, check_int_list
 
 __all__ = [
     "ConversionError",

@@ -61,8 +61,16 @@ from typing import Literal
 
 import torch
 
-from ddpm_core.checkpoint_config import PREDICTION_TYPES, SAMPLERS, VARIANCE_TYPES
-from ddpm_core.schedule import NoiseSchedule, linspace_timesteps
+from ddpm_core.config.names import PREDICTION_TYPES, SAMPLERS, VARIANCE_TYPES
+from ddpm_core.diffusion import output_coefficients
+from ddpm_core.schedule import (
+    NoiseSchedule,
+    betas_of,
+    half_log_snr,
+    linspace_timesteps,
+    posterior_mean_coefficients,
+    posterior_variance_of,
+)
 
 __all__ = [
     "Denoiser",
@@ -149,19 +157,11 @@ class StepTable:
 
 
 def _output_columns(coefs: torch.Tensor, abar: torch.Tensor, prediction_type: str) -> None:
-    """Fill the columns that turn the network output into x0_hat and eps_hat."""
-    a, s = abar.sqrt(), (1.0 - abar).sqrt()
-    if prediction_type == "epsilon":
-        # Subtract before scaling: at large t, 1/a ~ 150 would amplify float32 rounding of
-        # two large products in the expanded form x_t / a - (s / a) eps.
-        coefs[:, X0_XT], coefs[:, X0_OUT], coefs[:, X0_SCALE] = 1.0, -s, 1.0 / a
-        coefs[:, EPS_XT], coefs[:, EPS_OUT], coefs[:, EPS_SCALE] = 0.0, 1.0, 1.0
-    elif prediction_type == "v_prediction":
-        coefs[:, X0_XT], coefs[:, X0_OUT], coefs[:, X0_SCALE] = a, -s, 1.0
-        coefs[:, EPS_XT], coefs[:, EPS_OUT], coefs[:, EPS_SCALE] = s, a, 1.0
-    else:  # sample
-        coefs[:, X0_XT], coefs[:, X0_OUT], coefs[:, X0_SCALE] = 0.0, 1.0, 1.0
-        coefs[:, EPS_XT], coefs[:, EPS_OUT], coefs[:, EPS_SCALE] = 1.0, -a, 1.0 / s
+    """Fill the columns that turn the network output into x0_hat and eps_hat (DDPM Eq. 15
+    and its v and x0 forms: :func:`~ddpm_core.diffusion.output_coefficients`)."""
+    to_x0, to_eps = output_coefficients(prediction_type, abar)
+    coefs[:, X0_XT], coefs[:, X0_OUT], coefs[:, X0_SCALE] = to_x0
+    coefs[:, EPS_XT], coefs[:, EPS_OUT], coefs[:, EPS_SCALE] = to_eps
 
 
 def _dpm_solver_pp(
@@ -182,7 +182,7 @@ def _dpm_solver_pp(
     x_n = (s_n/s_c) e^-h x_t + a_n (1 - e^-2h)(D0 + D1/2) + s_n sqrt(1 - e^-2h) z.
     """
     n = len(abar)
-    lam = 0.5 * (abar.log() - (-abar).log1p())  # log(a / s) of each step's own timestep
+    lam = half_log_snr(abar)  # lambda = log(a / s) of each step's own timestep
     for k in range(n):
         final = k == n - 1  # lands on abar_prev = 1: lambda = +inf
         s_c = (1.0 - abar[k]).sqrt()
@@ -190,27 +190,26 @@ def _dpm_solver_pp(
             coefs[k, COEF_XT], coefs[k, COEF_X0] = 0.0, 1.0  # e^-h = 0: x0_hat itself
             continue
         a_n, s_n = abar_prev[k].sqrt(), (1.0 - abar_prev[k]).sqrt()
-        lam_n = 0.5 * (abar_prev[k].log() - (-abar_prev[k]).log1p())
-        h = lam_n - lam[k]
+        h = half_log_snr(abar_prev[k]) - lam[k]  # the step in lambda (DPM-Solver++ Alg. 2)
         em1 = torch.expm1(-h)  # e^-h - 1, exact for small h
         step_order = min(order, k + 1)  # only k previous x0_hat exist
         if lower_final and n < LOWER_ORDER_FINAL_BELOW and k == n - 2:
             step_order = min(step_order, 2)
-        if sde:
+        if sde:  # SDE-DPM-Solver++(2M): x_n = (s_n/s_c) e^-h x_t + a_n (1 - e^-2h) D + noise
             coefs[k, COEF_XT] = s_n / s_c * torch.exp(-h)
             phi = -a_n * torch.expm1(-2.0 * h)  # a_n (1 - e^-2h)
             coefs[k, SIGMA] = s_n * (-torch.expm1(-2.0 * h)).sqrt()
-        else:
+        else:  # DPM-Solver++ (Alg. 2), first-order part: DDIM written in lambda
             coefs[k, COEF_XT] = s_n / s_c
             phi = -a_n * em1  # a_n (1 - e^-h): the first-order (DDIM) weight of D0
         w = torch.zeros(3, dtype=torch.float64)  # weights of (m0, m1, m2) = x0_hat now, -1, -2
         w[0] = phi
-        if step_order >= 2:
+        if step_order >= 2:  # Alg. 2: D = (1 + 1/(2 r)) x0_hat - 1/(2 r) x0_hat'
             r0 = (lam[k] - lam[k - 1]) / h
             d1_0 = torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64) / r0
             if step_order == 2:
                 w += 0.5 * phi * d1_0  # - 0.5 a_n (e^-h - 1) D1
-            else:
+            else:  # third-order multistep (diffusers' multistep_dpm_solver_third_order_update)
                 r1 = (lam[k - 1] - lam[k - 2]) / h
                 d1_1 = torch.tensor([0.0, 1.0, -1.0], dtype=torch.float64) / r1
                 d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
@@ -258,29 +257,29 @@ def step_table(
 
     # Sampling order: descending timesteps; "prev" is the next entry, abar = 1 past the end.
     abar = spaced.alphas_cumprod.flip(0)
-    abar_prev = torch.cat([abar[1:], torch.ones(1, dtype=torch.float64)])
-    beta = 1.0 - abar / abar_prev  # beta'_t of the respaced chain
-    alpha = 1.0 - beta
+    abar_prev = spaced.alphas_cumprod_prev.flip(0)
+    beta = betas_of(abar, abar_prev)  # beta'_t of the respaced chain
 
     coefs = torch.zeros(len(abar), NUM_COLUMNS, dtype=torch.float64)
     _output_columns(coefs, abar, prediction_type)
     coefs[:, CLIP] = 1.0 if clip_denoised else 0.0
     history = 0
     if sampler == "ddpm":
-        # Posterior q(x_prev | x_t, x0) of DDPM Eq. 7 with x0 := x0_hat.
-        coefs[:, COEF_X0] = abar_prev.sqrt() * beta / (1.0 - abar)
-        coefs[:, COEF_XT] = alpha.sqrt() * (1.0 - abar_prev) / (1.0 - abar)
+        # Ancestral sampling (DDPM Eq. 6): the posterior mean of Eq. 7 with x0 := x0_hat.
+        coefs[:, COEF_X0], coefs[:, COEF_XT] = posterior_mean_coefficients(abar, abar_prev, beta)
         # fixed_small: beta-tilde, the true posterior's; fixed_large: beta (DDPM Sec. 3.2).
-        small = (1.0 - abar_prev) / (1.0 - abar) * beta
+        small = posterior_variance_of(abar, abar_prev, beta)
         var = small if variance == "fixed_small" else beta.clone()
         var[-1] = 0.0  # the final step returns the posterior mean
         coefs[:, SIGMA] = var.sqrt()
         description = f"ddpm/{variance}"
     elif sampler == "ddim":
-        # DDIM Eq. 16 for sigma, Eq. 12 for the update.
-        sigma = eta * ((1.0 - abar_prev) / (1.0 - abar) * beta).sqrt()
+        # DDIM Eq. 16: sigma = eta sqrt(beta-tilde'_t).
+        sigma = eta * posterior_variance_of(abar, abar_prev, beta).sqrt()
+        # DDIM Eq. 12: x_prev = sqrt(abar_prev) x0_hat + direction eps_hat + sigma z.
         direction = (1.0 - abar_prev - sigma**2).clamp(min=0.0).sqrt()
         if ddim_eps == "x0":
+            # eps_hat implied by the clipped x0_hat (Eq. 4 solved for eps), folded into Eq. 12.
             coefs[:, COEF_XT] = direction / (1.0 - abar).sqrt()
             coefs[:, COEF_X0] = abar_prev.sqrt() - direction * (abar / (1.0 - abar)).sqrt()
         else:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # The config lives in a torch-free module (the API validates checkpoints with it).
-from ddpm_core.unet_config import PRESETS, StagePlan, UNetConfig, preset, unet_layout
+from ddpm_core.config.unet import PRESETS, StagePlan, UNetConfig, preset, unet_layout
 
 __all__ = ["UNetConfig", "UNet", "PRESETS", "preset", "timestep_embedding"]
 
@@ -166,7 +166,7 @@ class UNet(nn.Module):
         self.class_embed = nn.Embedding(cfg.num_classes + 1, temb) if cfg.num_classes else None
         self.conv_in = nn.Conv2d(cfg.in_channels, ch0, 3, padding=1)
 
-        # One plan for the modules and for the closed-form sizes of unet_config.
+        # One plan for the modules and for the closed-form sizes of config.size.
         plan = unet_layout(cfg)
         self.down = nn.ModuleList(self._stage(s, temb, cfg, down=True) for s in plan.down)
         self.mid = MidBlock(plan.mid_channels, temb, cfg)

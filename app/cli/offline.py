@@ -189,7 +189,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from ddpm_core.checkpoint import CheckpointError, save_checkpoint
-    from ddpm_core.checkpoint_config import scrub_paths
+    from ddpm_core.config.paths import scrub_paths
     from ddpm_core.convert import (
         ConversionError,
         checkpoint_config_from_diffusers,

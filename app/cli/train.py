@@ -13,53 +13,74 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from app.cli.common import UsageError, checkpoint_dir, run
 from app.cli.offline import check_sampling_args
-from ddpm_core.checkpoint_config import SAMPLERS
+from ddpm_core.config.names import SAMPLERS
+from ddpm_core.config.options import Declared, declared_options
+from ddpm_core.config.train import TrainConfig
 
-__all__ = ["add_commands", "cmd_train", "cmd_eval", "main"]
+__all__ = ["add_commands", "cmd_train", "cmd_eval", "main", "train_flags"]
 
-# Options of `train` that map one-to-one onto TrainConfig fields (dest -> field).
-_TRAIN_FIELDS = {
-    "dataset": "dataset",
-    "preset": "preset",
-    "image_size": "image_size",
-    "channels": "channels",
-    "steps": "steps",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "weight_decay": "weight_decay",
-    "warmup": "warmup",
-    "lr_schedule": "lr_schedule",
-    "ema_decay": "ema_decay",
-    "grad_clip": "grad_clip",
-    "accumulate": "accumulate",
-    "precision": "precision",
-    "p_uncond": "p_uncond",
-    "save_every": "save_every",
-    "sample_every": "sample_every",
-    "sample_count": "sample_count",
-    "default_steps": "default_steps",
-    "default_sampler": "default_sampler",
-    "default_eta": "default_eta",
-    "guidance_scale": "guidance_scale",
-    "device": "device",
-    "seed": "seed",
-    "schedule": "schedule",
-    "timesteps": "timesteps",
-    "loss": "loss",
-    "prediction": "prediction_type",
+# Where --help lists TrainConfig's flags (by field); a flag declared later and not listed
+# here follows them, in declaration order. This command's own flags come last.
+HELP_ORDER = (
+    "dataset", "out", "preset", "unet_overrides", "image_size", "channels", "steps",
+    "batch_size", "accumulate", "lr", "weight_decay", "warmup", "lr_schedule", "ema_decay",
+    "grad_clip", "precision", "loss", "prediction_type", "class_cond", "p_uncond",
+    "random_flip", "save_every", "sample_every", "sample_count", "default_steps",
+    "default_sampler", "default_eta", "guidance_scale", "resume_from", "device", "compile",
+    "channels_last", "seed", "schedule", "timesteps",
+)  # fmt: skip
+# How the flags declared ``custom`` take their values: --unet KEY=VALUE (repeated), and
+# --resume [CHECKPOINT] (from --out when omitted).
+CUSTOM_FLAGS: dict[str, dict] = {
+    "unet_overrides": {"action": "append", "default": []},
+    "resume_from": {"nargs": "?", "const": ""},
 }
-# --prediction's short names.
-_PREDICTIONS = {"epsilon": "epsilon", "eps": "epsilon", "v": "v_prediction"}
-_PREDICTIONS |= {"v_prediction": "v_prediction", "sample": "sample", "x0": "sample"}
+# Where the run is: read by _train_config itself, not copied into the config.
+_PLACES = ("out", "resume_from")
+
+
+def train_flags() -> tuple[Declared, ...]:
+    """TrainConfig's fields that ``ddpm train`` sets, in --help's order."""
+    flagged = {d.name: d for d in declared_options(TrainConfig) if d.option.cli is not None}
+    order = [n for n in HELP_ORDER if n in flagged] + [n for n in flagged if n not in HELP_ORDER]
+    return tuple(flagged[n] for n in order)
+
+
+def _add_flag(p: argparse.ArgumentParser, d: Declared) -> None:
+    """The argparse flag of field ``d``: unset, it is None (the default, or the resumed
+    run's value, applies); a bool is store-true."""
+    flag = d.option.cli
+    assert flag is not None
+    kw: dict = {"dest": d.name, "default": None, "help": flag.help}
+    if flag.metavar is not None:
+        kw["metavar"] = flag.metavar
+    if flag.custom:
+        kw |= CUSTOM_FLAGS[d.name]
+    elif d.type is bool:
+        kw["action"] = "store_true"
+    elif d.type in (int, float, str):
+        kw["type"] = d.type
+        if isinstance(flag.choices, Mapping):
+            kw["choices"] = list(flag.choices)
+        elif flag.choices and d.option.choices is not None:
+            kw["choices"] = list(d.option.choices)
+    else:
+        raise TypeError(f"--{d.name}: a {d.type.__name__} option needs a custom flag")
+    p.add_argument(*flag.names, **kw)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``train`` and ``eval`` on a sub-parser set."""
+    _add_train(sub)
+    _add_eval(sub)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a UNet on digits or an image folder",
@@ -67,65 +88,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "directory. "
         "Unset options take defaults, or, with --resume, the resumed run's values.",
     )
-    p.add_argument("--dataset", help="'digits' (built-in) or an image folder (PNG/JPEG/WebP)")
-    p.add_argument("--out", type=Path, help="checkpoint directory to write (required)")
-    p.add_argument("--preset", help="UNet preset: tiny (default), small, ddpm-cifar10")
-    p.add_argument(
-        "--unet",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a UNetConfig field, VALUE as JSON (e.g. channel_mult=[1,2,2])",
-    )
-    p.add_argument("--image-size", type=int, help="default 16 for digits, else 32")
-    p.add_argument("--channels", type=int, help="1 or 3 (default 1 for digits, else 3)")
-    p.add_argument("--steps", type=int, help="optimizer steps (default 1000)")
-    p.add_argument("--batch-size", type=int, help="images per micro-batch (default 64)")
-    p.add_argument("--accumulate", type=int, help="micro-batches per optimizer step")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-4)")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--warmup", type=int, help="linear warm-up steps (default 100)")
-    p.add_argument("--lr-schedule", choices=["cosine", "constant"])
-    p.add_argument("--ema-decay", type=float, help="default 0.999")
-    p.add_argument("--grad-clip", type=float, help="max gradient norm; 0 disables (default 1)")
-    p.add_argument("--precision", choices=["no", "bf16", "fp16"])
-    p.add_argument("--loss", choices=["mse", "l1"])
-    p.add_argument(
-        "--prediction",
-        choices=list(_PREDICTIONS),
-        help="what the network predicts: epsilon (default), v (v_prediction) or sample (x0)",
-    )
-    p.add_argument(
-        "--class-cond",
-        "--labels-from-folders",
-        dest="class_cond",
-        action="store_true",
-        default=None,
-        help="class-conditional (digits labels, or a folder's sub-folder names)",
-    )
-    p.add_argument("--p-uncond", type=float, help="label dropout for guidance (default 0.1)")
-    p.add_argument("--random-flip", action="store_true", default=None)
-    p.add_argument("--save-every", type=int, help="checkpoint every N steps (0: at the end)")
-    p.add_argument("--sample-every", type=int, help="preview grid every N steps (0: never)")
-    p.add_argument("--sample-count", type=int)
-    p.add_argument("--default-steps", type=int, help="checkpoint's default sampling steps (50)")
-    p.add_argument("--default-sampler", choices=list(SAMPLERS), help="default: ddim")
-    p.add_argument("--default-eta", type=float, help="checkpoint's default DDIM eta (0)")
-    p.add_argument("--guidance-scale", type=float, help="checkpoint's default guidance (1)")
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="CHECKPOINT",
-        help="continue a run (from CHECKPOINT, or from --out when omitted)",
-    )
-    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the UNet")
-    p.add_argument("--channels-last", action="store_true", default=None)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--schedule", choices=["linear", "cosine"])
-    p.add_argument("--timesteps", type=int, help="T of the forward process (default 1000)")
+    for d in train_flags():
+        _add_flag(p, d)
     p.add_argument("--job-id", help="provenance recorded in meta.json")
     p.add_argument(
         "--nproc-per-node",
@@ -153,6 +117,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
         help="digits score (and, with --fid, the FID) of a checkpoint's samples",
@@ -200,9 +166,62 @@ def _parse_unet_overrides(items: Sequence[str]) -> dict:
     return out
 
 
-def _train_config(args: argparse.Namespace):
-    from ddpm_core.train import STATE_DIR, TrainConfig
+def _given(args: argparse.Namespace) -> dict:
+    """The TrainConfig values the flags set (unset flags are absent): short names mapped
+    to their values (``--prediction v``), ``--grad-clip 0`` to None."""
+    given = {}
+    for d in train_flags():
+        flag, value = d.option.cli, getattr(args, d.name)
+        assert flag is not None
+        if flag.custom or d.name in _PLACES or value is None:
+            continue
+        if isinstance(flag.choices, Mapping):
+            value = flag.choices[value]
+        if flag.none_at is not None and value == flag.none_at:
+            value = None
+        given[d.name] = value
+    return given
 
+
+# Fixed by a run's first invocation: a resumed run may not change them.
+_FIXED = ("preset", "image_size", "channels", "class_cond", "schedule", "timesteps")
+
+
+def _resumed(resume_dir: Path, given: dict, unet: dict) -> dict:
+    """The resumed run's config with the flags given now (UsageError if one would change
+    what the run is)."""
+    from ddpm_core.train import STATE_DIR
+
+    state_file = resume_dir / STATE_DIR / "state.json"
+    if not state_file.exists():
+        raise UsageError(f"{resume_dir} has no resumable training state ({STATE_DIR}/)")
+    base = json.loads(state_file.read_text())["train_config"]
+    base.setdefault("prediction_type", "epsilon")  # a run from before the option
+    flags = {d.name: d.option.cli.names[0] for d in train_flags() if d.option.cli}
+    for key in (*_FIXED, "prediction_type"):
+        if key in given and given[key] != base.get(key):
+            raise UsageError(f"{flags[key]} differs from the resumed run")
+    if unet and unet != base.get("unet_overrides"):
+        raise UsageError("--unet differs from the resumed run")
+    return base | given
+
+
+def _fresh(out: Path, given: dict, unet: dict, force: bool) -> dict:
+    """A new run's config: the flags given, with the dataset's image size and channels."""
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UsageError(f"{out} already exists (use --resume to continue, or --force)")
+    dataset = given.get("dataset", "digits")
+    if dataset != "digits" and not Path(dataset).is_dir():
+        raise UsageError(f"--dataset must be 'digits' or an image folder; {dataset} is neither")
+    return {
+        "dataset": dataset,
+        "image_size": 16 if dataset == "digits" else 32,
+        "channels": 1 if dataset == "digits" else 3,
+        "unet_overrides": unet,
+    } | given
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
     if args.run_config is not None:
         try:
             return TrainConfig.from_dict(json.loads(args.run_config.read_text()))
@@ -210,47 +229,15 @@ def _train_config(args: argparse.Namespace):
             raise UsageError(f"--run-config: {exc}") from None
     if args.out is None:
         raise UsageError("--out is required")
-
-    given = {f: getattr(args, dest) for dest, f in _TRAIN_FIELDS.items()}
-    given = {k: v for k, v in given.items() if v is not None}
-    if "prediction_type" in given:
-        given["prediction_type"] = _PREDICTIONS[given["prediction_type"]]
-    for flag in ("class_cond", "random_flip", "compile", "channels_last"):
-        if getattr(args, flag):
-            given[flag] = True
-    if given.get("grad_clip") == 0:
-        given["grad_clip"] = None
-    unet = _parse_unet_overrides(args.unet)
-
+    out, given = Path(args.out), _given(args)
+    unet = _parse_unet_overrides(args.unet_overrides)
     resume_dir = None
-    if args.resume is not None:
-        resume_dir = Path(args.resume) if args.resume else args.out
-        state_file = resume_dir / STATE_DIR / "state.json"
-        if not state_file.exists():
-            raise UsageError(f"{resume_dir} has no resumable training state ({STATE_DIR}/)")
-        base = json.loads(state_file.read_text())["train_config"]
-        base.setdefault("prediction_type", "epsilon")  # a run from before the option
-        fixed = ("preset", "image_size", "channels", "class_cond", "schedule", "timesteps")
-        for key in (*fixed, "prediction_type"):
-            if key in given and given[key] != base.get(key):
-                flag = "prediction" if key == "prediction_type" else key.replace("_", "-")
-                raise UsageError(f"--{flag} differs from the resumed run")
-        if unet and unet != base.get("unet_overrides"):
-            raise UsageError("--unet differs from the resumed run")
-        base.update(given)
+    if args.resume_from is not None:
+        resume_dir = Path(args.resume_from) if args.resume_from else out
+        base = _resumed(resume_dir, given, unet)
     else:
-        if args.out.exists() and any(args.out.iterdir()) and not args.force:
-            raise UsageError(f"{args.out} already exists (use --resume to continue, or --force)")
-        dataset = given.get("dataset", "digits")
-        base = {
-            "dataset": dataset,
-            "image_size": 16 if dataset == "digits" else 32,
-            "channels": 1 if dataset == "digits" else 3,
-            "unet_overrides": unet,
-        } | given
-        if dataset != "digits" and not Path(dataset).is_dir():
-            raise UsageError(f"--dataset must be 'digits' or an image folder; {dataset} is neither")
-    base["out"] = str(args.out)
+        base = _fresh(out, given, unet, args.force)
+    base["out"] = str(out)
     base["resume_from"] = str(resume_dir) if resume_dir is not None else None
     try:
         return TrainConfig.from_dict(base)
@@ -355,15 +342,10 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+def _load_data(cfg: TrainConfig, main: bool):
+    """The run's dataset (UsageError when unusable); rank 0 prints what it holds."""
     from ddpm_core.data import DatasetError, load_dataset
-    from ddpm_core.distributed import env_world_size, from_main, rank
-    from ddpm_core.train import train
 
-    cfg = from_main(lambda: _prepare(args))
-    main = rank() == 0
     try:
         dataset = load_dataset(
             cfg.dataset, cfg.image_size, cfg.channels, cfg.class_cond, cfg.random_flip
@@ -376,29 +358,46 @@ def _train(args: argparse.Namespace) -> int:
         print(f"; {dataset.skipped} unreadable files skipped" if dataset.skipped else "")
         for path in dataset.skipped_files[:5]:
             print(f"  skipped {path}")
+    return dataset
 
-    stop = {"requested": False}
 
-    def on_sigint(signum, frame) -> None:  # noqa: ARG001
-        if stop["requested"]:
+class _StopRequests:
+    """Ctrl-C (and, under torchrun, SIGTERM from its agent) asks to stop after the current
+    step; a second Ctrl-C aborts without saving. So does ``stop_file`` once it exists."""
+
+    def __init__(self, stop_file: Path | None, main: bool, distributed: bool) -> None:
+        self.requested = False
+        self.stop_file, self.main = stop_file, main
+        self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+        self.previous_term = None
+        if distributed:
+            self.previous_term = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigint(self, signum, frame) -> None:  # noqa: ARG002
+        if self.requested:
             raise KeyboardInterrupt
-        stop["requested"] = True
-        if main:
+        self.requested = True
+        if self.main:
             print(
                 "\nstopping after this step (Ctrl-C again to abort without saving)", file=sys.stderr
             )
 
-    def on_sigterm(signum, frame) -> None:  # noqa: ARG001
-        stop["requested"] = True  # torchrun's agent stopping its workers: save, then exit
+    def _on_sigterm(self, signum, frame) -> None:  # noqa: ARG002
+        self.requested = True  # torchrun's agent stopping its workers: save, then exit
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    previous_term = None
-    if env_world_size() > 1:
-        previous_term = signal.signal(signal.SIGTERM, on_sigterm)
-    bar = tqdm(
-        total=cfg.steps, unit="step", disable=args.no_progress or not main, dynamic_ncols=True
-    )
-    records = _ProgressFile(args.progress_file if main else None)
+    def __call__(self) -> bool:
+        if self.stop_file is not None and self.stop_file.exists():
+            self.requested = True
+        return self.requested
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+        if self.previous_term is not None:
+            signal.signal(signal.SIGTERM, self.previous_term)
+
+
+def _progress(bar, records: _ProgressFile):
+    """The ``progress`` callback of a run: the bar, its messages and a JSON line per step."""
 
     def progress(p) -> None:
         if bar.n == 0 and p.step > 1:
@@ -425,31 +424,13 @@ def _train(args: argparse.Namespace) -> int:
             }
         )
 
-    def should_stop() -> bool:
-        if args.stop_file is not None and args.stop_file.exists():
-            stop["requested"] = True
-        return stop["requested"]
+    return progress
 
-    try:
-        result = train(
-            cfg,
-            progress=progress,
-            should_stop=should_stop,
-            command=args.provenance or _command(),
-            job_id=args.job_id,
-            dataset=dataset,
-        )
-    except (DatasetError, FileNotFoundError) as exc:
-        records.write({"event": "error", "type": type(exc).__name__, "message": str(exc)})
-        raise UsageError(str(exc)) from None
-    except Exception as exc:
-        records.write({"event": "error", "type": type(exc).__name__, "message": str(exc)})
-        raise
-    finally:
-        bar.close()
-        signal.signal(signal.SIGINT, previous)
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
+
+def _report_done(result, records: _ProgressFile, main: bool) -> None:
+    """The outcome: the progress file's last line, and a summary printed by rank 0."""
+    from ddpm_core.distributed import env_world_size
+
     records.write(
         {
             "event": "done",
@@ -472,6 +453,42 @@ def _train(args: argparse.Namespace) -> int:
             + (f" x{env_world_size()} processes" if env_world_size() > 1 else "")
             + f" -> {result.checkpoint}"
         )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ddpm_core.data import DatasetError
+    from ddpm_core.distributed import env_world_size, from_main, rank
+    from ddpm_core.train import train
+
+    cfg = from_main(lambda: _prepare(args))
+    main = rank() == 0
+    dataset = _load_data(cfg, main)
+    stop = _StopRequests(args.stop_file, main, env_world_size() > 1)
+    bar = tqdm(
+        total=cfg.steps, unit="step", disable=args.no_progress or not main, dynamic_ncols=True
+    )
+    records = _ProgressFile(args.progress_file if main else None)
+    try:
+        result = train(
+            cfg,
+            progress=_progress(bar, records),
+            should_stop=stop,
+            command=args.provenance or _command(),
+            job_id=args.job_id,
+            dataset=dataset,
+        )
+    except (DatasetError, FileNotFoundError) as exc:
+        records.write({"event": "error", "type": type(exc).__name__, "message": str(exc)})
+        raise UsageError(str(exc)) from None
+    except Exception as exc:
+        records.write({"event": "error", "type": type(exc).__name__, "message": str(exc)})
+        raise
+    finally:
+        bar.close()
+        stop.restore()
+    _report_done(result, records, main)
     return 0
 
 
@@ -509,13 +526,10 @@ def _format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    """Generate ``-n`` images and print their digits score next to the real-digits ceiling."""
-    import time
-
+def _load_for_eval(args: argparse.Namespace):
+    """(checkpoint, device) of ``eval``; UsageError when it cannot be loaded or scored."""
     from ddpm_core.checkpoint import CheckpointError, load_checkpoint
-    from ddpm_core.metrics import digits_score, noise_reference, real_digits_reference
-    from ddpm_core.pipeline import generate, resolve_device
+    from ddpm_core.pipeline import resolve_device
 
     check_sampling_args(args)
     try:
@@ -524,29 +538,97 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (CheckpointError, ValueError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
     cfg = ckpt.config
-    conditional = cfg.num_classes is not None
-    digits_like = cfg.channels in (1, 3) and cfg.image_size >= 8 and cfg.num_classes in (None, 10)
-    if not digits_like and args.fid is None:
+    if not _digits_like(cfg) and args.fid is None:
         if cfg.channels not in (1, 3) or cfg.image_size < 8:
             raise UsageError("the digits score needs 1- or 3-channel images of at least 8x8 pixels")
         raise UsageError("a conditional checkpoint must have 10 classes (digits 0-9)")
+    return ckpt, device
+
+
+def _digits_like(cfg) -> bool:
+    """Whether the digits classifier can score the checkpoint's images."""
+    return cfg.channels in (1, 3) and cfg.image_size >= 8 and cfg.num_classes in (None, 10)
+
+
+def _eval_steps_guidance(args: argparse.Namespace, cfg) -> tuple[int, float]:
+    """The sampling steps and guidance scale of ``eval`` (the checkpoint's by default)."""
     steps = cfg.default_steps if args.steps is None else args.steps
     if not 1 <= steps <= cfg.num_train_timesteps:
         raise UsageError(f"--steps must be in [1, {cfg.num_train_timesteps}]")
     guidance = args.guidance if args.guidance is not None else cfg.default_guidance_scale
-    if args.guidance is not None and not conditional:
+    if args.guidance is not None and cfg.num_classes is None:
         raise UsageError("--guidance needs a class-conditional checkpoint")
-    extractor = None
-    if args.fid is not None:
-        if args.count < 2:
-            raise UsageError("--fid needs --count of at least 2")
-        from ddpm_core.fid import FidUnavailable, InceptionFeatures
+    return steps, guidance
 
-        try:
-            extractor = InceptionFeatures(device)
-        except FidUnavailable as exc:
-            raise UsageError(str(exc)) from None
 
+def _fid_extractor(args: argparse.Namespace, device):
+    """The Inception features of ``--fid`` (None without it); UsageError when unavailable."""
+    if args.fid is None:
+        return None
+    if args.count < 2:
+        raise UsageError("--fid needs --count of at least 2")
+    from ddpm_core.fid import FidUnavailable, InceptionFeatures
+
+    try:
+        return InceptionFeatures(device)
+    except FidUnavailable as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _digits_report(images, labels, image_size: int) -> dict:
+    """The digits score of ``images`` next to real digits' and noise's."""
+    from ddpm_core.metrics import digits_score, noise_reference, real_digits_reference
+
+    generated = digits_score(images, labels)
+    real = real_digits_reference(image_size)
+    return {
+        "generated": generated.to_dict(),
+        "real": real.to_dict(),
+        "noise": noise_reference(image_size).to_dict(),
+        "is_ratio": generated.inception_score / real.inception_score,
+    }
+
+
+def _record(ckpt, report: dict) -> None:
+    """Store ``report`` in the checkpoint's meta.json (``--record``)."""
+    from ddpm_core.checkpoint import META_FILE, read_meta
+
+    meta = read_meta(ckpt.path)
+    meta.setdefault("metrics", {})["digits_score"] = report
+    # Write-then-rename: a reader never sees a half-written meta.json.
+    tmp = ckpt.path / f".{META_FILE}.tmp"
+    try:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(tmp, ckpt.path / META_FILE)
+    except OSError as exc:
+        raise UsageError(f"cannot record into {ckpt.path}: {exc}") from None
+
+
+def _print_report(report: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    lines = [_format_table(report)] if "generated" in report else []
+    if "fid" in report:
+        f = report["fid"]
+        lines.append(
+            f"FID {f['fid']:.3f} against {f['dataset']} ({f['generated_images']} generated, "
+            f"{f['reference_images']} reference images; Inception, {f['weights']})"
+        )
+    print("\n".join(lines))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Generate ``-n`` images and print their digits score next to the real-digits ceiling."""
+    import time
+
+    from ddpm_core.pipeline import generate
+
+    ckpt, device = _load_for_eval(args)
+    cfg = ckpt.config
+    conditional = cfg.num_classes is not None
+    steps, guidance = _eval_steps_guidance(args, cfg)
+    extractor = _fid_extractor(args, device)
     labels = [i % cfg.num_classes for i in range(args.count)] if conditional else None
     started = time.perf_counter()
     images_t = generate(
@@ -571,40 +653,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "sampling_s": round(elapsed, 2),
     }
-    if digits_like:
-        generated = digits_score(images_t, labels)
-        real = real_digits_reference(cfg.image_size)
-        report |= {
-            "generated": generated.to_dict(),
-            "real": real.to_dict(),
-            "noise": noise_reference(cfg.image_size).to_dict(),
-            "is_ratio": generated.inception_score / real.inception_score,
-        }
+    if _digits_like(cfg):
+        report |= _digits_report(images_t, labels, cfg.image_size)
     if extractor is not None:
         report["fid"] = _fid_report(args, cfg, extractor, images_t)
     if args.record:
-        from ddpm_core.checkpoint import META_FILE, read_meta
-
-        meta = read_meta(ckpt.path)
-        meta.setdefault("metrics", {})["digits_score"] = report
-        # Write-then-rename: a reader never sees a half-written meta.json.
-        tmp = ckpt.path / f".{META_FILE}.tmp"
-        try:
-            tmp.write_text(json.dumps(meta, indent=2) + "\n")
-            os.replace(tmp, ckpt.path / META_FILE)
-        except OSError as exc:
-            raise UsageError(f"cannot record into {ckpt.path}: {exc}") from None
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        lines = [_format_table(report)] if "generated" in report else []
-        if "fid" in report:
-            f = report["fid"]
-            lines.append(
-                f"FID {f['fid']:.3f} against {f['dataset']} ({f['generated_images']} generated, "
-                f"{f['reference_images']} reference images; Inception, {f['weights']})"
-            )
-        print("\n".join(lines))
+        _record(ckpt, report)
+    _print_report(report, args.json)
     return 0
 
 

@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     )
     events_maxlen: int = Field(1000, ge=10)
     # Model size, computed from a config before anything is allocated (checkpoint loads,
-    # POST /generate, POST /train). Defaults equal ddpm_core.unet_config's DEFAULT_MAX_*.
+    # POST /generate, POST /train). Defaults equal ddpm_core.config.size's DEFAULT_MAX_*.
     max_model_params: int = Field(
         200_000_000, ge=1, description="largest UNet (parameters) a checkpoint or run may have"
     )

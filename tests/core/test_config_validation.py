@@ -17,16 +17,10 @@ from ddpm_core.checkpoint import (
     read_config,
     save_checkpoint,
 )
+from ddpm_core.config.checks import ConfigError
+from ddpm_core.config.size import activation_bytes, check_model_size, parameter_count
+from ddpm_core.config.unet import UNetConfig, preset, training_unet_config
 from ddpm_core.unet import UNet
-from ddpm_core.unet_config import (
-    ConfigError,
-    UNetConfig,
-    activation_bytes,
-    check_model_size,
-    parameter_count,
-    preset,
-    training_unet_config,
-)
 
 
 def _config(**unet) -> dict:
@@ -130,8 +124,8 @@ def test_config_checks_need_no_torch(tmp_path: Path) -> None:
     ck = _write_ckpt(tmp_path / "ck")
     code = (
         "import sys\n"
-        "from ddpm_core.checkpoint_config import read_config, check_config_size\n"
-        "from ddpm_core.unet_config import parameter_count\n"
+        "from ddpm_core.config.checkpoint import read_config, check_config_size\n"
+        "from ddpm_core.config.size import parameter_count\n"
         f"cfg = read_config({str(ck)!r})\n"
         f"print(check_config_size({str(ck)!r}, cfg)[0], parameter_count(cfg.unet))\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"

@@ -261,7 +261,7 @@ def test_scrub_paths_keeps_what_is_not_a_path() -> None:
 
 def test_size_settings_default_to_the_library_limits() -> None:
     from app.core.settings import Settings
-    from ddpm_core.unet_config import DEFAULT_MAX_ACTIVATION_BYTES, DEFAULT_MAX_PARAMS
+    from ddpm_core.config.size import DEFAULT_MAX_ACTIVATION_BYTES, DEFAULT_MAX_PARAMS
 
     fields = Settings.model_fields
     assert fields["max_model_params"].default == DEFAULT_MAX_PARAMS

@@ -62,7 +62,7 @@ def test_sampler_names_agree_everywhere() -> None:
 
     from app.cli.remote import add_commands as remote_commands
     from app.core.jobs.spec import GenerateJob, GenerateRequest
-    from ddpm_core.checkpoint_config import SAMPLERS
+    from ddpm_core.config.names import SAMPLERS
 
     def literal(annotation) -> set[str]:
         args = set()

@@ -52,7 +52,7 @@ from app.core.checkpoints.registry import (
     scrub_paths,
 )
 from app.core.storage.objstore import ObjectStore, sha256_file
-from ddpm_core.checkpoint_config import CheckpointConfig
+from ddpm_core.config.checkpoint import CheckpointConfig
 
 __all__ = ["ObjectRegistry", "MANIFEST_FORMAT", "allocate_version"]
 

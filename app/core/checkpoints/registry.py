@@ -3,7 +3,7 @@
 Published versions are numbered 1, 2, ...; built-in checkpoints shipped in
 ``ddpm_core/builtin`` appear as version ``builtin`` and are read-only. Only
 JSON is read here (config.json, meta.json), so the API process needs no torch;
-configs are validated by the torch-free ``ddpm_core.checkpoint_config``. What
+configs are validated by the torch-free ``ddpm_core.config.checkpoint``. What
 :meth:`Registry.describe` serves has every absolute server path cut to its
 last component.
 
@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ddpm_core.checkpoint_config import CheckpointConfig, CheckpointError, read_config, scrub_paths
+from ddpm_core.config.checkpoint import CheckpointConfig, CheckpointError, read_config
+from ddpm_core.config.paths import scrub_paths
 
 __all__ = [
     "NAME_RE",

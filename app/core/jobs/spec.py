@@ -2,14 +2,24 @@
 
 The HTTP API validates requests with these models, the worker validates again what it
 reads back from Redis, and the web page builds its forms from the OpenAPI document they
-produce. Network configs are checked by the torch-free ``ddpm_core.unet_config``.
+produce. The training options are declared once, in the torch-free
+``ddpm_core.config.train``; network configs are checked by ``ddpm_core.config.unet``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.core.jobs.options import (
@@ -20,13 +30,11 @@ from app.core.jobs.options import (
     request_model,
     stored_model,
 )
-from ddpm_core.checkpoint_config import SAMPLERS
-from ddpm_core.unet_config import (
-    TRAINING_SET_FIELDS,
-    UNET_FIELDS,
-    ConfigError,
-    training_unet_config,
-)
+from ddpm_core.config.checks import ConfigError
+from ddpm_core.config.names import NAME_PATTERN, SAMPLERS
+from ddpm_core.config.options import Declared, declared_options
+from ddpm_core.config.train import MAX_TRAIN_STEPS, TrainConfig
+from ddpm_core.config.unet import training_unet_config
 
 __all__ = [
     "GENERATE_OPTIONS",
@@ -134,18 +142,6 @@ GenerateJob = stored_model(
 )
 
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-MAX_TRAIN_STEPS = 10_000_000
-Beta = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]
-
-# What unet_overrides may set: every UNetConfig field but those the run's own options set.
-_OVERRIDES_SCHEMA = {
-    "type": "object",
-    "properties": {k: r.schema for k, r in UNET_FIELDS.items() if k not in TRAINING_SET_FIELDS},
-    "additionalProperties": False,
-}
-
-
 def _config_error(title: str, exc: ConfigError, value: Any) -> ValidationError:
     """A pydantic error located at the field ConfigError names (dotted -> loc)."""
     loc = tuple(exc.field.split("."))
@@ -155,77 +151,68 @@ def _config_error(title: str, exc: ConfigError, value: Any) -> ValidationError:
     )
 
 
-class TrainOptions(BaseModel):
-    """Options of a training run: the fields of ``ddpm_core.train.TrainConfig`` that a
-    request may set (the output directory, resumption and device belong to the worker).
-    A test keeps the two in step; this copy exists because the API does not import torch.
-    The network they describe is validated by the torch-free ``ddpm_core.unet_config``;
-    its size against the settings by ``app.core.jobs.validate``."""
+def _annotation(d: Declared) -> Any:
+    """The request's type of a declared TrainConfig field: its choices as a Literal, a
+    tuple's numbers each strict and bounded (the container itself is lax: see below)."""
+    opt = d.option
+    if d.type is tuple:
+        item = Annotated[float, Strict(), Field(**opt.api_limits.kwargs())]
+        return tuple[(item,) * d.length]  # type: ignore[misc]
+    base: Any = {dict: dict[str, Any]}.get(d.type, d.type)
+    if opt.choices is not None:
+        base = Literal[opt.choices]  # type: ignore[valid-type]
+    return base | None if d.nullable else base
+
+
+def _request_field(d: Declared) -> tuple[Any, Any]:
+    """(annotation, pydantic Field) of a declared TrainConfig field, as a request sees it."""
+    opt = d.option
+    kw: dict[str, Any] = {"description": opt.description}
+    if d.default_factory is not dataclasses.MISSING:
+        kw["default_factory"] = d.default_factory
+    else:
+        kw["default"] = d.default
+    if d.type is tuple:
+        kw["strict"] = False  # a JSON array is a list: the container is lax, its numbers strict
+    else:
+        kw |= opt.api_limits.kwargs()
+    if opt.schema is not None:
+        kw["json_schema_extra"] = opt.schema
+    return _annotation(d), Field(**kw)
+
+
+class _TrainOptionsChecks(BaseModel):
+    """What the fields of TrainOptions cannot check one by one."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    dataset: str = Field(
-        "digits",
-        pattern=NAME_PATTERN,
-        description='"digits" (built in) or the name of an image folder under DATA_DIR/datasets',
-    )
-    preset: Literal["tiny", "small", "ddpm-cifar10"] = "tiny"
-    image_size: int = Field(16, ge=8, le=512)
-    channels: Literal[1, 3] = 1
-    unet_overrides: dict[str, Any] = Field(
-        default_factory=dict,
-        description="UNetConfig fields that replace the preset's (ddpm_core.unet_config)",
-        json_schema_extra=_OVERRIDES_SCHEMA,
-    )
-    class_cond: bool = False
-    p_uncond: float = Field(0.1, ge=0.0, lt=1.0)
-    random_flip: bool = False
-    schedule: Literal["linear", "cosine"] = "linear"
-    timesteps: int = Field(1000, ge=2, le=10000)
-    loss: Literal["mse", "l1"] = "mse"
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = Field(
-        "epsilon", description="what the network learns to predict: the noise, v, or x0"
-    )
-    steps: int = Field(1000, ge=1, le=MAX_TRAIN_STEPS)
-    batch_size: int = Field(64, ge=1, le=65536)
-    accumulate: int = Field(1, ge=1, le=1024)
-    lr: float = Field(2e-4, gt=0.0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
-    # a JSON array is a list: the container is lax, its numbers strict (Beta)
-    adam_betas: tuple[Beta, Beta] = Field((0.9, 0.999), strict=False)
-    warmup: int = Field(100, ge=0, le=MAX_TRAIN_STEPS)
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
-    grad_clip: float | None = Field(1.0, gt=0.0, le=1e6)
-    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
-    ema_warmup: bool = True
-    precision: Literal["no", "bf16", "fp16"] = "no"
-    save_every: int = Field(0, ge=0, le=MAX_TRAIN_STEPS)
-    sample_every: int = Field(0, ge=0, le=MAX_TRAIN_STEPS)
-    sample_count: int = Field(16, ge=1, le=256)
-    default_steps: int = Field(50, ge=1, le=10000, description="1..timesteps")
-    default_sampler: Literal["ddpm", "ddim", "dpm++2m", "dpm++3m", "dpm++2m-sde"] = "ddim"
-    default_eta: float = Field(0.0, ge=0.0, le=1.0)
-    guidance_scale: float = Field(1.0, ge=0.0, le=100.0)
-    compile: bool = False
-    channels_last: bool = False
-    seed: int = Field(0, ge=0, le=2**63 - 1)
-
     @model_validator(mode="after")
-    def _consistent(self) -> TrainOptions:
-        if self.default_steps > self.timesteps:
-            exc = ConfigError("default_steps", f"must be at most timesteps ({self.timesteps})")
-            raise _config_error("TrainOptions", exc, self.default_steps)
+    def _consistent(self) -> Any:
+        o: Any = self
+        if o.default_steps > o.timesteps:
+            exc = ConfigError("default_steps", f"must be at most timesteps ({o.timesteps})")
+            raise _config_error("TrainOptions", exc, o.default_steps)
         try:
-            unet = training_unet_config(
-                self.preset, self.image_size, self.channels, None, self.unet_overrides
-            )
+            unet = training_unet_config(o.preset, o.image_size, o.channels, None, o.unet_overrides)
         except ConfigError as exc:
-            raise _config_error("TrainOptions", exc, self.unet_overrides) from None
-        if self.unet_overrides:  # the checked values, JSON-ready (lists, floats)
+            raise _config_error("TrainOptions", exc, o.unet_overrides) from None
+        if o.unet_overrides:  # the checked values, JSON-ready (lists, floats)
             checked = unet.to_dict()
-            self.unet_overrides = {k: checked[k] for k in self.unet_overrides}
+            o.unet_overrides = {k: checked[k] for k in o.unet_overrides}
         return self
+
+
+TrainOptions = create_model(
+    "TrainOptions",
+    __doc__="""Options of a training run: the fields of ``ddpm_core.train.TrainConfig`` that a
+request may set (the output directory, resumption and device belong to the worker),
+built from their declarations in ``ddpm_core.config.train`` with the request's bounds.
+The network they describe is validated by the torch-free ``ddpm_core.config.unet``;
+its size against the settings by ``app.core.jobs.validate``.""",
+    __base__=_TrainOptionsChecks,
+    __module__=__name__,
+    **{d.name: _request_field(d) for d in declared_options(TrainConfig) if d.option.request},
+)
 
 
 class TrainRequest(BaseModel):

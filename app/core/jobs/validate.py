@@ -12,12 +12,8 @@ from pydantic import ValidationError
 from app.core.errors import InvalidInput
 from app.core.jobs.spec import TrainOptions
 from app.core.settings import Settings
-from ddpm_core.unet_config import (
-    ModelTooLarge,
-    UNetConfig,
-    check_model_size,
-    training_unet_config,
-)
+from ddpm_core.config.size import ModelTooLarge, check_model_size
+from ddpm_core.config.unet import UNetConfig, training_unet_config
 
 __all__ = ["check_size", "check_checkpoint_size", "first_error", "validate_train_options"]
 

@@ -1,7 +1,7 @@
-"""A checkpoint's ``config.json``: parsed and validated without torch.
+"""A checkpoint's ``config.json`` and ``meta.json``: parsed and validated without torch.
 
 The API validates checkpoints with this module (it never imports torch);
-:mod:`ddpm_core.checkpoint` re-exports everything here and adds the weights.
+:mod:`ddpm_core.checkpoint` re-exports what it needs and adds the weights.
 Every field is type- and range-checked; a problem is a :class:`CheckpointError`
 naming the file and the field, e.g. ``config.json: default_steps must be an
 integer, got 'abc'``.
@@ -11,51 +11,41 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ddpm_core.unet_config import (
-    DEFAULT_MAX_ACTIVATION_BYTES,
-    DEFAULT_MAX_PARAMS,
+from ddpm_core.config.checks import (
     ConfigError,
-    UNetConfig,
     check_bool,
     check_choice,
     check_float,
     check_int,
+)
+from ddpm_core.config.names import PREDICTION_TYPES, SAMPLERS, VARIANCE_TYPES
+from ddpm_core.config.schedule import parse_schedule
+from ddpm_core.config.size import (
+    DEFAULT_MAX_ACTIVATION_BYTES,
+    DEFAULT_MAX_PARAMS,
     check_model_size,
 )
+from ddpm_core.config.unet import UNetConfig
 
 __all__ = [
     "FORMAT_VERSION",
     "CONFIG_FILE",
     "META_FILE",
-    "SAMPLERS",
-    "VARIANCE_TYPES",
-    "PREDICTION_TYPES",
-    "SCHEDULE_KINDS",
-    "MAX_TRAIN_TIMESTEPS",
-    "ConfigError",
+    "MAX_GUIDANCE_SCALE",
     "CheckpointError",
     "CheckpointConfig",
-    "parse_schedule",
     "read_json",
     "read_config",
     "read_meta",
     "check_config_size",
-    "scrub_paths",
 ]
 
 FORMAT_VERSION = 1
 CONFIG_FILE, META_FILE = "config.json", "meta.json"
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++2m", "dpm++3m", "dpm++2m-sde")
-# What the network predicts: the noise, v = sqrt(abar) eps - sqrt(1 - abar) x0, or x0 itself.
-PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
-VARIANCE_TYPES: tuple[str, ...] = ("fixed_small", "fixed_large")
-SCHEDULE_KINDS: tuple[str, ...] = ("linear", "cosine")
-MAX_TRAIN_TIMESTEPS = 100_000
 MAX_GUIDANCE_SCALE = 100.0
 
 
@@ -71,38 +61,6 @@ class CheckpointError(Exception):
     def public_message(self) -> str:
         """The message with the file's name only (no server path), e.g. for API clients."""
         return f"{Path(self.path).name}: {self.problem}"
-
-
-# Parameters of each schedule kind with their defaults (see NoiseSchedule.linear/cosine).
-_SCHEDULE_PARAMS: dict[str, dict[str, float]] = {
-    "linear": {"beta_start": 1e-4, "beta_end": 0.02},
-    "cosine": {"s": 0.008, "max_beta": 0.999},
-}
-
-
-def parse_schedule(d: Any, name: str = "schedule") -> dict[str, Any]:
-    """A validated ``schedule`` section with every parameter filled in: ``kind``,
-    ``num_train_timesteps`` and the kind's parameters (ConfigError naming the field)."""
-    if d is None:
-        d = {}
-    if not isinstance(d, dict):
-        raise ConfigError(name, f"must be an object, got {d!r}")
-    kind = check_choice(f"{name}.kind", d.get("kind", "linear"), SCHEDULE_KINDS)
-    T = check_int(
-        f"{name}.num_train_timesteps", d.get("num_train_timesteps", 1000), 1, MAX_TRAIN_TIMESTEPS
-    )
-    params = _SCHEDULE_PARAMS[kind]
-    unknown = sorted(str(k) for k in set(d) - {"kind", "num_train_timesteps", *params})
-    if unknown:
-        raise ConfigError(f"{name}.{unknown[0]}", f"is not a parameter of a {kind} schedule")
-    out: dict[str, Any] = {"kind": kind, "num_train_timesteps": T}
-    for key, default in params.items():
-        value = d.get(key, default)
-        if key == "s":
-            out[key] = check_float(f"{name}.s", value, 0.0, 1.0)
-        else:  # a variance: in (0, 1]
-            out[key] = check_float(f"{name}.{key}", value, 0.0, 1.0, lo_open=True)
-    return out
 
 
 @dataclass(frozen=True)
@@ -271,30 +229,3 @@ def check_config_size(
         return check_model_size(config.unet, max_params, max_activation_bytes)
     except ConfigError as exc:
         raise CheckpointError(Path(path) / CONFIG_FILE, str(exc)) from None
-
-
-# An absolute POSIX path inside a string: "/" or "~/" not preceded by a word character, a
-# dot, a colon or a slash (so "img/s", "1/2" and URLs stay), with at least two components
-# (so a route such as "POST /train" stays), up to whitespace or a quote.
-_ABS_PATH = re.compile(r"(?<![\w.:/~])~?/[^\s'\"/]+(?:/[^\s'\"/]*)+")
-_WINDOWS_PATH = re.compile(r"\b[A-Za-z]:\\[^\s'\"]*")
-
-
-def _last_part(path: str) -> str:
-    parts = [p for p in re.split(r"[/\\]", path) if p and p != "~" and not p.endswith(":")]
-    return parts[-1] if parts else ""
-
-
-def scrub_paths(value: Any) -> Any:
-    """``value`` (parsed JSON) with every absolute path cut to its last component, e.g.
-    ``/srv/data/runs/abc`` -> ``abc``: served metadata never reveals the server's layout."""
-    if isinstance(value, dict):
-        return {k: scrub_paths(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [scrub_paths(v) for v in value]
-    if not isinstance(value, str):
-        return value
-    if value.startswith(("/", "~/")) and not any(c.isspace() for c in value):
-        return _last_part(value)  # the whole value is a path, e.g. {"out": "/srv/x"}
-    value = _ABS_PATH.sub(lambda m: _last_part(m[0]), value)
-    return _WINDOWS_PATH.sub(lambda m: _last_part(m[0]), value)
