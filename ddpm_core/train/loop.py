@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -393,15 +394,9 @@ class TrainLoop:
         return self.out
 
 
-def train(
-    cfg: TrainConfig,
-    progress: ProgressFn | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    command: str | None = None,
-    job_id: str | None = None,
-    dataset: ImageDataset | None = None,
-) -> TrainResult:
-    """Train as ``cfg`` says and save a checkpoint directory at ``cfg.out``.
+def train(cfg: TrainConfig, progress: ProgressFn | None = None, **options: Any) -> TrainResult:
+    """Train as ``cfg`` says and save a checkpoint directory at ``cfg.out``; ``options``
+    are :class:`TrainLoop`'s (should_stop, command, job_id, dataset).
 
     ``progress(TrainProgress)`` runs after every step; a truthy return, like a
     truthy ``should_stop()``, ends training after that step, and the state is
@@ -423,7 +418,7 @@ def train(
     keeps the EMA and writes checkpoints and previews (see :mod:`ddpm_core.distributed`).
     ``should_stop`` is asked on every rank; a stop on any of them stops all.
     """
-    return TrainLoop(cfg, progress, should_stop, command, job_id, dataset).run_loop()
+    return TrainLoop(cfg, progress, **options).run_loop()
 
 
 def command_line() -> str:

@@ -89,47 +89,36 @@ print("imported", len(sys.modules))
 """
 
 
-def test_worker_and_job_system_import_without_a_web_framework(tmp_path: Path) -> None:
+def _import_all(tmp_path: Path, blocked: str, roots: str) -> subprocess.CompletedProcess[str]:
+    """Every module under ``roots`` imported where ``blocked`` cannot be."""
     script = tmp_path / "import_all.py"
     script.write_text(_IMPORT_ALL)
-    r = subprocess.run(
-        [sys.executable, str(BLOCKED), "fastapi,starlette,uvicorn", str(script), "worker,app.core"],
+    return subprocess.run(
+        [sys.executable, str(BLOCKED), blocked, str(script), roots],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=110,
     )
+
+
+def test_worker_and_job_system_import_without_a_web_framework(tmp_path: Path) -> None:
+    r = _import_all(tmp_path, "fastapi,starlette,uvicorn", "worker,app.core")
     assert r.returncode == 0 and "imported" in r.stdout, r.stderr[-3000:]
 
 
 def test_the_blocker_really_blocks(tmp_path: Path) -> None:
     """The check above could pass vacuously if blocking did nothing."""
-    script = tmp_path / "import_all.py"
-    script.write_text(_IMPORT_ALL)
-    r = subprocess.run(
-        [sys.executable, str(BLOCKED), "fastapi", str(script), "app.api"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
+    r = _import_all(tmp_path, "fastapi", "app.api")
     assert r.returncode != 0 and "fastapi is blocked here" in r.stderr, r.stderr[-2000:]
 
 
 def test_client_imports_with_httpx_alone(tmp_path: Path) -> None:
     """Every module of app.client, where the service's packages and the rest of the
     project cannot be imported (tests/client/test_httpx_alone.py runs a job so)."""
-    script = tmp_path / "import_all.py"
-    script.write_text(_IMPORT_ALL)
     blocked = (
         "torch,numpy,fastapi,starlette,uvicorn,celery,kombu,redis,pydantic,"
         "app.core,app.api,app.cli,worker,ddpm_core"
     )
-    r = subprocess.run(
-        [sys.executable, str(BLOCKED), blocked, str(script), "app.client"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
+    r = _import_all(tmp_path, blocked, "app.client")
     assert r.returncode == 0 and "imported" in r.stdout, r.stderr[-3000:]

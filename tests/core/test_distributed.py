@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from train_helpers import tiny_train_config
 
 from ddpm_core.distributed import DistContext
 from ddpm_core.train import TrainConfig, train
@@ -34,20 +35,7 @@ WEIGHTS_ATOL = 3e-4
 
 
 def _cfg(out: Path, **kw) -> TrainConfig:
-    base = dict(
-        dataset="digits",
-        out=str(out),
-        preset="tiny",
-        image_size=8,
-        channels=1,
-        unet_overrides={"base_channels": 16, "norm_groups": 4},
-        lr=2e-3,
-        warmup=2,
-        sample_count=4,
-        default_steps=4,
-        device="cpu",
-    )
-    return TrainConfig(**(base | kw))
+    return tiny_train_config(out, **kw)
 
 
 def _env() -> dict[str, str]:

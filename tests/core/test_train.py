@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import tiny_train_config
 
 from app.cli import train as train_cli
 from ddpm_core.checkpoint import load_checkpoint
@@ -24,22 +25,7 @@ from ddpm_core.train import (
 
 
 def _cfg(out: Path, **kw) -> TrainConfig:
-    base = dict(
-        dataset="digits",
-        out=str(out),
-        preset="tiny",
-        image_size=8,
-        channels=1,
-        unet_overrides={"base_channels": 16, "norm_groups": 4},
-        steps=8,
-        batch_size=16,
-        lr=2e-3,
-        warmup=2,
-        sample_count=4,
-        default_steps=4,
-        device="cpu",
-    )
-    return TrainConfig(**(base | kw))
+    return tiny_train_config(out, **({"steps": 8, "batch_size": 16} | kw))
 
 
 def test_loss_decreases_on_digits(tmp_path: Path) -> None:

@@ -91,3 +91,17 @@ def isolated(redis_url: str, data_dir: Path):
 @pytest.fixture
 def free_port() -> int:
     return _free_port()
+
+
+@pytest.fixture(scope="session")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Tiny random checkpoints for engine tests: unconditional, class-conditional, and
+    class-conditional with v-prediction."""
+    d = tmp_path_factory.mktemp("ck")
+    return {
+        "u": str(make_tiny_checkpoint(d / "u")),
+        "c": str(make_tiny_checkpoint(d / "c", num_classes=10, seed=1)),
+        "v": str(
+            make_tiny_checkpoint(d / "v", num_classes=10, seed=2, prediction_type="v_prediction")
+        ),
+    }

@@ -7,23 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from svc_helpers import make_tiny_checkpoint
 
 from ddpm_core.checkpoint import load_checkpoint
 from ddpm_core.pipeline import generate
 from worker.generate.engine import Engine, GenSpec
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ck")
-    return {
-        "u": str(make_tiny_checkpoint(d / "u")),
-        "c": str(make_tiny_checkpoint(d / "c", num_classes=10, seed=1)),
-        "v": str(
-            make_tiny_checkpoint(d / "v", num_classes=10, seed=2, prediction_type="v_prediction")
-        ),
-    }
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from svc_helpers import make_tiny_checkpoint
 
 import worker.generate.engine as engine_mod
 from ddpm_core.acceleration import FastDenoiser
@@ -14,15 +13,6 @@ from ddpm_core.pipeline import generate
 from worker.generate.engine import Engine, GenSpec
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ck")
-    return {
-        "u": str(make_tiny_checkpoint(d / "u")),
-        "c": str(make_tiny_checkpoint(d / "c", num_classes=10, seed=1)),
-    }
 
 
 def _oom_model(cap: int) -> type[FastDenoiser]:

@@ -8,34 +8,13 @@ from pathlib import Path
 
 import redis
 
-from app.core.checkpoints.registry import (
-    NAME_RE,
-    VERSION_RE,
-    InvalidCheckpoint,
-    InvalidName,
-    NotFound,
-    ReadOnly,
-    Registry,
-    RegistryError,
-    ResolvedCheckpoint,
-    parse_ref,
-)
+from app.core.checkpoints import registry
+from app.core.checkpoints.registry import *  # noqa: F403 - the package's face
+from app.core.checkpoints.registry import Registry
 from app.core.settings import Settings
 from app.core.store.connection import connect
 
-__all__ = [
-    "NAME_RE",
-    "VERSION_RE",
-    "RegistryError",
-    "NotFound",
-    "ReadOnly",
-    "InvalidName",
-    "InvalidCheckpoint",
-    "ResolvedCheckpoint",
-    "Registry",
-    "parse_ref",
-    "make_registry",
-]
+__all__ = [*registry.__all__, "make_registry"]
 
 
 def make_registry(settings: Settings, client: redis.Redis | None = None) -> Registry:
