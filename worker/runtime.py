@@ -97,8 +97,32 @@ class Runtime:
                     autocast=s.autocast,
                     model_limits=s.model_limits,
                     preview_interval=s.preview_interval,
+                    knee_fraction=s.knee_fraction,
+                    starve_after=s.starve_after,
                 ).start()
             return self._engine
+
+    def warm_default(self) -> None:
+        """Load and tune the default checkpoint in the engine now (``warm_checkpoint``):
+        the first job then waits for neither. Best effort: a missing checkpoint is
+        logged, and jobs report it themselves."""
+        s = self.settings
+        if not s.warm_checkpoint:
+            return
+        try:
+            ckpt = self.registry.resolve(s.default_checkpoint)
+            path = self.registry.materialize(ckpt)
+            self.engine().warm(str(path), ckpt.ref)
+        except Exception as exc:  # noqa: BLE001 - a warm-up never stops the worker
+            log_event(
+                log,
+                "warm-up skipped",
+                logging.WARNING,
+                checkpoint=s.default_checkpoint,
+                error=str(exc),
+            )
+            return
+        log_event(log, "warm-up done", checkpoint=ckpt.ref, models=self.engine().info()["models"])
 
     def consuming(self) -> bool:
         """Whether Celery's consumer is connected to the broker and running."""

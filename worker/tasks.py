@@ -40,9 +40,12 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     rt = get_runtime(getattr(sender, "hostname", None), queues)
     rt.consumer = sender
+    rt.start_background()
     if "gen" in queues:
         rt.engine()  # import torch and claim the device now, not in the first job
-    rt.start_background()
+        # Blocks consuming until the default model is loaded and tuned: a job arriving
+        # meanwhile waits in the queue, where another worker may take it.
+        rt.warm_default()
     log_event(log, "worker ready", worker=rt.name, queues=",".join(queues))
 
 

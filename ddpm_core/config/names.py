@@ -13,6 +13,7 @@ __all__ = [
     "LOSSES",
     "LR_SCHEDULES",
     "PRECISIONS",
+    "AUTOCAST_SETTINGS",
     "CHANNEL_COUNTS",
     "NAME_PATTERN",
 ]
@@ -30,6 +31,8 @@ LOSSES: tuple[str, ...] = ("mse", "l1")
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 # Autocast of the training forward pass: none, bfloat16 or float16 (CUDA only).
 PRECISIONS: tuple[str, ...] = ("no", "bf16", "fp16")
+# Autocast of sampling: auto (measured per model and device), bf16, none (fp32).
+AUTOCAST_SETTINGS: tuple[str, ...] = ("auto", "bf16", "none")
 # Grey or RGB images.
 CHANNEL_COUNTS: tuple[int, ...] = (1, 3)
 # A checkpoint or dataset name as the service accepts it: a plain, lowercase file name.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from svc_helpers import BF16_IMAGE_MEAN, BF16_MEAN, BF16_P99, same_images  # noqa: F401
 
 from app.cli.offline import checkpoint_dir
 from ddpm_core.checkpoint import load_checkpoint
@@ -51,30 +52,6 @@ def memory_cap(total_bytes: int) -> Iterator[None]:
 
 
 DIGITS = str(checkpoint_dir("digits"))
-# bf16 against fp32, measured on the CPU (bf16 autocast there) for the digits model:
-# labelled, 25 DDPM steps, guidance 2 (500 images): mean |difference| 0.0034, 99th
-# percentile 0.022, worst image 0.027; unconditional, 20 DDPM steps (200 images): mean
-# 0.0047, worst image 0.084, while the closest other image of the batch is 0.074 away.
-# So an image is "its seed's image" when it is closer to that than to any other of the
-# batch (same_images); the bounds leave room for the GPU's own rounding.
-BF16_MEAN, BF16_P99, BF16_IMAGE_MEAN = 0.02, 0.15, 0.15
-
-
-def same_images(got: torch.Tensor, ref: torch.Tensor, what: str) -> None:
-    """Assert each image of ``got`` is nearest to its own in ``ref`` (mean |difference|)
-    and that the differences are within the bf16 bounds; prints the figures first."""
-    d = torch.cdist(got.flatten(1).double(), ref.flatten(1).double(), p=1) / got[0].numel()
-    own = d.diagonal().clone()
-    d.fill_diagonal_(float("inf"))
-    nearest_other = d.min(1).values
-    diff = (got - ref).abs()
-    print(
-        f"{what}: mean {diff.mean():.2e}, p99 {diff.flatten().quantile(0.99):.2e}, worst image "
-        f"{own.max():.2e}; the closest other image {nearest_other.min():.2e} away"
-    )
-    assert bool((own < nearest_other).all()), (own, nearest_other)
-    assert diff.mean() <= BF16_MEAN and diff.flatten().quantile(0.99) <= BF16_P99
-    assert own.max() <= BF16_IMAGE_MEAN, own
 
 
 def cpu_reference(spec: GenSpec) -> torch.Tensor:

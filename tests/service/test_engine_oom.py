@@ -14,6 +14,10 @@ from worker.generate.engine import Engine, GenSpec
 
 pytestmark = pytest.mark.timeout(120)
 
+# Batches up to max_batch, in fp32: what the split does is visible only when the engine
+# does not stop at the throughput knee first (the shipped default on a CPU).
+AT_MEMORY_LIMIT = {"knee_fraction": 0.0, "autocast": "none"}
+
 
 def _oom_model(cap: int) -> type[FastDenoiser]:
     """The engine's model wrapper, raising CUDA's out-of-memory error above ``cap`` rows."""
@@ -54,7 +58,7 @@ def _reference(spec: GenSpec) -> torch.Tensor:
 def test_out_of_memory_splits_the_batch_and_images_do_not_change(ckpts, monkeypatch) -> None:
     model = _oom_model(cap=4)
     monkeypatch.setattr(engine_mod, "FastDenoiser", model)
-    engine = Engine("cpu", max_batch=16, progress_interval=0.0, threads=1)
+    engine = Engine("cpu", max_batch=16, progress_interval=0.0, threads=1, **AT_MEMORY_LIMIT)
     specs = [
         GenSpec("a", ckpts["u"], "u", count=5, seed=1, steps=12, sampler="ddpm"),
         GenSpec("b", ckpts["u"], "u", count=4, seed=20, steps=9, sampler="ddim", eta=1.0),
@@ -90,7 +94,7 @@ def test_a_step_that_fails_after_drawing_noise_is_retried_with_the_same_noise(
         return real_step(x, eps, coefs, noise, history)
 
     monkeypatch.setattr(engine_mod, "denoise_step", step)
-    engine = Engine("cpu", max_batch=8, progress_interval=0.0, threads=1)
+    engine = Engine("cpu", max_batch=8, progress_interval=0.0, threads=1, **AT_MEMORY_LIMIT)
     specs = [GenSpec("a", ckpts["u"], "u", count=4, seed=7, steps=20, sampler="ddpm")]
     try:
         (job,) = _run_all(engine, specs)
@@ -105,7 +109,7 @@ def test_only_the_job_that_cannot_run_alone_fails(ckpts, monkeypatch) -> None:
     alone, so its job fails as OutOfMemory; the others finish unchanged."""
     model = _oom_model(cap=1)
     monkeypatch.setattr(engine_mod, "FastDenoiser", model)
-    engine = Engine("cpu", max_batch=16, progress_interval=0.0, threads=1)
+    engine = Engine("cpu", max_batch=16, progress_interval=0.0, threads=1, **AT_MEMORY_LIMIT)
     specs = [
         GenSpec("plain", ckpts["c"], "c", count=3, seed=1, steps=6, sampler="ddpm"),
         GenSpec("guided", ckpts["c"], "c", count=2, seed=5, steps=6, label=3, guidance_scale=2.0),

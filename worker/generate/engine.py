@@ -8,13 +8,18 @@ step count and guidance), applies each row's own step, and retires finished
 rows. Every row draws its x_T and step noise from its own generator seeded
 ``seed + i`` and only on the steps where its own table draws noise, so an image
 equals the one ``ddpm_core.pipeline.generate`` makes alone (to float tolerance).
-CUDA is touched only in the engine thread.
+CUDA is touched only in the engine thread, and so is every parallel torch op: finished
+images leave the engine as uint8 pixels, so that no job thread starts an OpenMP team of
+its own to compete with the engine's (see docs/ARCHITECTURE.md, "Threads").
+
+Per model the engine measures, when it loads it, the precision to run it in and the
+batch size where images/s stops growing (:mod:`ddpm_core.tuning`), and picks each
+call's rows by shortest remaining work (:mod:`worker.generate.batching`).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import math
 import threading
@@ -33,9 +38,18 @@ from app.core.logs import log_event
 from ddpm_core.acceleration import FastDenoiser, FastOptions, probe_max_batch
 from ddpm_core.checkpoint import Checkpoint, load_checkpoint
 from ddpm_core.guidance import guided_eps
+from ddpm_core.images import to_uint8
 from ddpm_core.pipeline import check_labels, resolve_device, step_table_for
 from ddpm_core.samplers import StepTable, denoise_step, stack_coefs, stack_history
 from ddpm_core.seeding import ImageRNG
+from ddpm_core.tuning import (
+    Precision,
+    autocast_for,
+    model_forward,
+    model_precision,
+    throughput_knee,
+)
+from worker.generate.batching import next_batch
 
 __all__ = ["GenSpec", "EngineJob", "Engine", "RunFailure"]
 
@@ -80,6 +94,10 @@ class EngineJob:
     error: RunFailure | None = None
     images: torch.Tensor | None = None  # (count, C, H, W) on CPU, in [-1, 1]
     frames: list[torch.Tensor] = field(default_factory=list)  # grids' sources, (count, C, H, W)
+    # The same as uint8 pixels, (count, H, W, C): what job threads encode, without torch.
+    pixels: Any = None
+    frame_pixels: list[Any] = field(default_factory=list)
+    precision: str = ""  # the network's precision: fp32 | bf16
     network_calls: int = 0
     shared_calls: int = 0
     max_batch: int = 0
@@ -136,8 +154,12 @@ class Engine:
         finite_check_every: int = 16,
         model_limits: dict[str, int] | None = None,
         preview_interval: float = 0.5,
+        knee_fraction: float = 0.9,
+        starve_after: float = 30.0,
     ) -> None:
         self.preview_interval = preview_interval
+        self.knee_fraction = knee_fraction  # 0: batches up to the memory limit
+        self.starve_after = starve_after
         self.threads = threads
         self.fast = fast or FastOptions()
         self.autocast = autocast
@@ -153,7 +175,8 @@ class Engine:
         self._unflushed: list[int] = []
         self._cache: collections.OrderedDict[tuple, Checkpoint] = collections.OrderedDict()
         self._nets: dict[tuple, FastDenoiser] = {}  # the cached models, wrapped for speed
-        self._batch_limit: dict[tuple, int] = {}  # largest batch that fits, per model
+        self._batch_limit: dict[tuple, int] = {}  # rows per call, per model (knee, memory)
+        self._precision: dict[tuple, Precision] = {}
         self._tables: dict[tuple, StepTable] = {}  # step tables, read-only once built
         self._dir_ids: dict[str, tuple[float, tuple[int, int]]] = {}
         self._loaded_refs: dict[tuple, str] = {}
@@ -292,22 +315,21 @@ class Engine:
             device=self.device,
             **self.model_limits,
         )
-        self._cache[key] = ckpt
         net = FastDenoiser(ckpt.model, self.fast)
+        started = time.monotonic()
+        rates = self._tune(key, ckpt, net, spec.checkpoint_ref)  # cached only once tuned
+        self._cache[key] = ckpt
         self._nets[key] = net
-        shape = (ckpt.config.channels, ckpt.config.image_size, ckpt.config.image_size)
-        # The eager network, under the autocast the steps use: probing through a compiled
-        # one would compile a graph for every power of two.
-        with self._autocast():
-            self._batch_limit[key] = probe_max_batch(
-                ckpt.model, shape, self.device, self.max_batch, key=spec.checkpoint_ref
-            )
         log_event(
             log,
             "model loaded",
             checkpoint=spec.checkpoint_ref,
             device=str(self.device),
+            precision=self._precision[key].name,
+            precision_why=self._precision[key].why,
             batch_limit=self._batch_limit[key],
+            rows_per_s={b: round(r, 1) for b, r in rates.items()},
+            tune_seconds=round(time.monotonic() - started, 2),
             channels_last=self.fast.channels_last,
             compile=self.fast.compile,
         )
@@ -320,8 +342,58 @@ class Engine:
             del self._cache[old]
             self._nets.pop(old, None)
             self._batch_limit.pop(old, None)
+            self._precision.pop(old, None)
             self._loaded_refs.pop(old, None)
         return key, ckpt
+
+    def _tune(self, key: tuple, ckpt: Checkpoint, net: FastDenoiser, ref: str) -> dict:
+        """Measure the model's precision and rows per call; returns rows/s per batch size.
+
+        The precision first, then (CUDA) the largest batch that fits in memory, both on
+        the eager network (a compiled one would compile a graph per batch size tried),
+        then the throughput knee through ``net`` under that precision: with compile on,
+        this compiles every bucket a batch up to the knee can use, so the compile time
+        is spent here, at load or warm-up, not in a job."""
+        cfg, dev = ckpt.config, self.device
+        assert dev is not None
+        shape = (cfg.channels, cfg.image_size, cfg.image_size)
+        null = getattr(ckpt.model, "null_label", None)
+        cl = self.fast.channels_last
+        # The default probe batch, whatever max_batch is: ``ddpm sample`` measures alike.
+        precision = model_precision(self.autocast, ckpt.model, shape, dev, null, cl)
+        with autocast_for(dev, precision.dtype):
+            memory = probe_max_batch(ckpt.model, shape, dev, self.max_batch, key=ref)
+        forward = model_forward(net, shape, dev, null)
+        knee, rates = throughput_knee(
+            lambda b: forward(b, precision.dtype), dev, memory, self.knee_fraction
+        )
+        self._precision[key] = precision
+        self._batch_limit[key] = knee
+        return rates
+
+    def precision(self, key: tuple | None) -> str:
+        """The precision the model of cache key ``key`` runs in (fp32 | bf16)."""
+        p = self._precision.get(key) if key is not None else None
+        return p.name if p else "fp32"
+
+    def warm(self, checkpoint_path: str, checkpoint_ref: str, use_ema: bool = True) -> None:
+        """Load and tune a checkpoint's model now (blocks until done), so that the first
+        job that uses it does not wait for the load, the measurements or compilation."""
+        fields = {name: default for name, default in engine_fields(GENERATE_OPTIONS)}
+        fields |= {"count": 1, "steps": 1, "seed": 0, "use_ema": use_ema}
+        spec = GenSpec(
+            job_id="warm-up",
+            checkpoint_path=checkpoint_path,
+            checkpoint_ref=checkpoint_ref,
+            **fields,
+        )
+        job = self.submit(spec)
+        job.wait()
+        if job.status != "succeeded":
+            err = job.error
+            raise RuntimeError(
+                f"warm-up of {checkpoint_ref} failed: {err.message if err else job.status}"
+            )
 
     def _table(self, key: tuple, ckpt: Checkpoint, spec: GenSpec) -> StepTable:
         """The job's step table, built once per (model, steps, sampler, eta): building one
@@ -358,6 +430,7 @@ class Engine:
             return
         total = len(table)
         job._ckpt, job._key = ckpt, key
+        job.precision = self.precision(key)
         job._outputs = [None] * spec.count
         job._frames = [[] for _ in range(spec.count)]
         if spec.trajectory_frames > 0:
@@ -387,18 +460,23 @@ class Engine:
         job.error = error
         if status == "succeeded":
             job.images = torch.stack(job._outputs)  # type: ignore[arg-type]
+            job.pixels = to_uint8(job.images)
             if job._frame_steps:
                 n = len(job._frames[0])
                 job.frames = [torch.stack([fr[j] for fr in job._frames]) for j in range(n)]
+                job.frame_pixels = [to_uint8(f) for f in job.frames]
         job._ckpt = None
         job._outputs, job._frames, job._x0 = [], [], {}
         job.done.set()
 
     def _step_once(self) -> None:
-        key = self._rows[0].job._key
-        limit = self._batch_limit.get(key, self.max_batch)
-        batch = [r for r in self._rows if r.job._key == key][:limit]
-        self._run_or_split(key, batch)
+        batch = next_batch(
+            self._rows,
+            lambda key: self._batch_limit.get(key, self.max_batch),
+            time.monotonic(),
+            self.starve_after,
+        )
+        self._run_or_split(batch[0].job._key, batch)
 
     def _run_or_split(self, key: tuple, batch: list[_Row]) -> int:
         """One step of ``batch``; what fails is retried in parts, so only what must fails.
@@ -482,7 +560,7 @@ class Engine:
         if null is not None:
             y = torch.tensor([null if r.label is None else r.label for r in batch], device=dev)
         scales = [1.0 if r.label is None else r.scale for r in batch]
-        with self._autocast():
+        with autocast_for(dev, self._precision[batch[0].job._key].dtype):  # type: ignore[index, arg-type]
             eps = guided_eps(model, x, t, y, scales)
         coefs = stack_coefs([r.table.coefs[r.k] for r in batch])
         noisy = [r.table.has_noise(r.k) for r in batch]
@@ -598,18 +676,15 @@ class Engine:
                     log, "preview failed", logging.WARNING, job_id=job.spec.job_id, error=str(exc)
                 )
 
-    def _autocast(self) -> Any:
-        """bf16 autocast for the network on CUDA ("auto"/"bf16"); fp32 otherwise."""
-        dev = self.device
-        use = dev is not None and dev.type == "cuda" and self.autocast in ("auto", "bf16")
-        if not use:
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-
     def info(self) -> dict[str, Any]:
+        models = {
+            ref: {"precision": self.precision(key), "batch_limit": self._batch_limit.get(key)}
+            for key, ref in list(self._loaded_refs.items())
+        }
         return {
             "device": str(self.device) if self.device else self.device_spec,
             "loaded": self.loaded(),
+            "models": models,
             "active_jobs": self.active_jobs(),
             "rows": len(self._rows),
         }

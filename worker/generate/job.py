@@ -73,22 +73,24 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         else None,
         "worker": rt.name,
         "attempt": claim.attempt,
+        "precision": job.precision or None,
     }
     if job.status == "interrupted":
         raise Interrupted("the engine stopped")
     if job.status == "canceled":
         return Outcome.canceled("canceled while running", metrics=metrics)
-    if job.status != "succeeded" or job.images is None:
+    if job.status != "succeeded" or job.pixels is None:
         err = job.error
         return Outcome.failed(
             err.type if err else "Error", err.message if err else "unknown", metrics=metrics
         )
     attempt = claim.attempt
-    files = {f"{i}.png": png_bytes(job.images[i]) for i in range(req.count)}
+    # uint8 pixels from the engine: encoding them here runs no torch op in this thread.
+    files = {f"{i}.png": png_bytes(job.pixels[i]) for i in range(req.count)}
     if req.count > 1:  # a one-image grid is the image itself: the API serves 0.png
-        files["grid.png"] = png_bytes(make_grid(job.images))
-    if job.frames:
-        files["trajectory.gif"] = gif_bytes([make_grid(f) for f in job.frames])
+        files["grid.png"] = png_bytes(make_grid(job.pixels))
+    if job.frame_pixels:
+        files["trajectory.gif"] = gif_bytes([make_grid(f) for f in job.frame_pixels])
     try:
         for name, data in files.items():
             durably(rt, "store results", lambda n=name, d=data: results.put(job_id, n, d, attempt))
@@ -100,7 +102,7 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
             for i in range(req.count)
         ],
         "grid_url": f"/jobs/{job_id}/grid.png",
-        "trajectory_url": f"/jobs/{job_id}/trajectory.gif" if job.frames else None,
+        "trajectory_url": f"/jobs/{job_id}/trajectory.gif" if job.frame_pixels else None,
     }
     finished = time.time()
     metrics["run_seconds"] = round(finished - started, 4)

@@ -1,9 +1,10 @@
 """Live previews, worker side: the latest x0 estimate of a watched job as a small PNG grid.
 
-The engine thread only hands over a CPU tensor (:meth:`PreviewPublisher.offer`, a
-reference swap); the job's own thread encodes and stores it as the result file
-``preview.png`` of its attempt and queues a ``preview`` event, which the monitor writes
-at its next tick, fenced by the attempt like progress (see app/preview.py).
+The engine thread hands over the estimate as uint8 pixels (:meth:`PreviewPublisher.offer`
+converts a few rows and swaps a reference); the job's own thread encodes and stores it
+as the result file ``preview.png`` of its attempt and queues a ``preview`` event, which
+the monitor writes at its next tick, fenced by the attempt like progress (see
+app/core/jobs/previews.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 
+import numpy as np
 import torch
 
 from app.core.jobs.previews import PREVIEW_NAME, preview_event
@@ -25,8 +27,9 @@ log = logging.getLogger("ddpm.worker")
 PREVIEW_MAX_SIDE = 384  # pixels: a preview is a glance, not a result
 
 
-def preview_png(x0: torch.Tensor, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
-    """(B, C, H, W) in [-1, 1] as one PNG grid, shrunk to at most ``max_side`` pixels."""
+def preview_png(x0: torch.Tensor | np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
+    """(B, C, H, W) in [-1, 1] or (B, H, W, C) pixels as one PNG grid, shrunk to at most
+    ``max_side`` pixels."""
     from PIL import Image
 
     from ddpm_core.images import make_grid, png_bytes, to_pil
@@ -45,13 +48,15 @@ class PreviewPublisher:
         self.job_id = job_id
         self.attempt = attempt
         self.held = held
-        self._latest: tuple[int, int, torch.Tensor] | None = None
+        self._latest: tuple[int, int, np.ndarray] | None = None
         self.published = 0
         self._lock = threading.Lock()
 
     def offer(self, step: int, total: int, x0: torch.Tensor) -> None:
-        """The newest x0 estimate (engine thread: nothing but a reference swap)."""
-        self._latest = (step, total, x0)
+        """The newest x0 estimate (engine thread: its pixels, then a reference swap)."""
+        from ddpm_core.images import to_uint8
+
+        self._latest = (step, total, to_uint8(x0))
 
     def publish(self) -> bool:
         """Encode and store the newest offered estimate, if any (the job's thread)."""
