@@ -378,15 +378,18 @@ def make_servers(
          str(_free_port())],
         ours_env, "/readyz", work / "ours.log",
     )  # fmt: skip
-    peer = Server(
-        "peer",
-        [sys.executable, str(ROOT / "bench" / "peer_litserve.py"), str(model_dir),
-         "--port", str(_free_port()), "--threads", threads,
-         "--max-batch-size", str(args.peer_max_batch),
-         "--batch-timeout", str(args.peer_batch_timeout)],
-        base_env, "/health", work / "peer.log",
-    )  # fmt: skip
-    return {"ours": ours, "peer": peer}
+
+    def peer(name: str, *extra: str) -> Server:
+        return Server(
+            name,
+            [sys.executable, str(ROOT / "bench" / "peer_litserve.py"), str(model_dir),
+             "--port", str(_free_port()), "--threads", threads,
+             "--max-batch-size", str(args.peer_max_batch),
+             "--batch-timeout", str(args.peer_batch_timeout), *extra],
+            base_env, "/health", work / f"{name}.log",
+        )  # fmt: skip
+
+    return {"ours": ours, "peer": peer("peer"), "peer-bf16": peer("peer-bf16", "--bf16")}
 
 
 def print_results(results: list[Result]) -> list[dict]:
@@ -406,18 +409,21 @@ def print_results(results: list[Result]) -> list[dict]:
     print("|---" * 6 + "|")
     for w in dict.fromkeys(r.workload for r in results):
         med = {}
-        for s in ("ours", "peer"):
+        for s in ("ours", "peer", "peer-bf16"):
             runs = [r for r in results if r.workload == w and r.server == s and r.images]
             if runs:
                 med[s] = {k: statistics.median(getattr(r, k) for r in runs)
                           for k in ("img_s", "p50_s", "p99_s")}  # fmt: skip
-        if len(med) < 2:
-            continue
-        o, p = med["ours"], med["peer"]
-        ratio = {k: o[k] / p[k] if p[k] else float("nan") for k in o}
-        ratios.append({"workload": w, "ours": o, "peer": p, "ours_over_peer": ratio})
-        print(f"| {w} | {o['img_s']:.2f} | {p['img_s']:.2f} | {ratio['img_s']:.2f}x | "
-              f"{ratio['p50_s']:.2f}x | {ratio['p99_s']:.2f}x |")  # fmt: skip
+        for peer in ("peer", "peer-bf16"):
+            if "ours" not in med or peer not in med:
+                continue
+            o, p = med["ours"], med[peer]
+            ratio = {k: o[k] / p[k] if p[k] else float("nan") for k in o}
+            ratios.append({"workload": w, "peer_server": peer, "ours": o, "peer": p,
+                           "ours_over_peer": ratio})  # fmt: skip
+            print(f"| {w}{'' if peer == 'peer' else ' (vs peer-bf16)'} | {o['img_s']:.2f} | "
+                  f"{p['img_s']:.2f} | {ratio['img_s']:.2f}x | {ratio['p50_s']:.2f}x | "
+                  f"{ratio['p99_s']:.2f}x |")  # fmt: skip
     print("(img/s: above 1x is ours faster; latency: below 1x is ours faster)")
     return ratios
 
@@ -426,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="8 clients, 2 lone jobs, 1 s burst")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
-    ap.add_argument("--servers", default="ours,peer", help="which, in this order (round 1)")
+    ap.add_argument("--servers", default="ours,peer",
+                    help="which, in this order (round 1): ours, peer, peer-bf16 (the peer "
+                    "under bf16 autocast)")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=1, help="repeats; the order alternates")
     ap.add_argument("--clients", type=int, default=None, help="concurrent clients (64)")
     ap.add_argument("--lone", type=int, default=None, help="jobs of the lone client (10)")
@@ -448,7 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     args.burst_seconds = args.burst_seconds or (1.0 if args.quick else 3.0)
     workloads = [w for w in args.workloads.split(",") if w]
     servers = [s for s in args.servers.split(",") if s]
-    for bad in sorted(set(workloads) - set(WORKLOADS)) + sorted(set(servers) - {"ours", "peer"}):
+    for bad in sorted(set(workloads) - set(WORKLOADS)) + sorted(
+        set(servers) - {"ours", "peer", "peer-bf16"}
+    ):
         ap.error(f"unknown workload or server {bad!r}")
     # A time limit's SIGTERM must still stop the servers in `finally`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -483,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["parameters"] = params
     print(f"# small preset 3x32x32, {params:,} parameters (random weights)")
     table = make_servers(args, model_dir, data, work)
-    submit: dict[str, Submit] = {"ours": ours_one, "peer": peer_one}
+    submit: dict[str, Submit] = {"ours": ours_one, "peer": peer_one, "peer-bf16": peer_one}
     results: list[Result] = []
     try:
         for rnd in range(1, args.rounds + 1):

@@ -4,10 +4,14 @@ POST /predict {"seed": 1, "steps": 20, "sampler": "ddim"} answers one PNG. LitSe
 batches up to --max-batch-size requests (waiting at most --batch-timeout s); a batch is
 split by (sampler, steps) and each group is one pipeline call.
 
-    python bench/peer_litserve.py MODEL_DIR --port 8001 --threads 2
+    python bench/peer_litserve.py MODEL_DIR --port 8001 --threads 2 [--bf16]
+
+--bf16 runs the pipelines under torch.autocast("cpu", dtype=torch.bfloat16), the one
+line a user who knows the CPU has bf16 would add.
 """
 
 import argparse
+import contextlib
 import io
 from collections import defaultdict
 
@@ -18,9 +22,9 @@ from fastapi import Response
 
 
 class DiffusionAPI(ls.LitAPI):
-    def __init__(self, model_dir: str, threads: int, **kwargs) -> None:
+    def __init__(self, model_dir: str, threads: int, bf16: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.model_dir, self.threads = model_dir, threads
+        self.model_dir, self.threads, self.bf16 = model_dir, threads, bf16
 
     def setup(self, device: str) -> None:
         torch.set_num_threads(self.threads)
@@ -46,7 +50,12 @@ class DiffusionAPI(ls.LitAPI):
         images = [None] * len(batch)
         for (sampler, steps), rows in groups.items():
             generators = [torch.Generator().manual_seed(batch[i][2]) for i in rows]
-            with torch.inference_mode():
+            autocast = (
+                torch.autocast("cpu", dtype=torch.bfloat16)
+                if self.bf16
+                else contextlib.nullcontext()
+            )
+            with torch.inference_mode(), autocast:
                 out = self.pipes[sampler](
                     batch_size=len(rows), generator=generators, num_inference_steps=steps
                 ).images
@@ -67,10 +76,12 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--batch-timeout", type=float, default=0.05)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast of the pipelines")
     args = ap.parse_args()
     api = DiffusionAPI(
         args.model_dir,
         args.threads,
+        args.bf16,
         max_batch_size=args.max_batch_size,
         batch_timeout=args.batch_timeout,
     )
