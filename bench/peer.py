@@ -4,7 +4,9 @@ What a user choosing a server would compare: ``ddpm serve`` (embedded Redis, API
 worker) against about 30 lines of LitServe wrapping diffusers' pipelines
 (bench/peer_litserve.py: dynamic batching, ``--peer-max-batch 32``, ``--peer-batch-timeout
 0.05``, each batch split by (sampler, steps), one pipeline call per group, a PNG per
-request). This prints figures; it asserts nothing.
+request). ``--servers ours,peer,peer-bf16`` adds the peer under bf16 autocast (its
+``--bf16``: the one line a user who knows the CPU has bf16 would add). This prints
+figures; it asserts nothing.
 
     .venv/bin/python bench/peer.py --quick                      # a dry run, a few minutes
     .venv/bin/python bench/peer.py --json /tmp/peer.json        # the full run
