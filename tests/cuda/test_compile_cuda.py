@@ -75,7 +75,7 @@ def test_engine_with_cuda_graphs_keeps_each_seeds_image() -> None:
         GenSpec("b", DIGITS, "digits", count=2, seed=10, steps=15, label=2, guidance_scale=1.0),
         GenSpec("c", DIGITS, "digits", count=1, seed=20, steps=20, label=3, guidance_scale=1.0),
     ]
-    engine = Engine("cuda", max_batch=8, fast=fast)
+    engine = Engine("cuda", max_batch=8, fast=fast, knee_fraction=0.0)  # batches as submitted
     jobs = [engine.submit(s) for s in specs]  # before the start: the first batch holds 6
     engine.start()
     try:
