@@ -437,6 +437,7 @@ async def overhead(base: str, src: Path, args: argparse.Namespace, common: dict)
     from ddpm_core.acceleration import FastDenoiser, FastOptions
     from ddpm_core.checkpoint import load_checkpoint
     from ddpm_core.pipeline import generate, resolve_device
+    from ddpm_core.tuning import model_precision
 
     clients = Clients(base, args)
     dev = resolve_device(args.device)
@@ -444,7 +445,14 @@ async def overhead(base: str, src: Path, args: argparse.Namespace, common: dict)
     fast = dataclasses.replace(
         ckpt, model=FastDenoiser(copy.deepcopy(ckpt.model), FastOptions(channels_last=True))
     )
-    bf16 = torch.bfloat16 if dev.type == "cuda" else None
+    cfg = ckpt.config
+    # The precision the worker's engine chooses for this model (the same measurement).
+    precision = model_precision(
+        os.environ.get("DDPM_AUTOCAST", "auto"), fast.model.model,
+        (cfg.channels, cfg.image_size, cfg.image_size), dev,
+        getattr(ckpt.model, "null_label", None), True,
+    )  # fmt: skip
+    bf16 = precision.dtype
     k = args.count
 
     def library(model_ckpt: Any, seed: int, autocast: Any = None) -> float:
@@ -457,18 +465,31 @@ async def overhead(base: str, src: Path, args: argparse.Namespace, common: dict)
 
     await clients.job({**common, "count": k, "seed": 0})
     library(fast, 0, bf16)
-    e2e, direct, runs = [], [], []
+    e2e, direct, runs, posts, queued, spans, precisions = [], [], [], [], [], [], set()
     for i in range(args.repeat):
         run = await clients.job({**common, "count": k, "seed": i})
         e2e.append(run.latency)
+        posts.append(run.submit)
         runs.append(run.doc["metrics"]["run_seconds"])
+        queued.append(_ts(run.doc["started_at"]) - _ts(run.doc["created_at"]))
+        spans.append(server_span([run.doc]))
+        precisions.add(run.doc["metrics"].get("precision"))
         direct.append(library(fast, i, bf16))
     await clients.aclose()
     d, s, r = statistics.median(direct), statistics.median(e2e), statistics.median(runs)
+    p, q, sp = statistics.median(posts), statistics.median(queued), statistics.median(spans)
     print(f"\n| {k}-image job, {args.steps} steps | median s ({args.repeat} runs) |\n|---|---|")
-    print(f"| library generate(), the worker's settings | {d:.3f} |")
+    print(f"| library generate(), the worker's settings ({precision.name}: {precision.why}) "
+          f"| {d:.3f} |")  # fmt: skip
     print(f"| service: submit -> finished{' -> PNGs fetched' if args.fetch else ''} | {s:.3f} |")
-    print(f"| worker run_seconds | {r:.3f} |")
+    print(f"| POST /generate round trip (client) | {p:.3f} |")
+    print(f"| the job's life: created -> finished (Redis clock) | {sp:.3f} |")
+    print(f"| of which: queued (created -> claimed) | {q:.3f} |")
+    print(f"| of which: worker run_seconds (claimed -> outcome: steps, PNG, store) | {r:.3f} |")
+    print(f"| of which: recording the outcome | {sp - q - r:.3f} |")
+    print(f"| outside the job's life (the POST before creation, the notification, the "
+          f"client's wake-up{', the fetch' if args.fetch else ''}) | {s - sp:.3f} |")  # fmt: skip
+    print(f"| the worker's precision (job metrics) | {', '.join(map(str, precisions))} |")
     print(f"| service - library | {s - d:+.3f} s ({(s - d) / d:+.1%}) |")
 
 
