@@ -440,6 +440,7 @@ async def overhead(base: str, src: Path, args: argparse.Namespace, common: dict)
     from ddpm_core.tuning import model_precision
 
     clients = Clients(base, args)
+    torch.set_num_threads(args.threads)  # the worker's torch threads
     dev = resolve_device(args.device)
     ckpt = load_checkpoint(src, device=dev)
     fast = dataclasses.replace(
