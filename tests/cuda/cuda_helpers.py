@@ -12,11 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from svc_helpers import BF16_IMAGE_MEAN, BF16_MEAN, BF16_P99, same_images  # noqa: F401
+from svc_helpers import (  # noqa: F401
+    BF16_IMAGE_MEAN,
+    BF16_MEAN,
+    BF16_P99,
+    cpu_reference,
+    same_images,
+)
 
 from app.cli.offline import checkpoint_dir
-from ddpm_core.checkpoint import load_checkpoint
-from ddpm_core.pipeline import generate
 from worker.generate.engine import Engine, GenSpec
 
 NO_CUDA = "needs a CUDA device: run bench/gpu_check.sh on a GPU machine"
@@ -52,15 +56,6 @@ def memory_cap(total_bytes: int) -> Iterator[None]:
 
 
 DIGITS = str(checkpoint_dir("digits"))
-
-
-def cpu_reference(spec: GenSpec) -> torch.Tensor:
-    """``spec``'s images made by the library on the CPU in fp32."""
-    ck = load_checkpoint(spec.checkpoint_path)
-    return generate(
-        ck, spec.count, spec.seed, spec.steps, spec.sampler, spec.eta, spec.label,
-        spec.guidance_scale,
-    )  # fmt: skip
 
 
 def engine_images(engine: Engine, specs: list[GenSpec], timeout: float = 120) -> list[torch.Tensor]:

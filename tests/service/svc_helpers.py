@@ -233,3 +233,16 @@ def same_images(got, ref, what: str) -> None:
     assert bool((own < nearest_other).all()), (own, nearest_other)
     assert diff.mean() <= BF16_MEAN and diff.flatten().quantile(0.99) <= BF16_P99
     assert own.max() <= BF16_IMAGE_MEAN, own
+
+
+def cpu_reference(spec):
+    """A ``GenSpec``'s images made by the library on the CPU in fp32 (what the engine's
+    images are compared with)."""
+    from ddpm_core.checkpoint import load_checkpoint
+    from ddpm_core.pipeline import generate
+
+    ck = load_checkpoint(spec.checkpoint_path)
+    return generate(
+        ck, spec.count, spec.seed, spec.steps, spec.sampler, spec.eta, spec.label,
+        spec.guidance_scale,
+    )  # fmt: skip

@@ -11,12 +11,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from svc_helpers import same_images
+from svc_helpers import cpu_reference, same_images
 
 import ddpm_core.tuning as tuning
 from app.cli.common import checkpoint_dir
-from ddpm_core.checkpoint import load_checkpoint
-from ddpm_core.pipeline import generate
 from worker.generate.engine import Engine, GenSpec
 
 pytestmark = pytest.mark.timeout(300)
@@ -25,20 +23,17 @@ DIGITS = str(checkpoint_dir("digits"))
 NATIVE = tuning.cpu_bf16_capable()
 
 
-def _run(engine: Engine, specs: list[GenSpec]):
-    jobs = [engine.submit(s) for s in specs]
-    for j in jobs:
-        assert j.wait(240)
-        assert j.status == "succeeded", j.error
-    return jobs
-
-
-def _fp32(spec: GenSpec) -> torch.Tensor:
-    ck = load_checkpoint(spec.checkpoint_path)
-    return generate(
-        ck, spec.count, spec.seed, spec.steps, spec.sampler, spec.eta, spec.label,
-        spec.guidance_scale,
-    )  # fmt: skip
+def _run(specs: list[GenSpec], **engine_options):
+    """Run ``specs`` in a fresh CPU engine; returns the jobs and the (stopped) engine."""
+    engine = Engine("cpu", **engine_options).start()
+    try:
+        jobs = [engine.submit(s) for s in specs]
+        for j in jobs:
+            assert j.wait(240)
+            assert j.status == "succeeded", j.error
+        return jobs, engine
+    finally:
+        engine.stop()
 
 
 @pytest.mark.skipif(not NATIVE, reason="this CPU has no native bf16 (emulated: minutes)")
@@ -49,15 +44,11 @@ def test_engine_bf16_images_stay_their_seeds_images() -> None:
                 guidance_scale=2.0),
         GenSpec("d", DIGITS, "digits", count=6, seed=9, steps=15, sampler="dpm++2m"),
     ]  # fmt: skip
-    engine = Engine("cpu", threads=2, autocast="bf16").start()
-    try:
-        jobs = _run(engine, specs)
-        assert {j.precision for j in jobs} == {"bf16"}
-        assert list(engine.info()["models"].values())[0]["precision"] == "bf16"
-    finally:
-        engine.stop()
+    jobs, engine = _run(specs, threads=2, autocast="bf16")
+    assert {j.precision for j in jobs} == {"bf16"}
+    assert list(engine.info()["models"].values())[0]["precision"] == "bf16"
     for spec, job in zip(specs, jobs, strict=True):
-        ref = _fp32(spec)
+        ref = cpu_reference(spec)
         assert (job.images - ref).abs().max() > 0  # really another precision
         same_images(job.images, ref, f"engine bf16 vs fp32, job {spec.job_id}")
 
@@ -65,11 +56,7 @@ def test_engine_bf16_images_stay_their_seeds_images() -> None:
 @pytest.mark.skipif(not NATIVE, reason="this CPU has no native bf16 (emulated: minutes)")
 def test_ddpm_sample_follows_the_setting_and_makes_the_engines_images(tmp_path) -> None:
     spec = GenSpec("s", DIGITS, "digits", count=4, seed=7, steps=20, sampler="ddpm")
-    engine = Engine("cpu", threads=2, autocast="bf16").start()
-    try:
-        (job,) = _run(engine, [spec])
-    finally:
-        engine.stop()
+    (job,), _ = _run([spec], threads=2, autocast="bf16")
     out = tmp_path / "out"
     r = subprocess.run(
         [sys.executable, "-m", "app.cli", "sample", "digits", "-n", "4", "--seed", "7",
@@ -91,26 +78,17 @@ def test_ddpm_sample_follows_the_setting_and_makes_the_engines_images(tmp_path) 
 def test_auto_is_fp32_where_the_cpu_has_no_native_bf16(monkeypatch) -> None:
     monkeypatch.setattr(tuning, "cpu_bf16_capable", lambda: False)
     spec = GenSpec("a", DIGITS, "digits", count=2, seed=1, steps=4, sampler="ddim")
-    engine = Engine("cpu", threads=1, autocast="auto").start()
-    try:
-        (job,) = _run(engine, [spec])
-    finally:
-        engine.stop()
+    (job,), _ = _run([spec], threads=1, autocast="auto")
     assert job.precision == "fp32"
-    torch.testing.assert_close(job.images, _fp32(spec), atol=2e-4, rtol=0)
+    torch.testing.assert_close(job.images, cpu_reference(spec), atol=2e-4, rtol=0)
 
 
 @pytest.mark.skipif(not NATIVE, reason="this CPU has no native bf16")
 def test_auto_on_a_native_bf16_cpu_is_the_measured_choice() -> None:
     """What auto chose is what the measurement said, and it is what the job reports."""
     spec = GenSpec("a", DIGITS, "digits", count=2, seed=1, steps=4, sampler="ddim")
-    engine = Engine("cpu", threads=2, autocast="auto").start()
-    try:
-        (job,) = _run(engine, [spec])
-        key = job._key
-        why = engine._precision[key].why
-    finally:
-        engine.stop()
+    (job,), engine = _run([spec], threads=2, autocast="auto")
+    why = engine._precision[job._key].why
     assert why.startswith("measured: bf16 ")
     speedup = float(why.split("bf16 ")[1].split("x")[0])
     assert job.precision == ("bf16" if speedup >= tuning.CPU_BF16_MIN_SPEEDUP else "fp32")

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from svc_helpers import cpu_reference
 
 import worker.generate.engine as engine_mod
 from ddpm_core.acceleration import FastDenoiser
-from ddpm_core.checkpoint import load_checkpoint
-from ddpm_core.pipeline import generate
 from worker.generate.engine import Engine, GenSpec
 
 pytestmark = pytest.mark.timeout(120)
@@ -47,14 +46,6 @@ def _run_all(engine: Engine, specs: list[GenSpec]):
     return jobs
 
 
-def _reference(spec: GenSpec) -> torch.Tensor:
-    ck = load_checkpoint(spec.checkpoint_path)
-    return generate(
-        ck, spec.count, spec.seed, spec.steps, spec.sampler, spec.eta, spec.label,
-        spec.guidance_scale,
-    )  # fmt: skip
-
-
 def test_out_of_memory_splits_the_batch_and_images_do_not_change(ckpts, monkeypatch) -> None:
     model = _oom_model(cap=4)
     monkeypatch.setattr(engine_mod, "FastDenoiser", model)
@@ -68,7 +59,7 @@ def test_out_of_memory_splits_the_batch_and_images_do_not_change(ckpts, monkeypa
         jobs = _run_all(engine, specs)
         assert [j.status for j in jobs] == ["succeeded"] * 3
         for spec, job in zip(specs, jobs, strict=True):
-            torch.testing.assert_close(job.images, _reference(spec), atol=2e-4, rtol=0)
+            torch.testing.assert_close(job.images, cpu_reference(spec), atol=2e-4, rtol=0)
         # 12 rows: 12 and both halves of 6 ran out; then the limit is 3 and nothing more does.
         assert model.raised == [12, 6, 6]
         assert max(engine.batch_sizes) == 3
@@ -99,7 +90,7 @@ def test_a_step_that_fails_after_drawing_noise_is_retried_with_the_same_noise(
     try:
         (job,) = _run_all(engine, specs)
         assert job.status == "succeeded" and raised == [4]
-        torch.testing.assert_close(job.images, _reference(specs[0]), atol=2e-4, rtol=0)
+        torch.testing.assert_close(job.images, cpu_reference(specs[0]), atol=2e-4, rtol=0)
     finally:
         engine.stop()
 
@@ -121,7 +112,7 @@ def test_only_the_job_that_cannot_run_alone_fails(ckpts, monkeypatch) -> None:
         assert "injected" in guided.error.message
         for spec, job in ((specs[0], plain), (specs[2], label)):
             assert job.status == "succeeded"
-            torch.testing.assert_close(job.images, _reference(spec), atol=2e-4, rtol=0)
+            torch.testing.assert_close(job.images, cpu_reference(spec), atol=2e-4, rtol=0)
         after = engine.submit(GenSpec("after", ckpts["c"], "c", count=2, seed=2, steps=4))
         assert after.wait(60) and after.status == "succeeded"
     finally:
