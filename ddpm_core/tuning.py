@@ -17,7 +17,6 @@ import torch
 from ddpm_core.config.names import AUTOCAST_SETTINGS
 
 __all__ = [
-    "AUTOCAST_SETTINGS",
     "Precision",
     "cpu_bf16_capable",
     "autocast_for",
@@ -88,8 +87,8 @@ def time_forward(forward: Forward, batch: int, device: torch.device, reps: int =
 def choose_precision(
     setting: str,
     device: torch.device,
-    forward: Callable[[int, torch.dtype | None], object] | None = None,
-    probe_batch: int = 16,
+    forward: DtypeForward,
+    probe_batch: int = PRECISION_PROBE_BATCH,
 ) -> Precision:
     """The network's precision for ``setting`` (``auto`` | ``bf16`` | ``none``).
 
@@ -110,8 +109,6 @@ def choose_precision(
         return Precision(None, "this CUDA device has no bf16")
     if device.type != "cpu" or not cpu_bf16_capable():
         return Precision(None, f"no native bf16 on {device.type}")
-    if forward is None:
-        return Precision(torch.bfloat16, "CPU with native bf16 (not measured)")
     fp32 = time_forward(lambda b: forward(b, None), probe_batch, device)
     bf16 = time_forward(lambda b: forward(b, torch.bfloat16), probe_batch, device)
     speedup = fp32 / bf16

@@ -124,3 +124,12 @@ def test_a_real_network_is_measured_in_the_precision_it_reports() -> None:
         lambda b: tuning.model_forward(model, (1, 16, 16), CPU)(b, p.dtype), CPU, 8, reps=1
     )
     assert knee in rates and set(rates) <= {1, 2, 4, 8} and all(r > 0 for r in rates.values())
+
+
+def test_the_settings_take_the_same_autocast_names() -> None:
+    from typing import get_args
+
+    from app.core.settings import Settings
+    from ddpm_core.config.names import AUTOCAST_SETTINGS
+
+    assert get_args(Settings.model_fields["autocast"].annotation) == AUTOCAST_SETTINGS

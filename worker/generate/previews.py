@@ -18,6 +18,7 @@ import torch
 from app.core.jobs.previews import PREVIEW_NAME, preview_event
 from app.core.logs import log_event
 from app.core.storage.results import ResultStore
+from ddpm_core.images import Pixels
 from worker.monitor import Held
 
 __all__ = ["PreviewPublisher", "preview_png", "PREVIEW_MAX_SIDE"]
@@ -27,7 +28,7 @@ log = logging.getLogger("ddpm.worker")
 PREVIEW_MAX_SIDE = 384  # pixels: a preview is a glance, not a result
 
 
-def preview_png(x0: torch.Tensor | np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
+def preview_png(x0: Pixels, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
     """(B, C, H, W) in [-1, 1] or (B, H, W, C) pixels as one PNG grid, shrunk to at most
     ``max_side`` pixels."""
     from PIL import Image
