@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from app.core.jobs.names import JOB_STATUSES, KINDS
+from app.core.jobs.names import JOB_STATUSES, KINDS, QUEUE_OF
+from app.core.jobs.work import job_images
 from app.core.stats import BATCH_BUCKETS, QUEUE_BUCKETS, RUN_BUCKETS, cumulative_buckets
 from app.core.store import JobStore
 
@@ -51,6 +52,16 @@ class StoreCollector(Collector):
         running.add_metric(["gen"], len(self.store.running("generate")))
         running.add_metric(["train"], len(self.store.running("train")))
         yield running
+        # The autoscaler's signal (deploy/k8s, docs/kubernetes.md): work in images, not jobs.
+        backlog = GaugeMetricFamily(
+            "ddpm_backlog_images",
+            "images of the queued and running jobs (train: steps x batch size x accumulate)",
+            labels=["queue"],
+        )
+        for kind in KINDS:
+            requests = self.store.unfinished_requests(kind)
+            backlog.add_metric([QUEUE_OF[kind]], sum(job_images(kind, r) for r in requests))
+        yield backlog
         requeued = CounterMetricFamily(
             "ddpm_jobs_requeued", "jobs re-queued after their worker was lost", labels=["kind"]
         )

@@ -262,6 +262,22 @@ class JobStore:
     def queue_depth(self, kind: str = "generate") -> int:
         return int(self.r.zcard(self.qkey(kind)))
 
+    def unfinished_requests(self, kind: str = "generate") -> list[dict[str, Any]]:
+        """The requests of the queued and running jobs of ``kind``: the store's queue and
+        lease sets (the broker's list may hold duplicates or lose messages), read together
+        in one transaction, then the jobs' ``request`` fields in one more round trip. A job
+        that expired meanwhile is left out."""
+        with self.r.pipeline(transaction=True) as tx:
+            tx.zrange(self.qkey(kind), 0, -1)
+            tx.zrange(self.lkey(kind), 0, -1)
+            queued, running = tx.execute()
+        ids = dict.fromkeys([*queued, *running])  # a job moving between them counts once
+        with self.r.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self.job_key(job_id), "request")
+            raw = pipe.execute()
+        return [json.loads(v) for v in raw if v is not None]
+
     def read_events(
         self, job_id: str, last_id: str = "0-0", block_ms: int | None = None, count: int = 100
     ) -> list[tuple[str, str, dict[str, Any]]]:
