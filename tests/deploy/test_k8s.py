@@ -143,6 +143,24 @@ def test_rendering_refuses_without_secrets_and_none_is_committed(tmp_path: Path)
     assert ignored.returncode == 0
 
 
+def test_external_redis_component_removes_only_the_redis_objects(
+    rendered: dict, tmp_path: Path
+) -> None:
+    tree = _copy_tree(tmp_path / "k8s")
+    (tree / "base" / "secrets.env").write_text(EXAMPLE.read_text())
+    with (tree / "overlays" / "gpu" / "kustomization.yaml").open("a") as f:
+        f.write("components:\n  - ../../components/external-redis\n")
+    res = _kustomize(tree, "gpu")
+    assert res.returncode == 0, res.stderr
+    got = {(o["kind"], o["metadata"]["name"]) for o in yaml.safe_load_all(res.stdout) if o}
+    full = {(o["kind"], o["metadata"]["name"]) for o in rendered["gpu"]}
+    redis_objects = {("StatefulSet", "redis"), ("Service", "redis"), ("NetworkPolicy", "redis")}
+    # The Secret's hashed name differs (other contents): compare the rest.
+    assert {x for x in got if x[0] != "Secret"} == {
+        x for x in full - redis_objects if x[0] != "Secret"
+    }
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.parametrize("version", SCHEMA_VERSIONS)
 def test_objects_validate_against_the_kubernetes_schemas(
