@@ -21,7 +21,7 @@ import httpx
 
 from .engine import Engine
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms|us)")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)")
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
 REDIS_PORT = 6379
 

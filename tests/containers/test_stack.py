@@ -7,6 +7,8 @@ observed event (a job's progress), never on a sleep.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -215,17 +217,22 @@ def test_train_in_its_container_then_served_by_the_gen_container(
     job = _submit(api, {"count": 2, "seed": 3, "steps": 5, "checkpoint": "ct-tiny@1"})
     doc = _wait(api, job, 120)
     assert doc["status"] == "succeeded", (doc, stack.logs("worker-gen")[-3000:])
-    assert doc["checkpoint"].startswith("ct-tiny@1")
+    assert doc["request"]["checkpoint"] == "ct-tiny@1", doc["request"]
     assert stack.inspect("worker-gen")["State"]["StartedAt"] == started  # no restart
 
 
 # -- faults ------------------------------------------------------------------------------------
-def test_docker_kill_of_the_gen_container_mid_job(stack: Stack, api: httpx.Client) -> None:
+def test_gen_container_killed_mid_job_is_restarted_and_the_job_succeeds_once(
+    stack: Stack, api: httpx.Client
+) -> None:
+    """A crash, as the OOM killer makes one: SIGKILL of the container's process. (``docker
+    kill`` itself counts as a manual stop, after which ``unless-stopped`` does not restart;
+    that is Docker's rule, not ours.)"""
     restarts = stack.inspect("worker-gen")["RestartCount"]
     job = _submit(api, {"count": 4, "seed": 21, "steps": 400, "sampler": "ddpm"})
     doc = _wait(api, job, 120, _progressed(10))
     assert doc["status"] == "running", doc
-    stack.engine.docker("kill", stack.containers["worker-gen"].name)
+    os.kill(stack.pid("worker-gen"), signal.SIGKILL)
     doc = _wait(api, job, 420)
     assert doc["status"] == "succeeded", (doc, stack.logs("worker-gen")[-3000:])
     assert doc["attempts"] == 2, doc  # the killed run, then the one that finished

