@@ -143,5 +143,15 @@ class Engine:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-        # Mounts under the exec root are gone with the engine; what is left is plain files.
+        # dockerd leaves its host network namespace bind-mounted under the exec root.
+        for mount in reversed(_mounts_under(self.run_dir)):
+            subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _mounts_under(path: Path) -> list[str]:
+    """Mount points below ``path``, in the order they were mounted."""
+    prefix = f"{path}/"
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    return [p for p in points if p.startswith(prefix)]
