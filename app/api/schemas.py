@@ -31,6 +31,12 @@ class Progress(BaseModel):
     step: int = 0
     total: int = 0
     fraction: float = 0.0
+    waiting: bool = Field(
+        False,
+        description="a running generation job that its worker holds but has not started "
+        "computing yet: every network call is taken by other jobs' images (or its model "
+        "loads); `metrics.wait_seconds` counts this time",
+    )
 
 
 class ImageRef(BaseModel):
@@ -55,8 +61,15 @@ class JobError(BaseModel):
 class JobMetrics(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    queue_seconds: float | None = None
-    run_seconds: float | None = None
+    queue_seconds: float | None = Field(None, description="from submit to a worker's claim")
+    wait_seconds: float | None = Field(
+        None,
+        description="generation: from the claim to the first denoising step (waiting for "
+        "engine capacity or the model's load); so far, while `progress.waiting`",
+    )
+    run_seconds: float | None = Field(
+        None, description="from the claim (generation: the first step) to the outcome; so far"
+    )
 
 
 class JobDocument(BaseModel):

@@ -4,6 +4,7 @@ model's batch limit, and the starvation guard; then the order in a real engine."
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -87,5 +88,42 @@ def test_in_the_engine_a_short_job_overtakes_a_long_one(ckpts) -> None:
         # The short job never shared a call: the rule gave it both rows of every call.
         assert short.network_calls == 5 and short.shared_calls == 0
         assert long.network_calls == 60
+    finally:
+        engine.stop()
+
+
+def test_a_job_behind_a_full_call_reports_its_start_when_its_first_row_runs(ckpts) -> None:
+    """Two rows per call and two 2-image jobs of equal length: the second waits until the
+    first has finished (least remaining work first). ``on_start`` fires once per job, at its
+    first network call, and ``started_at`` says when: the end of its wait for the engine."""
+    engine = Engine(
+        "cpu", max_batch=2, threads=1, autocast="none", knee_fraction=0.0, progress_interval=0.0
+    ).start()
+    try:
+        started = threading.Event()
+        first_starts: list[float] = []
+
+        def first_progress(step: int, total: int, frac: float) -> None:
+            if step >= 3:
+                started.set()
+
+        first = engine.submit(
+            GenSpec("first", ckpts["u"], "u", count=2, seed=1, steps=40),
+            first_progress,
+            on_start=first_starts.append,
+        )
+        assert started.wait(60)
+        second_starts: list[tuple[float, bool]] = []
+        submitted = time.time()
+        second = engine.submit(
+            GenSpec("second", ckpts["u"], "u", count=2, seed=3, steps=40),
+            on_start=lambda at: second_starts.append((at, first.done.is_set())),
+        )
+        assert first.wait(60) and second.wait(60)
+        assert (first.status, second.status) == ("succeeded", "succeeded")
+        assert first_starts == [first.started_at]
+        # The second job's first call came after the first job had finished, once.
+        assert len(second_starts) == 1 and second_starts[0][1] is True
+        assert second_starts[0][0] == second.started_at and second.started_at > submitted
     finally:
         engine.stop()

@@ -56,6 +56,8 @@ __all__ = ["GenSpec", "EngineJob", "Engine", "RunFailure"]
 log = logging.getLogger("ddpm.engine")
 
 ProgressFn = Callable[[int, int, float], None]
+# on_start(at): the job's first network call begins (wall clock): its wait for the engine ends.
+StartFn = Callable[[float], None]
 # on_preview(step, total, x0_hat): the first PREVIEW_ROWS rows' current x0 estimate, on CPU.
 PreviewFn = Callable[[int, int, torch.Tensor], None]
 PREVIEW_ROWS = 16
@@ -103,6 +105,10 @@ class EngineJob:
     max_batch: int = 0
     batch_sizes: list[int] = field(default_factory=list)
     submitted: float = field(default_factory=time.monotonic)
+    # When its first network call began (time.time()); None while it waits for the engine
+    # (rows of other jobs fill every call, or its model loads).
+    started_at: float | None = None
+    on_start: StartFn | None = None
     # engine-side state
     _ckpt: Checkpoint | None = None
     _key: tuple | None = None
@@ -216,17 +222,18 @@ class Engine:
         cancel: threading.Event | None = None,
         preview: threading.Event | None = None,
         on_preview: PreviewFn | None = None,
+        on_start: StartFn | None = None,
     ) -> EngineJob:
         """Queue ``spec``; the returned job's ``done`` is set when it has finished. Setting
         ``cancel`` (or the job's own ``cancel``) stops it at the next step. While ``preview``
-        is set, ``on_preview`` receives the current x0 estimate (engine thread: keep it
-        cheap)."""
+        is set, ``on_preview`` receives the current x0 estimate; ``on_start`` is called once,
+        as its first network call begins (both on the engine thread: keep them cheap)."""
         job = (
             EngineJob(spec, on_progress)
             if cancel is None
             else EngineJob(spec, on_progress, cancel=cancel)
         )
-        job.preview, job.on_preview = preview, on_preview
+        job.preview, job.on_preview, job.on_start = preview, on_preview, on_start
         with self._cond:
             if self._stop:
                 raise RuntimeError("engine stopped")
@@ -553,6 +560,8 @@ class Engine:
         """One network call for ``batch`` and each row's own update."""
         model = self._nets[batch[0].job._key]  # type: ignore[index]
         dev = self.device
+        jobs_in = list(dict.fromkeys(r.job for r in batch))
+        self._mark_started(jobs_in)
         x = torch.stack([r.x for r in batch])
         t = torch.stack([r.table.timesteps[r.k] for r in batch]).to(dev)
         null = getattr(model, "null_label", None)
@@ -586,7 +595,6 @@ class Engine:
         self.batch_sizes.append(size)
         with self._cond:
             self._unflushed.append(size)
-        jobs_in = list(dict.fromkeys(r.job for r in batch))
         for job in jobs_in:
             job.network_calls += 1
             job.max_batch = max(job.max_batch, size)
@@ -642,6 +650,24 @@ class Engine:
             if finished:
                 self._finish(job, "succeeded")
         self._previews(batch, jobs_in, x0_hat, now)
+
+    def _mark_started(self, jobs: list[EngineJob]) -> None:
+        """Record the start of each job's first network call (the end of its wait)."""
+        for job in jobs:
+            if job.started_at is not None:
+                continue
+            job.started_at = time.time()
+            if job.on_start is not None:
+                try:
+                    job.on_start(job.started_at)
+                except Exception as exc:  # noqa: BLE001 - reporting is best effort
+                    log_event(
+                        log,
+                        "start report failed",
+                        logging.WARNING,
+                        job_id=job.spec.job_id,
+                        error=str(exc),
+                    )
 
     def _previews(
         self, batch: list[_Row], jobs: list[EngineJob], x0_hat: torch.Tensor, now: float

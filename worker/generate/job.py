@@ -47,17 +47,37 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         **{name: getattr(req, name) for name, _ in engine_fields(GENERATE_OPTIONS)},
     )
 
+    # Claimed is not yet computing: until its first network call the job waits for the
+    # engine (other jobs' rows fill every call, or its model loads). The document says so
+    # (progress.waiting), and that wait is reported apart from the run time.
+    waited: list[float] = []
+
+    def on_start(at: float) -> None:
+        waited.append(round(max(0.0, at - started), 4))
+        held.progress({"step": 0, "total": req.steps, "fraction": 0.0, "wait_seconds": waited[0]})
+
     def on_progress(step: int, total: int, fraction: float) -> None:
-        held.progress({"step": step, "total": total, "fraction": fraction})
+        data = {"step": step, "total": total, "fraction": fraction}
+        held.progress(data | {"wait_seconds": waited[0]} if waited else data)
+
+    def timing(finished: float) -> dict[str, float]:
+        wait = waited[0] if waited else round(max(0.0, finished - started), 4)
+        return {"wait_seconds": wait, "run_seconds": round(max(0.0, finished - started - wait), 4)}
 
     store_kind = claim.doc.get("result_store") or "disk"
     results = rt.results(store_kind)
     previews = PreviewPublisher(results, job_id, claim.attempt, held)
     engine = rt.engine()
     held.alive = lambda: engine.alive(s.stall_timeout)
+    held.progress({"step": 0, "total": req.steps, "fraction": 0.0, "waiting": True})
     try:
         job = engine.submit(
-            spec, on_progress, cancel=held.cancel, preview=held.preview, on_preview=previews.offer
+            spec,
+            on_progress,
+            cancel=held.cancel,
+            preview=held.preview,
+            on_preview=previews.offer,
+            on_start=on_start,
         )
     except RuntimeError as exc:  # the engine is stopping: another worker will run it
         raise Interrupted(str(exc)) from None
@@ -74,7 +94,7 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         "worker": rt.name,
         "attempt": claim.attempt,
         "precision": job.precision or None,
-    }
+    } | timing(time.time())
     if job.status == "interrupted":
         raise Interrupted("the engine stopped")
     if job.status == "canceled":
@@ -105,7 +125,7 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         "trajectory_url": f"/jobs/{job_id}/trajectory.gif" if job.frame_pixels else None,
     }
     finished = time.time()
-    metrics["run_seconds"] = round(finished - started, 4)
+    metrics |= timing(finished)
     stats = [("images_generated", float(req.count))]
     created = claim.doc.get("created_ts")
     if created:

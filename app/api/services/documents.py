@@ -43,12 +43,21 @@ def present(doc: dict[str, Any], position: int | None) -> JobDocument:
     )
     if started and created:
         metrics.setdefault("queue_seconds", round(started - created, 4))
+    running = doc["status"] == "running"
+    # A generation job's worker reports how long it waited for its engine (progress:
+    # ``waiting`` until its first step, then ``wait_seconds``): that is not run time.
+    wait = progress.get("wait_seconds")
+    if running and started and progress.get("waiting"):
+        wait = round(max(0.0, now - started), 4)
+    if started and wait is not None:
+        metrics.setdefault("wait_seconds", wait)
     if started:
-        metrics.setdefault("run_seconds", round((finished or now) - started, 4))
+        ran = (finished or now) - started - (metrics.get("wait_seconds") or 0.0)
+        metrics.setdefault("run_seconds", round(max(0.0, ran), 4))
     eta = None
-    if doc["status"] == "running" and started and progress.get("fraction", 0) > 0:
+    if running and started and progress.get("fraction", 0) > 0:
         f = progress["fraction"]
-        eta = round((now - started) * (1 - f) / f, 3)
+        eta = round(metrics["run_seconds"] * (1 - f) / f, 3)
     return JobDocument(
         id=doc["id"],
         kind=doc["kind"],

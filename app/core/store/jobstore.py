@@ -62,6 +62,10 @@ __all__ = [
 # Bits of what JobStore.renew returns for a job whose lease it renewed.
 RENEW_CANCEL = 1
 RENEW_PREVIEW = 2
+# What of a progress event the job document keeps: training's loss and lr stay in the
+# events; ``waiting`` (the worker holds the job, its engine has not run it yet) and
+# ``wait_seconds`` (how long that lasted) let the API tell waiting from running.
+PROGRESS_FIELDS = ("step", "total", "fraction", "waiting", "wait_seconds")
 
 
 class QueueFull(Exception):
@@ -398,7 +402,7 @@ class JobStore:
         previews: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, int]:
         """Renew the leases of ``held`` (job id -> attempt) and write pending ``progress`` (job
-        id -> event data; its step/total/fraction also go to the document) and ``previews``
+        id -> event data; its ``PROGRESS_FIELDS`` also go to the document) and ``previews``
         (job id -> ``preview`` event data), in one round trip. Returns job id -> -1 (lease
         lost: stop, the result would be discarded) or a bit set: ``RENEW_CANCEL`` (cancel
         requested), ``RENEW_PREVIEW`` (a client watches the preview, :meth:`want_preview`)."""
@@ -409,9 +413,7 @@ class JobStore:
         for job_id in ids:
             data = progress.get(job_id)
             doc_progress = (
-                json.dumps({k: data[k] for k in ("step", "total", "fraction") if k in data})
-                if data
-                else ""
+                json.dumps({k: data[k] for k in PROGRESS_FIELDS if k in data}) if data else ""
             )
             self._scripts.renew(
                 keys={
