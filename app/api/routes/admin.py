@@ -1,4 +1,4 @@
-"""Admin: start a training run."""
+"""Admin: check the admin token, start a training run."""
 
 from __future__ import annotations
 
@@ -12,6 +12,18 @@ from app.api.services.submit import normalise_train, submit_job
 from app.core.jobs.spec import TrainRequest
 
 router = APIRouter(dependencies=[Depends(require_admin)], tags=["admin"])
+
+
+@router.get(
+    "/admin/token",
+    status_code=204,
+    response_class=Response,
+    responses={204: {"description": "the admin token is valid"}, **errors(401, 403)},
+)
+def check_token() -> Response:
+    """Whether the ``Authorization: Bearer`` token is the admin token (the web page checks
+    a token when it is entered); changes nothing."""
+    return Response(status_code=204)
 
 
 @router.post(

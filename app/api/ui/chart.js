@@ -22,8 +22,16 @@ export class LossChart {
   reset(total = 0) {
     this.points = []; // [step, loss, lr]
     this.total = total;
+    this.empty = 'waiting for the first steps…';
     this.canvas.dataset.points = '0';
     this.canvas.setAttribute('aria-label', 'Loss and learning rate curve (no data yet)');
+    this.draw();
+  }
+
+  /** What the chart says while it has no points. */
+  setEmpty(text) {
+    this.empty = text;
+    if (!this.points.length) this.canvas.setAttribute('aria-label', `Loss and learning rate curve: ${text}`);
     this.draw();
   }
 
@@ -100,7 +108,7 @@ export class LossChart {
     ctx.fillStyle = COLORS.text; ctx.fillText('learning rate', pad.l + 78, 13);
     if (!pts.length) {
       ctx.textAlign = 'center';
-      ctx.fillText('waiting for the first steps…', pad.l + pw / 2, pad.t + ph / 2);
+      ctx.fillText(this.empty, pad.l + pw / 2, pad.t + ph / 2);
       return;
     }
     const line = (color, index, y, dash) => {

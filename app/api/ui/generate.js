@@ -1,8 +1,10 @@
 // The generate form, built from the chosen checkpoint's config (GET /checkpoints) and the
-// service's own schema (the samplers it accepts), and the job panel it feeds.
+// service's own schema (the samplers it accepts, every field's limits), and the job panel
+// it feeds. The form follows the job on screen: opening a job fills the form with its
+// settings, so that Generate makes it again.
 
-import { enumOf, request } from './api.js';
-import { clearErrors, showErrors } from './forms.js';
+import { enumOf, request, schemaOf } from './api.js';
+import { checkNumber, clearErrors, clearOnEdit, limitText, numberRule, showErrors, showProblems } from './forms.js';
 import { remember } from './history.js';
 import { JobView } from './jobview.js';
 
@@ -12,6 +14,17 @@ const option = (value, text, selected = false) => {
   o.textContent = text;
   o.selected = selected;
   return o;
+};
+
+const JOB_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+// What each sampler is, in a line (the service's schema lists which it accepts).
+const SAMPLER_HINTS = {
+  ddpm: 'DDPM: the original stochastic sampler; needs many steps (hundreds) for its best images.',
+  ddim: 'DDIM: deterministic at eta 0 (the same seed, the same image at any step count); eta adds noise.',
+  'dpm++2m': 'DPM-Solver++ 2M: deterministic, good images in 15-25 steps.',
+  'dpm++3m': 'DPM-Solver++ 3M: deterministic, third order; like 2M, sometimes sharper.',
+  'dpm++2m-sde': 'DPM-Solver++ 2M SDE: stochastic, good images in 10-20 steps.',
 };
 
 /** A random seed below 2^52: exact as a JavaScript number. */
@@ -27,24 +40,41 @@ export class GenerateView {
     this.form = this.$('gen-form');
     this.checkpoints = [];
     this.samplers = ['ddpm', 'ddim'];
+    this.rules = {};
     this.configKey = null;
-    this.job = new JobView(this.$('job'), { onAlone: (doc, image) => this.alone(doc, image) });
+    this.job = new JobView(this.$('job'), {
+      onAlone: (doc, image) => this.alone(doc, image),
+      onUse: (doc) => this.fillFrom(doc.request || {}),
+      onDoc: (doc) => this.jobShown(doc),
+    });
     this.$('f-checkpoint').addEventListener('change', () => { this.fillVersions(); this.applyConfig(); });
     this.$('f-version').addEventListener('change', () => this.applyConfig());
     this.$('f-sampler').addEventListener('change', () => this.samplerChanged());
     this.$('f-label').addEventListener('change', () => this.labelChanged());
     this.$('seed-random').addEventListener('click', () => { this.$('f-seed').value = String(randomSeed()); });
     this.form.addEventListener('submit', (e) => { e.preventDefault(); this.submit(); });
+    clearOnEdit(this.form);
   }
 
-  /** params: {checkpoint, version} to preselect, or {job} to follow a job. */
+  /** params: {checkpoint, version} to preselect (a fresh form), or {job} to follow a job. */
   async show(params = {}) {
     await this.load(params);
-    if (params.job && params.job !== this.job.id) this.job.attach(params.job, { preview: this.$('f-preview').checked });
+    if (params.job) {
+      if (params.job === this.job.id) return;
+      if (!JOB_ID.test(params.job)) { this.job.invalid(params.job); return; }
+      this.fillNext = true; // a job opened by its link: the form takes its settings
+      this.job.attach(params.job, { preview: this.$('f-preview').checked });
+    } else if (params.checkpoint) {
+      this.job.detach(); // "Generate with this": a new job, not the last one
+    }
   }
 
   async load(params = {}) {
     this.samplers = await enumOf('GenerateRequest', 'sampler', this.samplers);
+    const schema = await schemaOf('GenerateRequest');
+    const props = (schema && schema.properties) || {};
+    for (const name of ['count', 'seed', 'steps', 'eta', 'guidance_scale']) this.rules[name] = numberRule(props[name]);
+    this.$('count-limits').textContent = this.rules.count ? `(${limitText(this.rules.count)})` : '';
     this.checkpoints = await request('/checkpoints');
     const sel = this.$('f-checkpoint');
     const want = params.checkpoint || sel.value;
@@ -80,6 +110,15 @@ export class GenerateView {
     return c.versions.find((x) => x.version === (v === 'latest' ? c.latest : v)) || null;
   }
 
+  /** The steps rule: the schema's, and at most the checkpoint's T. */
+  stepsRule() {
+    const cfg = (this.version() || {}).config || {};
+    const T = cfg.schedule && cfg.schedule.num_train_timesteps;
+    const rule = { ...(this.rules.steps || { integer: true, min: 1 }) };
+    if (T && (rule.max === undefined || T < rule.max)) rule.max = T;
+    return rule;
+  }
+
   /** Defaults and conditional fields from the selected version's config. */
   applyConfig() {
     const v = this.version();
@@ -87,10 +126,11 @@ export class GenerateView {
     const key = `${this.$('f-checkpoint').value}@${v && v.version}`;
     const changed = key !== this.configKey;
     this.configKey = key;
-    const T = cfg.schedule && cfg.schedule.num_train_timesteps;
     const steps = this.$('f-steps');
-    if (T) steps.max = T; else steps.removeAttribute('max');
-    this.$('steps-default').textContent = cfg.default_steps ? `(default ${cfg.default_steps})` : '';
+    const rule = this.stepsRule();
+    if (rule.max) steps.max = rule.max; else steps.removeAttribute('max');
+    const limits = limitText(rule);
+    this.$('steps-default').textContent = `(${[limits, cfg.default_steps ? `default ${cfg.default_steps}` : ''].filter(Boolean).join(', ')})`;
     const sampler = this.$('f-sampler');
     const prevSampler = sampler.value;
     sampler.replaceChildren(...this.samplers.map((s) => option(s, s === cfg.default_sampler ? `${s} (default)` : s)));
@@ -106,24 +146,82 @@ export class GenerateView {
     this.$('cond-fields').hidden = !n;
     if (changed) {
       const names = Array.isArray(cfg.class_names) ? cfg.class_names : [];
-      const labels = [option('', 'any (unconditional)')];
+      const labels = [option('', 'any')];
       for (let i = 0; i < n; i++) labels.push(option(String(i), names[i] && names[i] !== String(i) ? `${i}: ${names[i]}` : String(i)));
       this.$('f-label').replaceChildren(...labels);
       const g = cfg.default_guidance_scale ?? 1;
       this.$('f-guidance').value = g;
-      this.$('guidance-default').textContent = `(default ${g})`;
+      this.$('guidance-default').textContent = `(${limitText(this.rules.guidance_scale) || 'at least 0'}, default ${g})`;
     }
     this.samplerChanged();
     this.labelChanged();
   }
 
   samplerChanged() {
-    this.$('eta-field').hidden = this.$('f-sampler').value !== 'ddim';
+    const s = this.$('f-sampler').value;
+    this.$('eta-field').hidden = s !== 'ddim';
+    this.$('sampler-hint').textContent = SAMPLER_HINTS[s] || '';
   }
 
   labelChanged() {
     // Guidance applies to a labelled (class-conditional) sample only.
-    this.$('f-guidance').disabled = this.$('f-label').value === '';
+    const none = this.$('f-label').value === '';
+    this.$('f-guidance').disabled = none;
+    this.$('guidance-hint').textContent = none
+      ? 'Guidance needs a label: pick one to steer the images towards it.'
+      : 'How strongly the images follow the label (1: plain conditional; higher: more typical, less varied).';
+  }
+
+  /** Put a job's request (its normalised settings) into the form. */
+  fillFrom(r) {
+    const $ = this.$;
+    const [name, version] = String(r.checkpoint || '').split('@');
+    if (this.checkpoints.some((c) => c.name === name)) {
+      $('f-checkpoint').value = name;
+      this.fillVersions(version || 'latest');
+      this.applyConfig();
+    }
+    const set = (id, v) => { if (v !== undefined && v !== null) $(id).value = String(v); };
+    set('f-count', r.count);
+    set('f-seed', r.seed);
+    set('f-steps', r.steps);
+    if (r.sampler && this.samplers.includes(r.sampler)) $('f-sampler').value = r.sampler;
+    set('f-eta', r.eta);
+    if (!$('cond-fields').hidden) {
+      $('f-label').value = r.label === null || r.label === undefined ? '' : String(r.label);
+      set('f-guidance', r.guidance_scale);
+    }
+    if (typeof r.use_ema === 'boolean') $('f-ema').checked = r.use_ema;
+    $('f-trajectory').checked = Boolean(r.trajectory_frames);
+    this.samplerChanged();
+    this.labelChanged();
+    clearErrors(this.form, $('gen-errors'));
+    this.form.dataset.job = this.job.id || '';
+  }
+
+  /** The job panel shows a job's document: the form follows a job opened by its link. */
+  jobShown(doc) {
+    if (this.fillNext && doc.kind === 'generate') {
+      this.fillNext = false;
+      this.fillFrom(doc.request || {});
+    }
+  }
+
+  /** Every field checked at once, with the schema's limits: [{field, reason}]. */
+  problems() {
+    const $ = this.$;
+    const out = [];
+    const check = (field, id, rule, opts) => {
+      if ($(id).closest('[hidden]') || $(id).disabled) return;
+      const why = checkNumber($(id).value, rule, opts);
+      if (why) out.push({ field, reason: why });
+    };
+    check('count', 'f-count', this.rules.count, { required: true });
+    check('seed', 'f-seed', this.rules.seed);
+    check('steps', 'f-steps', this.stepsRule());
+    check('eta', 'f-eta', this.rules.eta);
+    check('guidance_scale', 'f-guidance', this.rules.guidance_scale);
+    return out;
   }
 
   body() {
@@ -155,9 +253,14 @@ export class GenerateView {
     return body;
   }
 
-  async submit(body = this.body()) {
+  async submit(body = null) {
     const general = this.$('gen-errors');
     clearErrors(this.form, general);
+    if (body === null) {
+      const problems = this.problems();
+      if (problems.length) { showProblems(this.form, problems, general); return null; }
+      body = this.body();
+    }
     const btn = this.$('gen-submit');
     btn.disabled = true;
     try {
@@ -165,6 +268,8 @@ export class GenerateView {
       remember(doc.id, 'generate');
       this.job.attach(doc.id, { preview: this.$('f-preview').checked });
       history.pushState(null, '', `#/job/${doc.id}`);
+      this.fillFrom(doc.request || {}); // the form says what runs (the seed it was given)
+      this.job.reveal();
       return doc;
     } catch (err) {
       showErrors(this.form, err, general);

@@ -93,9 +93,10 @@ function fetchEvents(url, headers, { onEvent, onOpen, onFatal }) {
 /**
  * Follow job `id` until it ends. Handlers (all optional): doc(jobDocument), status(status),
  * progress(data), preview(data), mode('live' | 'polling'), done(jobDocument), error(err).
+ * With ``replay`` a finished job's kept events are replayed before ``done``.
  * Returns {stop()}.
  */
-export function followJob(id, h, { preview = false, admin = false } = {}) {
+export function followJob(id, h, { preview = false, admin = false, replay = false } = {}) {
   let stopped = false;
   let stream = null;
   let timer = null;
@@ -173,8 +174,10 @@ export function followJob(id, h, { preview = false, admin = false } = {}) {
     });
   }
 
+  // replay: a finished job's stream still gives its events (while the service keeps
+  // them), then its done; without it a finished job is shown from its document alone.
   doc().then((d) => {
-    if (TERMINAL.has(d.status)) finish();
+    if (TERMINAL.has(d.status) && !replay) finish();
     else live();
   }).catch((e) => { call('error', e); stopped = true; });
 

@@ -4,7 +4,7 @@
 
 import { auth, request, schemaOf, setSource, TERMINAL } from './api.js';
 import { LossChart } from './chart.js';
-import { clearErrors, showErrors } from './forms.js';
+import { checkNumber, clearErrors, clearOnEdit, limitText, numberRule, showErrors, showProblems } from './forms.js';
 import { remember } from './history.js';
 import { followJob } from './sse.js';
 import { duration } from './jobview.js';
@@ -15,6 +15,48 @@ const PRIMARY = ['dataset', 'preset', 'image_size', 'channels', 'class_cond', 's
   'guidance_scale'];
 
 const human = (name) => name.replace(/_/g, ' ').replace(/^./, (c) => c.toUpperCase());
+
+// Each option in words: [label, hint]. The schema has the types, defaults and limits.
+const WORDS = {
+  dataset: ['Dataset', '"digits" (built in) or an image folder under DATA_DIR/datasets'],
+  preset: ['Network size', 'tiny trains in minutes on a CPU; larger ones need a GPU'],
+  image_size: ['Image size (px)', 'empty: 16 for digits, else 32'],
+  channels: ['Colour channels', '1: grey, 3: RGB; empty: from the dataset'],
+  unet_overrides: ['Network overrides', 'JSON, e.g. {"channel_mult": [1, 2, 2]}'],
+  class_cond: ['Class-conditional', 'learn the labels too, so that images can be asked for by label'],
+  p_uncond: ['Label dropout', 'share of steps trained without the label: what guidance needs'],
+  random_flip: ['Random flips', 'mirror training images left-right at random'],
+  schedule: ['Noise schedule', 'how noise grows over the timesteps'],
+  timesteps: ['Timesteps (T)', 'length of the noising process; sampling steps are at most T'],
+  loss: ['Loss', 'what the error is measured with'],
+  prediction_type: ['Network predicts', 'epsilon: the noise; v or sample: alternatives'],
+  steps: ['Training steps', 'optimizer steps of the run'],
+  batch_size: ['Batch size', 'images per step'],
+  accumulate: ['Accumulate', 'batches per optimizer step (a larger batch in less memory)'],
+  lr: ['Learning rate', 'peak step size of the optimizer'],
+  weight_decay: ['Weight decay', 'AdamW weight decay'],
+  adam_betas: ['Adam betas', 'two numbers, e.g. 0.9, 0.999'],
+  warmup: ['Warm-up steps', 'the learning rate rises linearly over these steps'],
+  lr_schedule: ['Learning-rate schedule', 'after the warm-up'],
+  min_lr_ratio: ['Final learning rate', 'as a fraction of the peak (cosine schedule)'],
+  grad_clip: ['Gradient clipping', 'largest gradient norm; empty: none'],
+  ema_decay: ['EMA decay', 'how slowly the averaged weights follow the trained ones'],
+  ema_warmup: ['EMA warm-up', 'ramp the EMA decay up at the start'],
+  precision: ['Precision', 'number format of the training arithmetic'],
+  save_every: ['Save every', 'steps between saved states (a run resumes from them); 0: at the end'],
+  sample_every: ['Sample grid every', 'steps between the sample grids shown here; 0: only at the end'],
+  sample_count: ['Images per grid', 'how many samples each grid shows'],
+  default_steps: ['Default sampling steps', 'what the new checkpoint generates with unless asked'],
+  default_sampler: ['Default sampler', 'the new checkpoint\'s sampler unless asked'],
+  default_eta: ['Default eta', 'DDIM noise of the new checkpoint'],
+  guidance_scale: ['Default guidance', 'class-conditional checkpoints: how strongly images follow the label'],
+  compile: ['Compile the network', 'torch.compile: faster steps after a slow start'],
+  channels_last: ['Channels-last memory', 'faster convolutions on some devices'],
+  seed: ['Seed', 'the run\'s random seed'],
+};
+// The page's default for "sample every": five grids over the run (the service's is 0: none
+// until the end, which leaves a watched run without pictures).
+const GRIDS_PER_RUN = 5;
 
 function variant(prop) {
   if (!prop.anyOf) return { schema: prop, nullable: false };
@@ -31,12 +73,17 @@ function control(name, prop) {
   wrap.className = 'field';
   const label = document.createElement('label');
   label.htmlFor = id;
-  label.textContent = human(name);
-  if (schema.description) {
-    const hint = document.createElement('span');
-    hint.className = 'hint';
-    hint.textContent = ` (${schema.description})`;
-    label.append(hint);
+  const [words, about] = WORDS[name] || [human(name), schema.description || ''];
+  label.textContent = words;
+  const rule = numberRule(prop);
+  const limits = rule && rule.max !== undefined && rule.max < 1e6 ? limitText(rule) : '';
+  const hintText = [about, limits].filter(Boolean).join('; ');
+  let hint = null;
+  if (hintText) {
+    hint = document.createElement('span');
+    hint.className = 'hint option-hint';
+    hint.id = `${id}-hint`;
+    hint.textContent = hintText;
   }
   let input;
   let read;
@@ -86,13 +133,22 @@ function control(name, prop) {
   }
   input.id = id;
   input.name = field;
+  if (hint) input.setAttribute('aria-describedby', hint.id);
   if (schema.type === 'boolean') {
     label.prepend(input);
     wrap.append(label);
   } else {
     wrap.append(label, input);
   }
-  return { name, wrap, read, input, def };
+  if (hint) wrap.append(hint);
+  const set = (v) => {
+    if (v === undefined) return;
+    if (input.type === 'checkbox') input.checked = Boolean(v);
+    else if (schema.type === 'array') input.value = Array.isArray(v) ? v.join(', ') : '';
+    else if (schema.type === 'object') input.value = JSON.stringify(v || {});
+    else input.value = v === null ? '' : String(v);
+  };
+  return { name, wrap, read, input, def, rule, set };
 }
 
 export class TrainView {
@@ -107,6 +163,7 @@ export class TrainView {
     this.onPublished = onPublished;
     this.chart = new LossChart(this.$('train-chart'));
     this.$('token-form').addEventListener('submit', (e) => { e.preventDefault(); this.saveToken(); });
+    clearOnEdit(this.form);
     this.$('token-forget').addEventListener('click', () => { auth.admin = ''; this.tokenState(); });
     this.form.addEventListener('submit', (e) => { e.preventDefault(); this.submit(); });
     this.$('train-cancel').addEventListener('click', () => this.cancel());
@@ -116,7 +173,16 @@ export class TrainView {
     this.tokenState();
     if (!this.built) await this.build();
     await this.fillResume();
-    if (params.job && params.job !== this.jobId) this.follow(params.job);
+    if (params.job && params.job !== this.jobId) {
+      if (/^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$/.test(params.job)) {
+        this.fillNext = true; // opened by its link: the form takes the run's settings
+        this.follow(params.job);
+      } else {
+        this.follow(null);
+        this.setStatus('unknown');
+        this.showError(`“${params.job.slice(0, 60)}” is not a job id: a run's link looks like #/train?job=0b7c6f0e-6a51-4c55-9d1b-3f2a3c1e8d11.`);
+      }
+    }
   }
 
   tokenState() {
@@ -130,13 +196,32 @@ export class TrainView {
     this.root.dataset.token = has ? 'set' : 'none';
   }
 
-  saveToken() {
+  /** Check the token with the service (GET /admin/token) before keeping it. */
+  async saveToken() {
     const v = this.$('t-token').value.trim();
     const err = this.$('err-token');
     err.hidden = true;
-    if (!v) { err.textContent = 'Enter the admin token.'; err.hidden = false; return; }
-    auth.admin = v;
-    this.tokenState();
+    const refuse = (text) => { err.textContent = text; err.hidden = false; this.$('t-token').focus(); };
+    if (!v) { refuse('Enter the admin token.'); return; }
+    const btn = this.$('token-save');
+    btn.disabled = true;
+    try {
+      const res = await fetch('/admin/token', { headers: { Authorization: `Bearer ${v}` }, cache: 'no-store' });
+      if (res.status === 204) {
+        auth.admin = v;
+        this.tokenState();
+        return;
+      }
+      let detail = '';
+      try { detail = (await res.json()).detail || ''; } catch { /* no body */ }
+      refuse(res.status === 403 || res.status === 401
+        ? `The service refused this token${detail ? ` (${detail})` : ''}: it is not the admin token. Nothing was kept.`
+        : `The token could not be checked (HTTP ${res.status}${detail ? `: ${detail}` : ''}).`);
+    } catch (e) {
+      refuse(`The token could not be checked: ${e.message}`);
+    } finally {
+      btn.disabled = false;
+    }
   }
 
   async build() {
@@ -150,7 +235,47 @@ export class TrainView {
       (PRIMARY.includes(name) ? primary : more).append(c.wrap);
       this.controls.push(c);
     }
+    // "Sample every": a few grids over the run, following the steps until it is edited.
+    const steps = this.control('steps');
+    const every = this.control('sample_every');
+    if (steps && every) {
+      const follow = () => {
+        const n = Number(steps.input.value);
+        if (every.input.dataset.edited || !Number.isInteger(n) || n < 1) return;
+        every.input.value = String(Math.max(1, Math.round(n / GRIDS_PER_RUN)));
+      };
+      every.input.addEventListener('input', () => { every.input.dataset.edited = '1'; });
+      steps.input.addEventListener('input', follow);
+      follow();
+    }
     this.built = true;
+  }
+
+  control(name) { return this.controls.find((c) => c.name === name) || null; }
+
+  /** Put a run's request into the form (a run opened by its link). */
+  fillFrom(r) {
+    if (r.name) this.$('t-name').value = r.name;
+    const sel = this.$('t-resume');
+    if (r.resume_from && [...sel.options].some((o) => o.value === r.resume_from)) sel.value = r.resume_from;
+    else sel.value = '';
+    const opts = r.options || {};
+    for (const c of this.controls) {
+      c.set(c.name in opts ? opts[c.name] : c.def);
+      if (c.name === 'sample_every') c.input.dataset.edited = '1';
+    }
+    clearErrors(this.form, this.$('train-errors'));
+  }
+
+  /** Every numeric option checked at once against its schema limits. */
+  problems() {
+    const out = [];
+    for (const c of this.controls) {
+      if (!c.rule || c.input.type !== 'number') continue;
+      const why = checkNumber(c.input.value, c.rule);
+      if (why) out.push({ field: c.input.name, reason: why });
+    }
+    return out;
   }
 
   async fillResume() {
@@ -189,6 +314,13 @@ export class TrainView {
   async submit() {
     const general = this.$('train-errors');
     clearErrors(this.form, general);
+    const problems = this.problems();
+    if (problems.length) {
+      const more = this.$('train-more');
+      if (problems.some((p) => more.contains(this.form.elements[p.field]))) more.closest('details').open = true;
+      showProblems(this.form, problems, general);
+      return null;
+    }
     if (!auth.admin) {
       const err = this.$('err-token');
       err.textContent = 'Enter the admin token first.';
@@ -202,6 +334,7 @@ export class TrainView {
       const doc = await request('/train', { method: 'POST', body: this.body(), admin: true });
       remember(doc.id, 'train');
       history.pushState(null, '', `#/train?job=${doc.id}`);
+      this.fillNext = false;
       this.follow(doc.id);
       return doc;
     } catch (err) {
@@ -221,7 +354,9 @@ export class TrainView {
 
   follow(id) {
     if (this.follower) this.follower.stop();
+    this.follower = null;
     this.jobId = id;
+    this.replayed = null;
     const $ = this.$;
     $('train-empty').hidden = true;
     $('train-body').hidden = false;
@@ -231,17 +366,32 @@ export class TrainView {
     $('train-previews-empty').hidden = false;
     $('train-progress').value = 0;
     $('train-progress-text').textContent = '';
-    $('train-job-title').textContent = `Training run ${id.slice(0, 8)}`;
+    $('train-note').hidden = true;
+    $('train-job-title').textContent = id ? `Training run ${id.slice(0, 8)}` : 'Training run';
     this.chart.reset();
     this.setStatus('…');
+    if (!id) return;
+    let first = true;
     this.follower = followJob(id, {
-      doc: (d) => this.renderDoc(d),
+      doc: (d) => {
+        if (first) {
+          first = false;
+          // A finished run: its kept events are replayed; of its grids only the newest
+          // file is kept, so only the last one is shown (with the published samples).
+          if (TERMINAL.has(d.status)) this.replayed = [];
+          if (this.fillNext) { this.fillNext = false; this.fillFrom(d.request || {}); }
+        }
+        this.renderDoc(d);
+      },
       status: (s) => this.setStatus(s),
       progress: (p) => this.renderProgress(p),
-      preview: (p) => this.addPreview(p),
+      preview: (p) => { if (this.replayed) this.replayed.push(p); else this.addPreview(p); },
       done: (d) => this.renderDone(d),
-      error: (e) => this.showError(e.message),
-    });
+      error: (e) => {
+        this.setStatus('unknown');
+        this.showError(e.status === 404 ? `Run ${id} is unknown or has expired (finished jobs are kept for a day).` : e.message);
+      },
+    }, { replay: true });
   }
 
   setStatus(s) {
@@ -272,15 +422,27 @@ export class TrainView {
     this.chart.push(p);
   }
 
-  async addPreview(p) {
+  async addPreview(p, caption = `step ${p.step}`) {
     const list = this.$('train-previews');
     const li = document.createElement('li');
     const fig = document.createElement('figure');
     const img = document.createElement('img');
     img.alt = `Samples at step ${p.step}`;
     const cap = document.createElement('figcaption');
-    cap.textContent = `step ${p.step}`;
-    fig.append(img, cap);
+    cap.textContent = caption;
+    // A grid of small images: a click (or Enter) shows it across the panel.
+    const zoom = document.createElement('button');
+    zoom.type = 'button';
+    zoom.className = 'enlarge';
+    zoom.setAttribute('aria-label', `Enlarge the samples at step ${p.step}`);
+    zoom.setAttribute('aria-pressed', 'false');
+    zoom.append(img);
+    zoom.addEventListener('click', () => {
+      const large = li.classList.toggle('large');
+      zoom.setAttribute('aria-pressed', String(large));
+      zoom.setAttribute('aria-label', `${large ? 'Shrink' : 'Enlarge'} the samples at step ${p.step}`);
+    });
+    fig.append(zoom, cap);
     li.append(fig);
     li.dataset.step = p.step;
     list.prepend(li);
@@ -292,14 +454,34 @@ export class TrainView {
   async renderDone(d) {
     this.renderDoc(d);
     this.setStatus(d.status);
+    const replayed = this.replayed;
+    this.replayed = null;
+    if (replayed) {
+      if (!this.chart.points.length) {
+        this.chart.setEmpty('no curve: a run\'s events are kept only DDPM_EVENTS_TTL (10 min) after it');
+      }
+      const last = replayed[replayed.length - 1];
+      if (last && d.status !== 'succeeded') this.addPreview(last, `step ${last.step} (the last grid)`);
+    }
+    const p = d.progress || {};
+    if (d.status === 'canceled') {
+      this.$('train-progress-text').textContent = '';
+      this.note(p.step ? `Canceled at step ${p.step} of ${p.total}.` : 'Canceled before it started.');
+      return;
+    }
     if (d.status !== 'succeeded') {
       const err = d.error || {};
-      this.showError(`${d.status === 'canceled' ? 'Canceled' : 'Failed'}: ${err.message || ''}`);
+      this.showError(`Failed: ${err.type ? `${err.type}: ` : ''}${err.message || ''}`);
       return;
     }
     const res = d.result || {};
     const ref = res.checkpoint || '';
     const [name, version] = ref.split('@');
+    if (replayed && name && version) {
+      // The published version's own sample grid: kept with the checkpoint.
+      this.addPreview({ step: p.total || p.step, url: `/checkpoints/${encodeURIComponent(name)}/${encodeURIComponent(version)}/samples.png` },
+        `${ref}: the published samples`);
+    }
     const box = this.$('train-result');
     box.replaceChildren();
     const m = d.metrics || {};
@@ -320,6 +502,12 @@ export class TrainView {
     const e = this.$('train-error');
     e.textContent = text;
     e.hidden = false;
+  }
+
+  note(text) {
+    const n = this.$('train-note');
+    n.textContent = text;
+    n.hidden = false;
   }
 
   async cancel() {
