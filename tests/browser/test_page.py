@@ -6,6 +6,7 @@ with its live loss curve, labels and phone width, and no request leaving the ori
 from __future__ import annotations
 
 import json
+import uuid
 
 import numpy as np
 import pytest
@@ -100,6 +101,99 @@ def test_this_image_alone_gives_equal_pixels(page, served):
     )
 
 
+def form_values(page) -> dict[str, str]:
+    ids = ("f-checkpoint", "f-version", "f-count", "f-seed", "f-steps", "f-sampler", "f-label")
+    return {i[2:]: page.input_value(f"#{i}") for i in ids}
+
+
+def test_the_form_follows_the_job_on_screen(page, served):
+    http = served.http
+    body = {"count": 3, "seed": 12345, "steps": 12, "sampler": "ddpm", "label": 5}
+    job = http.post("/generate", json=body | {"checkpoint": "digits"}).json()
+    assert wait_job(http, job["id"], timeout=90)["status"] == "succeeded"
+    # A job opened by its link, and again after a reload: the form holds its settings.
+    open_page(page, served, f"#/job/{job['id']}")
+    page.wait_for_selector("#job[data-status=succeeded][data-results='3']")
+    want = {"checkpoint": "digits", "version": "builtin", "count": "3", "seed": "12345"}
+    want |= {"steps": "12", "sampler": "ddpm", "label": "5"}
+    assert form_values(page) == want
+    page.reload()
+    page.wait_for_selector("#job[data-status=succeeded][data-results='3']")
+    assert form_values(page) == want
+    # "This image alone": the form says what runs now, count 1 with that image's seed.
+    page.click("#job-images button[data-index='2']")
+    page.wait_for_selector("#job[data-status=succeeded][data-results='1']")
+    assert form_values(page) == want | {"count": "1", "seed": "12347"}
+    # Edited, then "Use these settings": the job's settings again.
+    page.fill("#f-count", "7")
+    page.fill("#f-steps", "40")
+    page.click("#job-use")
+    assert form_values(page) == want | {"count": "1", "seed": "12347"}
+    # "Generate with this" on a checkpoint starts a fresh panel, not the last job.
+    page.click("nav a[data-view=checkpoints]")
+    page.wait_for_selector("body[data-ready=checkpoints]")
+    page.locator("article[data-ref='digits@builtin'] a", has_text="Generate with this").click()
+    page.wait_for_selector("body[data-ready=generate]")
+    page.wait_for_selector("#job[data-status=none]")
+    assert page.is_visible("#job-empty") and page.is_hidden("#job-body")
+
+
+def test_bad_job_links_say_so_in_words(page, served):
+    open_page(page, served, "#/job/not-a-uuid")
+    page.wait_for_selector("#job[data-status=unknown]")
+    text = page.inner_text("#job-error")
+    assert "“not-a-uuid” is not a job id" in text, text
+    assert "pattern" not in text and "path.job_id" not in text
+    assert page.inner_text("#job-status") == "unknown"
+    unknown = str(uuid.uuid4())
+    page.goto(f"{served.base}/#/job/{unknown}")
+    page.wait_for_function(
+        "() => document.querySelector('#job-error').textContent.includes('has expired')"
+    )
+    assert unknown in page.inner_text("#job-error")
+    assert page.inner_text("#job-status") == "unknown" and page.is_hidden("#job-cancel")
+    # The training view too.
+    page.goto(f"{served.base}/#/train?job=nope")
+    page.wait_for_selector("body[data-ready=train]")
+    page.wait_for_selector("#train-job[data-status=unknown]")
+    assert "“nope” is not a job id" in page.inner_text("#train-error")
+
+
+def test_phone_generate_brings_the_job_into_view(page, served):
+    page.set_viewport_size({"width": 390, "height": 844})
+    open_page(page, served)
+    page.fill("#f-count", "2")
+    page.fill("#f-steps", "10")
+    # The button at the bottom of the screen, the job panel below it (out of sight), as
+    # a phone shows the form; pressed without Playwright scrolling anything.
+    page.evaluate(
+        """() => { const b = document.querySelector('#gen-submit').getBoundingClientRect();
+                   window.scrollBy(0, b.bottom - innerHeight + 8); }"""
+    )
+    assert page.evaluate("() => document.querySelector('#job').getBoundingClientRect().top") > 844
+    page.focus("#gen-submit")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#job:not([data-status=none])")
+    page.wait_for_function(
+        """() => { const r = document.querySelector('#job').getBoundingClientRect();
+                   return r.top >= 0 && r.top < innerHeight / 3; }""",
+        timeout=5_000,
+    )
+    page.wait_for_selector("#job[data-status=succeeded][data-results='2']", timeout=90_000)
+
+
+def test_a_one_image_job_shows_its_image_once(page, served):
+    open_page(page, served)
+    page.fill("#f-count", "1")
+    page.fill("#f-steps", "8")
+    page.click("#gen-submit")
+    page.wait_for_selector("#job[data-status=succeeded][data-results='1']")
+    assert page.is_hidden("#job-grid-fig")  # no grid of the same image again
+    assert page.locator("#job-images button", has_text="This image alone").count() == 0
+    seed = page.locator("#job-images .seed")
+    assert seed.evaluate("e => e.getClientRects().length") == 1  # one line, never wrapped
+
+
 def test_every_field_is_checked_in_one_round_in_plain_words(page, served):
     open_page(page, served)
     limits = served.http.get("/openapi.json").json()["components"]["schemas"]["GenerateRequest"]
@@ -130,9 +224,7 @@ def test_every_field_is_checked_in_one_round_in_plain_words(page, served):
     # The service's own wording (pydantic's) is said plainly where the page shows it.
     refused = served.http.post("/generate", json={"count": 0}).json()["detail"][0]
     assert refused["reason"].startswith("Input should be")
-    said = page.evaluate(
-        "async (r) => (await import('/ui/forms.js')).plain(r)", refused["reason"]
-    )
+    said = page.evaluate("async (r) => (await import('/ui/forms.js')).plain(r)", refused["reason"])
     assert said == "must be at least 1"
 
 
@@ -212,8 +304,25 @@ def test_admin_training_run_live_curve_then_generate_form(page, served, screensh
     page.click("#train-submit")
     assert "admin token" in page.inner_text("#err-token")  # asked for it first
 
+    # A wrong token is refused when it is entered, and not kept.
+    page.fill("#t-token", token + "x")
+    page.click("#token-save")
+    page.wait_for_function(
+        "() => document.querySelector('#err-token').textContent.includes('refused')"
+    )
+    assert page.get_attribute("#view-train", "data-token") == "none"
+    assert page.evaluate("() => sessionStorage.getItem('ddpm.adminToken')") is None
     page.fill("#t-token", token)
     page.click("#token-save")
+    page.wait_for_selector("#view-train[data-token=set]")
+    assert page.is_hidden("#err-token")
+
+    # The options in words, with hints; grids during the run by default.
+    assert page.inner_text("label[for=t-opt-lr]") == "Learning rate"
+    assert "Class cond" not in page.inner_text("#train-form")
+    assert page.inner_text("#t-opt-sample_every-hint").startswith("steps between")
+    default_steps = int(page.input_value("[name='options.steps']"))
+    assert int(page.input_value("[name='options.sample_every']")) == default_steps // 5
     options = {
         "steps": "80",
         "batch_size": "8",
@@ -256,6 +365,27 @@ def test_admin_training_run_live_curve_then_generate_form(page, served, screensh
     assert 20 in steps and 60 in steps, steps
     assert "Published browsertrain@1" in page.inner_text("#train-result")
     save_screenshot(page.locator("#train-job"), screenshot_dir / "page-training.png")
+
+    # The finished run reopened (a reload, as from History): its curve, its last grid and
+    # the published samples again, and the form with the run's settings.
+    run_url = page.url
+    page.goto(f"{served.base}/#/generate")
+    page.wait_for_selector("body[data-ready=generate]")
+    page.goto(run_url)
+    page.reload()
+    page.wait_for_selector("#train-job[data-status=succeeded]")
+    page.wait_for_selector("#train-result:not([hidden])")
+    assert int(page.get_attribute("#train-chart", "data-points")) == points
+    assert "Published browsertrain@1" in page.inner_text("#train-result")
+    grids = page.locator("#train-previews li")
+    assert grids.count() == 1 and "the published samples" in grids.inner_text()
+    page.wait_for_function("() => document.querySelector('#train-previews img').naturalWidth > 0")
+    for name, value in options.items():
+        assert page.input_value(f"[name='options.{name}']") == value, name
+    assert page.is_checked("[name='options.class_cond']")
+    # A grid shows large on a click.
+    grids.locator("button.enlarge").click()
+    assert grids.get_attribute("class") == "large"
 
     # The token stays in this tab's session: never in the URL or in local storage.
     assert token not in page.url

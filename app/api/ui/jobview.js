@@ -91,11 +91,12 @@ export class JobView {
     this.showError(text);
   }
 
-  /** Bring the panel into view (a phone shows it below the form). */
+  /** Bring the panel into view (a phone shows it below the form): its top in the upper
+   * third of the screen, where its status and progress can be seen. */
   reveal() {
     const box = this.root.getBoundingClientRect();
-    if (box.top < 0 || box.top > window.innerHeight - 80) {
-      this.root.scrollIntoView({ block: 'start', behavior: 'smooth' });
+    if (box.top < 0 || box.top > window.innerHeight / 3) {
+      this.root.scrollIntoView({ block: 'start' });
     }
   }
 
