@@ -1,7 +1,7 @@
 """Accessibility of every view, checked by axe-core (the npm package of tests/browser,
-served to the page from that file by the test: nothing is fetched from elsewhere) at a laptop's and a phone's
-width: every control labelled, contrast, landmarks, ARIA; 0 serious or critical
-findings. And the keyboard order of the generate form."""
+served to the page from that file by the test: nothing is fetched from elsewhere) at a
+laptop's and a phone's width: every control labelled, contrast, landmarks, ARIA; 0
+serious or critical findings. And the keyboard order of the generate form."""
 
 from __future__ import annotations
 

@@ -291,10 +291,46 @@ def test_checkpoints_page_lists_the_builtin_with_its_grid(page, served):
     meta = json.loads((builtin_path("digits") / "meta.json").read_text())
     score = meta["metrics"]["digits_score"]["generated"]["inception_score"]
     assert f"{score:.2f}" in text, (score, text)
+    # Its recorded command has the training run's defaults; the card says they changed.
+    assert "--default-steps 50" in text
+    assert "Defaults changed after training: default_steps 50 → 25 → 15" in text
+    assert "the config above holds the current ones" in text
     card.locator("a", has_text="Generate with this").click()
     page.wait_for_selector("body[data-ready=generate]")
     assert page.input_value("#f-checkpoint") == "digits"
     assert page.input_value("#f-version") == "builtin"
+
+
+def test_selects_fit_and_the_choices_are_explained(page, served):
+    page.set_viewport_size({"width": 1280, "height": 900})
+    open_page(page, served)
+    # Every option of every select shows whole (measured in the select's own font).
+    cut = page.evaluate(
+        """() => {
+          const ctx = document.createElement('canvas').getContext('2d');
+          const out = [];
+          for (const sel of document.querySelectorAll('#gen-form select')) {
+            const cs = getComputedStyle(sel);
+            ctx.font = `${cs.fontWeight} ${cs.fontSize} ${cs.fontFamily}`;
+            const pad = parseFloat(cs.paddingLeft) + parseFloat(cs.paddingRight);
+            const room = sel.clientWidth - pad - 20;
+            for (const o of sel.options) if (ctx.measureText(o.text).width > room) out.push(o.text);
+          }
+          return out;
+        }"""
+    )
+    assert cut == []
+    page.select_option("#f-sampler", "ddim")
+    assert page.inner_text("#sampler-hint").startswith("DDIM:")
+    page.select_option("#f-sampler", "dpm++2m-sde")
+    assert "stochastic" in page.inner_text("#sampler-hint")
+    assert "averaged over training" in page.inner_text("#ema-hint")
+    page.select_option("#f-label", "")
+    assert page.is_disabled("#f-guidance")
+    assert page.inner_text("#guidance-hint").startswith("Guidance needs a label")
+    page.select_option("#f-label", "4")
+    assert page.is_enabled("#f-guidance")
+    assert "follow the label" in page.inner_text("#guidance-hint")
 
 
 def test_admin_training_run_live_curve_then_generate_form(page, served, screenshot_dir):
@@ -393,6 +429,18 @@ def test_admin_training_run_live_curve_then_generate_form(page, served, screensh
     assert token in page.evaluate("() => JSON.stringify(sessionStorage)")
 
     # The new version is in the generate form at once; it generates.
+    # On the checkpoints page: how to get its scores, and a link to the run that made it.
+    run_id = run_url.split("job=")[1]
+    page.click("nav a[data-view=checkpoints]")
+    card = page.locator("article[data-ref='browsertrain@1']")
+    card.wait_for()
+    assert "No scores recorded. ddpm eval data/checkpoints/browsertrain/1 --record" in (
+        card.inner_text()
+    )
+    assert card.locator("a.job-link").get_attribute("href") == f"#/train?job={run_id}"
+    page.goto(run_url)
+    page.wait_for_selector("#train-result:not([hidden])")
+
     page.click("#train-generate-link")
     page.wait_for_selector("body[data-ready=generate]")
     assert page.input_value("#f-checkpoint") == "browsertrain"
@@ -422,6 +470,14 @@ def test_history_lists_this_browsers_jobs(page, served):
     stored = page.evaluate("() => JSON.parse(localStorage.getItem('ddpm.history'))")
     assert stored[0]["id"] == job_id
     assert all(set(e) <= {"id", "kind", "t", "thumb"} for e in stored)
+    # Clearing can be undone.
+    page.click("#history-clear")
+    assert page.locator("#history-list li").count() == 0 and page.is_visible("#history-empty")
+    assert "History cleared" in page.inner_text("#history-cleared")
+    page.click("#history-undo")
+    page.wait_for_selector(f"{entry}[data-status=succeeded]")
+    assert page.is_hidden("#history-cleared")
+    assert page.evaluate("() => JSON.parse(localStorage.getItem('ddpm.history'))") == stored
     page.click(f"{entry} a")
     page.wait_for_selector("#job[data-status=succeeded][data-results='3']")
 
@@ -448,6 +504,13 @@ def test_labels_keyboard_and_phone_width(page, served):
     page.wait_for_selector("body[data-ready=generate]")
     page.keyboard.press("Tab")
     assert page.evaluate("() => document.activeElement.className") == "skip"
+    # A view opened from the keyboard moves focus to the content, without a ring round it.
+    page.focus("nav a[data-view=history]")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("body[data-ready=history]")
+    assert page.evaluate("() => document.activeElement.id") == "main"
+    assert page.evaluate("() => getComputedStyle(document.activeElement).boxShadow") == "none"
+    page.goto(f"{served.base}/#/generate")
     page.focus("#f-count")
     page.keyboard.press("Control+A")
     page.keyboard.type("1")

@@ -4,7 +4,7 @@
 import { auth, onKeyNeeded } from './api.js';
 import { renderCheckpoints } from './checkpoints.js';
 import { GenerateView } from './generate.js';
-import { clearHistory, renderHistory } from './history.js';
+import { clearHistory, renderHistory, restoreHistory } from './history.js';
 import { TrainView } from './train.js';
 
 const $ = (id) => document.getElementById(id);
@@ -70,6 +70,7 @@ async function route() {
   if (current !== null && current !== view) $('main').focus({ preventScroll: true });
   current = view;
   showError(null);
+  if (view !== 'history') forgetCleared();
   try {
     if (view === 'generate') await generate.show(params);
     else if (view === 'history') await renderHistory($('view-history'));
@@ -82,8 +83,23 @@ async function route() {
   }
 }
 
+// Clearing the history can be undone (until the page is left or reloaded).
+let cleared = null;
 $('history-clear').addEventListener('click', () => {
-  clearHistory();
+  cleared = clearHistory();
+  renderHistory($('view-history'));
+  $('history-cleared-count').textContent = `${cleared.length} job${cleared.length === 1 ? '' : 's'}`;
+  $('history-cleared').hidden = false;
+  $('history-undo').focus();
+});
+function forgetCleared() {
+  cleared = null;
+  $('history-cleared').hidden = true;
+}
+$('history-undo').addEventListener('click', () => {
+  if (cleared) restoreHistory(cleared);
+  cleared = null;
+  $('history-cleared').hidden = true;
   renderHistory($('view-history'));
 });
 

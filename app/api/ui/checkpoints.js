@@ -46,6 +46,27 @@ function scoresTable(metrics) {
   return table;
 }
 
+/** No recorded scores: how to get them. */
+function noScores(name, v) {
+  const dir = v.builtin ? name : `data/checkpoints/${name}/${v.version}`;
+  return el('p', { class: 'small muted no-scores' }, 'No scores recorded. ',
+    el('code', { text: `ddpm eval ${dir} --record` }),
+    ' scores its samples (the digits score: digits-like checkpoints; ',
+    el('code', { text: '--fid DATASET' }), ' adds the FID) and records them here.');
+}
+
+/** The defaults the config holds now, where they were changed after training. */
+function defaultsChanged(meta) {
+  const changed = meta.defaults_after_training && meta.defaults_after_training.changed;
+  if (!changed || typeof changed !== 'object') return '';
+  const parts = Object.entries(changed)
+    .filter(([, vals]) => Array.isArray(vals) && vals.length > 1)
+    .map(([k, vals]) => `${k} ${vals.join(' → ')}`);
+  if (!parts.length) return '';
+  return el('p', { class: 'small defaults-changed' },
+    `Defaults changed after training: ${parts.join('; ')} (the config above holds the current ones; the command shows the training run's).`);
+}
+
 function versionCard(name, v, latest) {
   const cfg = v.config || {};
   const meta = v.meta || {};
@@ -76,8 +97,12 @@ function versionCard(name, v, latest) {
     ['training', meta.training_steps ? `${meta.training_steps} steps${meta.images_seen ? `, ${meta.images_seen.toLocaleString()} images seen` : ''}` : ''],
     ['final loss', typeof meta.loss === 'number' ? fmt(meta.loss, 4) : ''],
     ['time', meta.training_time_s ? `${Math.round(meta.training_time_s)} s on ${meta.device || '?'}` : ''],
-    ['job', meta.job_id || ''],
   ]);
+  if (meta.job_id) {
+    // The training job that made it: its run (while the service keeps the job, a day).
+    provenance.append(el('dt', { text: 'job' }),
+      el('dd', {}, el('a', { href: `#/train?job=${encodeURIComponent(meta.job_id)}`, class: 'job-link', text: meta.job_id })));
+  }
   const details = el('details', {},
     el('summary', { text: 'Full config and metadata' }),
     el('pre', { text: JSON.stringify({ config: cfg, meta }, null, 2) }));
@@ -86,8 +111,9 @@ function versionCard(name, v, latest) {
     el('div', { class: 'cols' },
       el('section', {}, el('h4', { text: 'Config' }), config),
       el('section', {}, el('h4', { text: 'Provenance' }), provenance)),
-    scoresTable(meta.metrics) || '',
-    meta.command ? el('p', { class: 'small' }, 'Command: ', el('code', { text: meta.command })) : '',
+    scoresTable(meta.metrics) || noScores(name, v),
+    meta.command ? el('p', { class: 'small' }, 'Trained with: ', el('code', { text: meta.command })) : '',
+    defaultsChanged(meta),
     details, go);
   card.append(title, el('div', { class: 'version-body' }, fig, info));
   return card;

@@ -35,7 +35,18 @@ export function setThumb(id, thumb) {
   if (entry && thumb) { entry.thumb = thumb; save(list); }
 }
 
-export function clearHistory() { save([]); }
+/** Forget every entry; returns them (for an undo). */
+export function clearHistory() {
+  const old = entries();
+  save([]);
+  return old;
+}
+
+/** Put entries back (an undone clear), before any added since. */
+export function restoreHistory(list) {
+  const now = entries();
+  save([...now, ...list.filter((e) => !now.some((n) => n.id === e.id))]);
+}
 
 /** A small PNG data URL of an image already loaded on the page (pixels kept sharp). */
 export function thumbnail(img, size = 72) {
