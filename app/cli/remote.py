@@ -134,7 +134,8 @@ class _Bar:
         self.bar: Any = None
 
     def __call__(self, p: Any) -> None:
-        if self.disable or not p.total:
+        # A job waiting for its worker's engine (progress.waiting) gets its bar when it runs.
+        if self.disable or not p.total or p.data.get("waiting"):
             return
         if self.bar is None:
             from tqdm import tqdm
