@@ -196,7 +196,6 @@ export class GenerateView {
     this.samplerChanged();
     this.labelChanged();
     clearErrors(this.form, $('gen-errors'));
-    this.form.dataset.job = this.job.id || '';
   }
 
   /** The job panel shows a job's document: the form follows a job opened by its link. */
