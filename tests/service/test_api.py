@@ -140,6 +140,13 @@ def test_admin_auth_and_delete(isolated, tmp_path):
     assert c.get("/checkpoints/deleteme").status_code == 404
     _, off = isolated(admin_token=None)
     assert off.post("/train", json={"name": "x"}, headers=ok).status_code == 403
+    # GET /admin/token only says whether the token is right (the web page asks it).
+    assert c.get("/admin/token").status_code == 401
+    wrong = c.get("/admin/token", headers=bad)
+    assert wrong.status_code == 403 and wrong.json() == {"detail": "invalid admin token"}
+    right = c.get("/admin/token", headers=ok)
+    assert right.status_code == 204 and right.content == b""
+    assert off.get("/admin/token", headers=ok).status_code == 403
 
 
 def test_checkpoints_listing(isolated):

@@ -74,12 +74,17 @@ def test_every_error_is_declared_with_the_body_the_api_sends(isolated):
     assert set(doc["paths"]["/readyz"]["get"]["responses"]) == {"200", "503"}
 
 
+def _is_admin(path: str, method: str) -> bool:
+    """The admin routes: POST /train, GET /admin/token, every DELETE."""
+    return path == "/train" or path.startswith("/admin/") or method == "delete"
+
+
 def test_auth_in_the_document_follows_the_settings(isolated):
     _, open_ = isolated()
     doc = open_.get("/openapi.json").json()
     assert set(doc["components"]["securitySchemes"]) == {"AdminToken"}
     for path, method, op in _ops(doc):
-        admin = path == "/train" or method == "delete"
+        admin = _is_admin(path, method)
         if admin:
             assert op["security"] == [{"AdminToken": []}], (path, method)
             assert {"401", "403"} <= set(op["responses"])
@@ -93,7 +98,7 @@ def test_auth_in_the_document_follows_the_settings(isolated):
     for path, method, op in _ops(doc):
         if path in ("/healthz", "/readyz", "/metrics"):
             assert "security" not in op
-        elif not (path == "/train" or method == "delete"):
+        elif not _is_admin(path, method):
             assert op["security"] == [{"ApiKey": []}, {"BearerApiKey": []}], (path, method)
             assert "401" in op["responses"]
 
