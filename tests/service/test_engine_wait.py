@@ -47,8 +47,11 @@ def test_waiting_for_the_engine_is_shown_and_timed_apart(redis_url, data_dir, tm
         worker.stop()
     assert done["status"] == "succeeded" and not done["progress"]["waiting"]
     m = done["metrics"]
-    # Waited at least as long as the document said while waiting; then ran on its own.
-    assert m["wait_seconds"] >= waiting["metrics"]["wait_seconds"]
+    # Waited about as long as the document said while waiting, or longer: the document
+    # says "waiting" until the monitor's next tick after the first step (0.05 s here,
+    # later on a loaded machine).
+    assert m["wait_seconds"] >= waiting["metrics"]["wait_seconds"] - 0.5
+    assert m["wait_seconds"] > 1.0  # the first job's remaining ~1000 steps
     started = first_done["metrics"]
     assert started["wait_seconds"] < m["wait_seconds"]
     total = _ts(done["finished_at"]) - _ts(done["started_at"])
