@@ -59,6 +59,29 @@ class JobMetrics(BaseModel):
     run_seconds: float | None = None
 
 
+class WebhookDelivery(BaseModel):
+    """The latest delivery of one event of a job's webhook."""
+
+    id: str = Field(description="its webhook-id header: the same on every attempt")
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int = Field(0, description="attempts made so far")
+    last_status: int | None = Field(None, description="HTTP status of the last attempt")
+    last_error: str | None = Field(None, description="why the last attempt did not deliver")
+    next_attempt_seconds: float | None = Field(
+        None, description="when pending after a failed attempt: seconds it waits before the next"
+    )
+
+
+class JobWebhook(BaseModel):
+    """A job's webhook: where it goes (without query or path), and each event's delivery."""
+
+    url: str = Field(description="the receiver's scheme, host and port (the rest redacted)")
+    events: list[Literal["start", "progress", "completed"]]
+    deliveries: dict[str, WebhookDelivery] = Field(
+        default_factory=dict, description="by event: start, progress (the latest), completed"
+    )
+
+
 class JobDocument(BaseModel):
     """The state of one job, as ``GET /jobs/{id}`` returns it."""
 
@@ -95,6 +118,7 @@ class JobDocument(BaseModel):
     error: JobError | None = None
     metrics: JobMetrics = Field(default_factory=JobMetrics)
     attempts: int = 0
+    webhook: JobWebhook | None = None
 
 
 class CheckpointVersion(BaseModel):

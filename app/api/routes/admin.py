@@ -10,6 +10,7 @@ from app.api.params import IDEM_RE
 from app.api.schemas import JobDocument
 from app.api.services.submit import normalise_train, submit_job
 from app.core.jobs.spec import TrainRequest
+from app.core.jobs.webhook import stored_webhook
 
 router = APIRouter(dependencies=[Depends(require_admin)], tags=["admin"])
 
@@ -57,6 +58,7 @@ def train(
         client="admin",
         idem_key=idempotency_key,
         body=body.model_dump(mode="json"),
+        webhook=stored_webhook(body),
     )
     response.headers["Location"] = f"/jobs/{doc.id}"
     if not created:

@@ -31,6 +31,7 @@ from app.api.streaming.events import (
 )
 from app.core.jobs.names import TERMINAL
 from app.core.jobs.spec import GenerateRequest
+from app.core.jobs.webhook import stored_webhook
 from app.core.storage.results import ResultStore
 from app.core.store import JobStore
 
@@ -143,6 +144,7 @@ async def generate(
             client=client,
             idem_key=idempotency_key,
             body=body.model_dump(mode="json"),
+            webhook=stored_webhook(body),
         )
 
     doc, created, stored = await run_in_threadpool(submit)

@@ -59,6 +59,9 @@ __all__ = [
     "RENEW_PREVIEW",
 ]
 
+# A job's `progress` webhooks are coalesced: at most one delivery queued per this many ms.
+WEBHOOK_PROGRESS_EVERY_MS = 1000
+
 # Bits of what JobStore.renew returns for a job whose lease it renewed.
 RENEW_CANCEL = 1
 RENEW_PREVIEW = 2
@@ -423,6 +426,7 @@ class JobStore:
                 },
                 args={
                     "id": job_id,
+                    "prefix": self.prefix,
                     "attempt": held[job_id],
                     "lease_ms": self.lease_ms,
                     "ttl": self.ttl,
@@ -430,6 +434,7 @@ class JobStore:
                     "progress": doc_progress,
                     "progress_event": json.dumps(data) if data else "",
                     "preview_event": json.dumps(previews[job_id]) if job_id in previews else "",
+                    "webhook_every_ms": WEBHOOK_PROGRESS_EVERY_MS,
                 },
                 client=pipe,
             )

@@ -180,6 +180,7 @@ RENEW = Script(
     # progress, progress_event, preview_event: '' = none.
     args=(
         "id",
+        "prefix",
         "attempt",
         "lease_ms",
         "ttl",
@@ -187,8 +188,9 @@ RENEW = Script(
         "progress",
         "progress_event",
         "preview_event",
+        "webhook_every_ms",
     ),
-    numbers=frozenset({"lease_ms", "ttl", "maxlen"}),
+    numbers=frozenset({"lease_ms", "ttl", "maxlen", "webhook_every_ms"}),
 )
 FINISH = Script(
     "finish",
@@ -218,7 +220,33 @@ FORGET = Script(
     "forget", keys=("job", "events", "queue", "stats", "idem", "inflight"), args=("id", "kind")
 )
 
-SCRIPTS: tuple[Script, ...] = (CREATE, CLAIM, RENEW, FINISH, CANCEL, REQUEUE, FORGET)
+# The webhook outbox (app/core/webhooks): its entries are queued by the job transitions
+# above (lib.lua's webhook_enqueue); dispatchers lease and record them with these two.
+WEBHOOK_CLAIM = Script(
+    "webhook_claim",
+    keys=("due",),
+    args=("prefix", "lease_ms", "limit"),
+    numbers=frozenset({"lease_ms", "limit"}),
+)
+WEBHOOK_RECORD = Script(
+    "webhook_record",
+    keys=("due", "entry", "stats"),
+    # outcome: delivered, retry or failed; state: the JSON the job's document shows.
+    args=("prefix", "did", "attempt", "outcome", "delay_ms", "state"),
+    numbers=frozenset({"delay_ms"}),
+)
+
+SCRIPTS: tuple[Script, ...] = (
+    CREATE,
+    CLAIM,
+    RENEW,
+    FINISH,
+    CANCEL,
+    REQUEUE,
+    FORGET,
+    WEBHOOK_CLAIM,
+    WEBHOOK_RECORD,
+)
 
 
 class StoreScripts:
@@ -231,6 +259,8 @@ class StoreScripts:
     cancel: Runner
     requeue: Runner
     forget: Runner
+    webhook_claim: Runner
+    webhook_record: Runner
 
     def __init__(self, client: redis.Redis) -> None:
         for script in SCRIPTS:

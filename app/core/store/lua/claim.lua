@@ -16,4 +16,5 @@ redis.call('EXPIRE', K.job, A.ttl)
 redis.call('ZREM', K.queue, A.id)
 redis.call('ZADD', K.leases, now + A.lease_ms, A.id)
 event(K.events, A.maxlen, A.ttl, 'status', '{"status": "running", "attempt": ' .. attempt .. '}')
+webhook_enqueue(A.prefix, K.job, A.id, 'start', A.id .. '.start.' .. attempt, A.ttl, now)
 return {'claimed', attempt, redis.call('HGETALL', K.job)}
