@@ -50,6 +50,7 @@ class JobResult(BaseModel):
 class JobError(BaseModel):
     type: str
     message: str
+    reason: str | None = Field(None, description="why it was canceled: deadline")
 
 
 class JobMetrics(BaseModel):
@@ -118,6 +119,9 @@ class JobDocument(BaseModel):
     error: JobError | None = None
     metrics: JobMetrics = Field(default_factory=JobMetrics)
     attempts: int = 0
+    deadline_at: str | None = Field(
+        None, description="when a job not yet started by then is canceled (Cancel-After)"
+    )
     webhook: JobWebhook | None = None
 
 

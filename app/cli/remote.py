@@ -58,6 +58,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_generate_flags(g, [*SAMPLE_FLAGS, "use_ema"], remote=True)
     g.add_argument("--nrow", type=int, default=None, help="images per grid row")
     add_generate_flags(g, ["trajectory_frames"], remote=True)
+    g.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="cancel the job if it has not started within SECONDS",
+    )
     g.add_argument("--no-wait", action="store_true", help="print the job id and exit")
     g.set_defaults(func=_guard(cmd_generate))
 
@@ -225,7 +232,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     with _client(args) as client:
         options = generate_values(args)  # None: the service's (the checkpoint's) default
         options["trajectory_frames"] = options["trajectory_frames"] or None
-        job = client.generate(**options, **_webhook(args))
+        job = client.generate(**options, **_webhook(args), deadline_seconds=args.deadline)
         if args.no_wait:
             print(job.id)
             return 0

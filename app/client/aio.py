@@ -130,6 +130,7 @@ class AsyncClient(ClientBase):
         trajectory_frames: int | None = None,
         webhook: str | None = None,
         webhook_events: list[str] | None = None,
+        deadline_seconds: float | None = None,
         idempotency_key: str | None = None,
     ) -> AsyncJob:
         """As :meth:`Client.generate`."""

@@ -129,11 +129,13 @@ class Client(ClientBase):
         trajectory_frames: int | None = None,
         webhook: str | None = None,
         webhook_events: list[str] | None = None,
+        deadline_seconds: float | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
         """Submit a generation job; unset options take the checkpoint's defaults and image
         i uses seed+i. ``webhook``: a URL the service POSTs the signed job document to at
-        ``webhook_events`` (start, progress, completed; default completed). Each call makes
+        ``webhook_events`` (start, progress, completed; default completed). A job not
+        started within ``deadline_seconds`` is canceled (reason deadline). Each call makes
         a fresh ``Idempotency-Key`` that its retries reuse; pass your own to make a submit
         safe to repeat across processes."""
         # Nothing else is bound yet: locals() is the arguments, the request's fields.

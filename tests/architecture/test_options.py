@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def test_request_and_stored_models_have_every_option_in_order() -> None:
     # Then the job's own fields (the webhook), which are no generation options.
-    assert list(GenerateRequest.model_fields) == [*NAMES, *WEBHOOK_FIELDS]
+    assert list(GenerateRequest.model_fields) == [*NAMES, "deadline_seconds", *WEBHOOK_FIELDS]
     assert list(GenerateJob.model_fields) == NAMES
 
 
@@ -41,7 +41,7 @@ def test_both_clients_take_every_option_by_name(which: str) -> None:
     import app.client
 
     params = inspect.signature(getattr(app.client, which).generate).parameters
-    job_fields = ("self", "idempotency_key", *WEBHOOK_FIELDS)
+    job_fields = ("self", "idempotency_key", "deadline_seconds", *WEBHOOK_FIELDS)
     assert [p for p in params if p not in job_fields] == NAMES
     assert params["count"].default == 1
     assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in NAMES[1:])

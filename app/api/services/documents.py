@@ -65,6 +65,7 @@ def present(doc: dict[str, Any], position: int | None) -> JobDocument:
         error=doc.get("error"),
         metrics=metrics,
         attempts=int(doc.get("attempts") or 0),
+        deadline_at=doc.get("deadline_at"),
         webhook=_webhook(doc),
     )
 

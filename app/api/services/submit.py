@@ -103,7 +103,7 @@ def normalise_train(req: TrainRequest, settings: Settings, registry: Registry) -
     """The training request with ``resume_from`` resolved to ``name@version``, only the
     options the client set, and a dataset folder that exists under DATA_DIR/datasets."""
     validate_train_options(req.options, settings)
-    out = req.model_dump(exclude={"options", *WEBHOOK_FIELDS})
+    out = req.model_dump(exclude={"options", "deadline_seconds", *WEBHOOK_FIELDS})
     out["options"] = req.options.model_dump(exclude_unset=True)
     if req.resume_from:
         out["resume_from"] = _resolve(registry, req.resume_from, "resume_from").ref
@@ -130,13 +130,14 @@ def submit_job(
     idem_key: str | None = None,
     body: Any = None,
     webhook: dict[str, Any] | None = None,
+    deadline_seconds: float | None = None,
 ) -> Submitted:
     """Record a queued job together with its task's message (task id = job id), in one
     atomic step. A replay of an Idempotency-Key sends nothing (its message went with the
     job; if that was lost since, the reaper sends another). ``idem_key`` is scoped to the
     client and the endpoint and bound to ``body``: the same key and body return the first
     job, another body is refused (422). ``webhook`` (``stored_webhook`` of the request)
-    goes into the document, where the store's transitions find it."""
+    goes into the document, where the store's transitions find it; so does the deadline."""
     limit = settings.queue_limit if kind == "generate" else settings.train_queue_limit
     extra: dict[str, Any] = {"result_store": settings.result_store} if kind == "generate" else {}
     if webhook:
@@ -155,6 +156,7 @@ def submit_job(
             client_limit=0 if client == "admin" else settings.max_jobs_per_client,
             job_id=job_id,
             message=message,
+            deadline_seconds=deadline_seconds,
         )
     except QueueFull:
         raise LimitReached(f"the {kind} queue is full; retry later") from None

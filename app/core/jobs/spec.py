@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from app.core.jobs.deadline import DeadlineFields
 from app.core.jobs.options import (
     NOT_IN_ENGINE,
     Flag,
@@ -137,7 +138,7 @@ _GenerateOptionsRequest = request_model(
 )
 
 
-class GenerateRequest(WebhookFields, _GenerateOptionsRequest):  # type: ignore[misc,valid-type]
+class GenerateRequest(WebhookFields, DeadlineFields, _GenerateOptionsRequest):  # type: ignore[misc,valid-type]
     """A generation request; unset fields take the checkpoint's defaults."""
 
 
@@ -222,7 +223,7 @@ its size against the settings by ``app.core.jobs.validate``.""",
 )
 
 
-class TrainRequest(WebhookFields):
+class TrainRequest(WebhookFields, DeadlineFields):
     """A training run that publishes a new version of checkpoint ``name``."""
 
     model_config = ConfigDict(

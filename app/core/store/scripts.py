@@ -164,14 +164,26 @@ CREATE = Script(
         "fingerprint",
         "created_ts",
         "message",
+        "deadline_ms",  # 0 = none
     ),
-    numbers=frozenset({"ttl", "maxlen", "queue_limit", "client_limit", "created_ts"}),
+    numbers=frozenset(
+        {"ttl", "maxlen", "queue_limit", "client_limit", "created_ts", "deadline_ms"}
+    ),
     tails=("fields",),  # field/value pairs of the document
 )
 CLAIM = Script(
     "claim",
     keys=JOB_KEYS,
-    args=(*COMMON, "lease_ms", "worker", "started_at", "started_ts", "cancel_done"),
+    args=(
+        *COMMON,
+        "lease_ms",
+        "worker",
+        "started_at",
+        "started_ts",
+        "cancel_done",
+        "deadline_error",
+        "deadline_done",
+    ),
     numbers=_COMMON_NUMBERS | {"lease_ms"},
 )
 RENEW = Script(
@@ -196,7 +208,16 @@ FINISH = Script(
     "finish",
     keys=JOB_KEYS,
     # attempt, progress: '' = none; allowed: a comma list of statuses.
-    args=(*COMMON, "attempt", "to", "allowed", "done", "progress"),
+    args=(
+        *COMMON,
+        "attempt",
+        "to",
+        "allowed",
+        "done",
+        "progress",
+        "deadline_error",
+        "deadline_done",
+    ),
     numbers=_COMMON_NUMBERS,
     tails=("counters", "fields"),  # stat name/amount pairs, field/value pairs
 )
@@ -220,6 +241,13 @@ FORGET = Script(
     "forget", keys=("job", "events", "queue", "stats", "idem", "inflight"), args=("id", "kind")
 )
 
+# Deadlines: a job past its deadline, canceled (queued) or told to stop (running).
+DEADLINE = Script(
+    "deadline",
+    keys=(*JOB_KEYS, "deadlines"),
+    args=(*COMMON, "deadline_error", "deadline_done", "finished_at", "finished_ts"),
+    numbers=_COMMON_NUMBERS,
+)
 # The webhook outbox (app/core/webhooks): its entries are queued by the job transitions
 # above (lib.lua's webhook_enqueue); dispatchers lease and record them with these two.
 WEBHOOK_CLAIM = Script(
@@ -244,6 +272,7 @@ SCRIPTS: tuple[Script, ...] = (
     CANCEL,
     REQUEUE,
     FORGET,
+    DEADLINE,
     WEBHOOK_CLAIM,
     WEBHOOK_RECORD,
 )
@@ -259,6 +288,7 @@ class StoreScripts:
     cancel: Runner
     requeue: Runner
     forget: Runner
+    deadline: Runner
     webhook_claim: Runner
     webhook_record: Runner
 

@@ -12,6 +12,11 @@ end
 local function hset_pairs(key, pairs)
   if #pairs > 0 then redis.call('HSET', key, unpack(pairs)) end
 end
+-- Whether job `jobkey` (queued) is past its deadline (`deadline_ms`, Redis time).
+local function past_deadline(jobkey, now)
+  local dl = redis.call('HGET', jobkey, 'deadline_ms')
+  return dl and now >= tonumber(dl)
+end
 -- Webhooks (app/core/webhooks): the delivery of event `name` of job `id`, as outbox
 -- entry `did`, when the job's webhook asks for that event. The entry holds a snapshot of
 -- the document (the payload is the job as it is at this event) and is due at once in the
@@ -58,6 +63,7 @@ local function finish_job(K, A, to, done, now)
   event(K.events, A.maxlen, A.events_ttl, 'done', done)
   redis.call('HINCRBYFLOAT', K.stats, 'jobs_finished:' .. A.kind .. ':' .. to, 1)
   redis.call('ZADD', K.expiry, math.floor(now / 1000) + A.ttl, A.id)
+  redis.call('ZREM', A.prefix .. 'deadlines', A.id)
   -- The `completed` webhook in the same step: a finished job never lacks its delivery.
   webhook_enqueue(A.prefix, K.job, A.id, 'completed', A.id .. '.completed', A.ttl, now)
   -- Wakes the API's long polls (GET /jobs/{id}?wait=): one channel, one subscriber each.
