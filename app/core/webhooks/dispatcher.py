@@ -122,9 +122,12 @@ class Dispatcher:
         free = 0
         while self._busy.acquire(blocking=False):
             free += 1
-        leased = self.outbox.lease(free, self.lease) if free else []
-        for _ in range(free - len(leased)):
-            self._busy.release()
+        leased: list[Delivery] = []
+        try:
+            leased = self.outbox.lease(free, self.lease) if free else []
+        finally:  # the threads it did not fill are free again, also when Redis is down
+            for _ in range(free - len(leased)):
+                self._busy.release()
         for d in leased:
             self._pool.submit(self._run_one, d)
         return len(leased)
