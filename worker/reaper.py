@@ -11,6 +11,7 @@ passes are idempotent transitions of the store, so several reapers never conflic
   (neither waiting nor delivered) gets a new one. Duplicates are harmless: a message for
   a job that is no longer queued does nothing.
 - Finished jobs whose documents expired lose their result files and training run folders.
+- Jobs past their deadline: queued ones are canceled, running ones told to stop.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class Reaper:
 
     def tick(self) -> None:
         self.reap_expired_leases()
+        if self.store.expire_deadlines():
+            log_event(log, "queued jobs past their deadline canceled")
         now = time.monotonic()
         if now >= self._next_redispatch:
             self._next_redispatch = now + self.settings.redispatch_after / 2

@@ -16,6 +16,8 @@ from app.api.middleware import BodyLimitMiddleware
 from app.api.openapi import install as install_openapi
 from app.api.openapi import operation_id
 from app.api.routes import admin, checkpoints, health, jobs, previews, ui
+from app.api.services.deadlines import DeadlineSweeper
+from app.api.services.webhooks import start_dispatcher
 from app.api.state import ApiState
 from app.core.logs import configure_logging
 from app.core.settings import Settings, get_settings
@@ -31,7 +33,12 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        dispatcher = start_dispatcher(s, state.store) if s.webhook_dispatcher else None
+        sweeper = DeadlineSweeper(state.store, s.reaper_interval).start()
         yield
+        sweeper.stop()
+        if dispatcher is not None:
+            dispatcher.stop()
         await state.aclose()
 
     api = FastAPI(

@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 from app.core.jobs.names import JOB_STATUSES, KINDS, QUEUE_OF
 from app.core.jobs.work import job_images
 from app.core.stats import BATCH_BUCKETS, QUEUE_BUCKETS, RUN_BUCKETS, cumulative_buckets
-from app.core.store import JobStore
+from app.core.store import JobStore, Outbox
 
 __all__ = ["StoreCollector"]
 
@@ -30,6 +30,7 @@ class StoreCollector(Collector):
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
+        self.outbox = Outbox(store)
 
     def collect(self) -> Iterator:
         stats = self.store.stats()
@@ -68,6 +69,19 @@ class StoreCollector(Collector):
         for kind in KINDS:
             requeued.add_metric([kind], stats.get(f"jobs_requeued:{kind}", 0.0))
         yield requeued
+        hooks = CounterMetricFamily(
+            "ddpm_webhook_deliveries",
+            "webhook delivery attempts by outcome (retry: failed, tried again later)",
+            labels=["outcome"],
+        )
+        for outcome in ("delivered", "retry", "failed"):
+            hooks.add_metric([outcome], stats.get(f"webhook_deliveries:{outcome}", 0.0))
+        yield hooks
+        yield GaugeMetricFamily(
+            "ddpm_webhooks_pending",
+            "webhook deliveries in the outbox (due, waiting to retry, or being delivered)",
+            value=self.outbox.pending(),
+        )
         workers = GaugeMetricFamily("ddpm_workers", "live workers (heartbeats)")
         workers.add_metric([], len(self.store.workers()))
         yield workers

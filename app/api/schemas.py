@@ -56,6 +56,7 @@ class JobResult(BaseModel):
 class JobError(BaseModel):
     type: str
     message: str
+    reason: str | None = Field(None, description="why it was canceled: deadline")
 
 
 class JobMetrics(BaseModel):
@@ -69,6 +70,29 @@ class JobMetrics(BaseModel):
     )
     run_seconds: float | None = Field(
         None, description="from the claim (generation: the first step) to the outcome; so far"
+    )
+
+
+class WebhookDelivery(BaseModel):
+    """The latest delivery of one event of a job's webhook."""
+
+    id: str = Field(description="its webhook-id header: the same on every attempt")
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int = Field(0, description="attempts made so far")
+    last_status: int | None = Field(None, description="HTTP status of the last attempt")
+    last_error: str | None = Field(None, description="why the last attempt did not deliver")
+    next_attempt_seconds: float | None = Field(
+        None, description="when pending after a failed attempt: seconds it waits before the next"
+    )
+
+
+class JobWebhook(BaseModel):
+    """A job's webhook: where it goes (without query or path), and each event's delivery."""
+
+    url: str = Field(description="the receiver's scheme, host and port (the rest redacted)")
+    events: list[Literal["start", "progress", "completed"]]
+    deliveries: dict[str, WebhookDelivery] = Field(
+        default_factory=dict, description="by event: start, progress (the latest), completed"
     )
 
 
@@ -108,6 +132,10 @@ class JobDocument(BaseModel):
     error: JobError | None = None
     metrics: JobMetrics = Field(default_factory=JobMetrics)
     attempts: int = 0
+    deadline_at: str | None = Field(
+        None, description="when a job not yet started by then is canceled (Cancel-After)"
+    )
+    webhook: JobWebhook | None = None
 
 
 class CheckpointVersion(BaseModel):

@@ -35,10 +35,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     progress = argparse.ArgumentParser(add_help=False)
     progress.add_argument("--no-progress", action="store_true", help="no progress bar")
+    hook = argparse.ArgumentParser(add_help=False)
+    hook.add_argument(
+        "--webhook", default=None, metavar="URL", help="POST the signed job document here"
+    )
+    hook.add_argument(
+        "--webhook-events",
+        default=None,
+        metavar="EVENTS",
+        help="comma list of start, progress, completed (default: completed)",
+    )
 
     g = rsub.add_parser(
         "generate",
-        parents=[common, progress],
+        parents=[common, progress, hook],
         help="generate images on the service; writes the files `ddpm sample` writes",
     )
     g.add_argument(
@@ -48,11 +58,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_generate_flags(g, [*SAMPLE_FLAGS, "use_ema"], remote=True)
     g.add_argument("--nrow", type=int, default=None, help="images per grid row")
     add_generate_flags(g, ["trajectory_frames"], remote=True)
+    g.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="cancel the job if it has not started within SECONDS",
+    )
     g.add_argument("--no-wait", action="store_true", help="print the job id and exit")
     g.set_defaults(func=_guard(cmd_generate))
 
     t = rsub.add_parser(
-        "train", parents=[common, progress], help="start a training run (admin token needed)"
+        "train", parents=[common, progress, hook], help="start a training run (admin token needed)"
     )
     t.add_argument("name", help="checkpoint name; the run publishes name@N+1")
     t.add_argument(
@@ -194,6 +211,18 @@ def _regrid(images: list[Any], nrow: int) -> Any:
 
 
 # -- commands -------------------------------------------------------------------------------
+def _webhook(args: argparse.Namespace) -> dict[str, Any]:
+    """``--webhook`` and ``--webhook-events`` as the client's arguments (the service checks
+    them: a bad one is its 422)."""
+    events = args.webhook_events
+    if events is not None and args.webhook is None:
+        raise UsageError("--webhook-events needs --webhook")
+    return {
+        "webhook": args.webhook,
+        "webhook_events": [e.strip() for e in events.split(",")] if events else None,
+    }
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Submit, follow with a progress bar, save ``ddpm sample``'s files."""
     if args.nrow is not None and args.nrow < 1:
@@ -204,7 +233,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     with _client(args) as client:
         options = generate_values(args)  # None: the service's (the checkpoint's) default
         options["trajectory_frames"] = options["trajectory_frames"] or None
-        job = client.generate(**options)
+        job = client.generate(**options, **_webhook(args), deadline_seconds=args.deadline)
         if args.no_wait:
             print(job.id)
             return 0
@@ -246,7 +275,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Start a training run; with ``--follow`` show loss and steps until it ends."""
     options = _parse_options(args)
     with _client(args) as client:
-        job = client.train(args.name, options, resume_from=args.resume_from)
+        job = client.train(args.name, options, resume_from=args.resume_from, **_webhook(args))
         if not args.follow:
             print(job.id)
             return 0

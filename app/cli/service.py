@@ -156,17 +156,10 @@ def _free_port() -> int:
 
 def secret_for(data_dir: Path, name: str) -> tuple[str, Path]:
     """The secret stored 0600 in DATA_DIR/``name``, created (random, URL-safe) if absent."""
+    from app.core.secret_files import secret_file
+
     path = Path(data_dir).resolve() / name
-    if path.exists():
-        return path.read_text().strip(), path
-    token = secrets.token_urlsafe(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first
-        return path.read_text().strip(), path
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token, path
+    return secret_file(path, lambda: secrets.token_urlsafe(32)), path
 
 
 def admin_token_for(data_dir: Path) -> tuple[str, Path]:

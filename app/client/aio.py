@@ -128,6 +128,9 @@ class AsyncClient(ClientBase):
         guidance_scale: float | None = None,
         use_ema: bool | None = None,
         trajectory_frames: int | None = None,
+        webhook: str | None = None,
+        webhook_events: list[str] | None = None,
+        deadline_seconds: float | None = None,
         idempotency_key: str | None = None,
     ) -> AsyncJob:
         """As :meth:`Client.generate`."""
@@ -140,10 +143,14 @@ class AsyncClient(ClientBase):
         options: dict[str, Any] | None = None,
         *,
         resume_from: str | None = None,
+        webhook: str | None = None,
+        webhook_events: list[str] | None = None,
         idempotency_key: str | None = None,
     ) -> AsyncJob:
         """As :meth:`Client.train`."""
-        return await self._run(self._train(name, options, resume_from, idempotency_key))
+        return await self._run(
+            self._train(name, options, resume_from, idempotency_key, webhook, webhook_events)
+        )
 
     async def job(self, job_id: str) -> AsyncJob:
         """As :meth:`Client.job`."""

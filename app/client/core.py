@@ -647,8 +647,18 @@ class ClientBase:
         options: dict[str, Any] | None,
         resume_from: str | None,
         idempotency_key: str | None,
+        webhook: str | None = None,
+        webhook_events: list[str] | None = None,
     ) -> Op:
-        body = request_fields({"name": name, "options": options or {}, "resume_from": resume_from})
+        body = request_fields(
+            {
+                "name": name,
+                "options": options or {},
+                "resume_from": resume_from,
+                "webhook": webhook,
+                "webhook_events": webhook_events,
+            }
+        )
         doc = yield from self._core.submit("/train", body, True, idempotency_key)
         return self._job_type(self, doc)
 

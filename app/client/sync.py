@@ -127,11 +127,17 @@ class Client(ClientBase):
         guidance_scale: float | None = None,
         use_ema: bool | None = None,
         trajectory_frames: int | None = None,
+        webhook: str | None = None,
+        webhook_events: list[str] | None = None,
+        deadline_seconds: float | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
         """Submit a generation job; unset options take the checkpoint's defaults and image
-        i uses seed+i. Each call makes a fresh ``Idempotency-Key`` that its retries reuse;
-        pass your own to make a submit safe to repeat across processes."""
+        i uses seed+i. ``webhook``: a URL the service POSTs the signed job document to at
+        ``webhook_events`` (start, progress, completed; default completed). A job not
+        started within ``deadline_seconds`` is canceled (reason deadline). Each call makes
+        a fresh ``Idempotency-Key`` that its retries reuse; pass your own to make a submit
+        safe to repeat across processes."""
         # Nothing else is bound yet: locals() is the arguments, the request's fields.
         return self._run(self._generate(locals()))
 
@@ -141,11 +147,15 @@ class Client(ClientBase):
         options: dict[str, Any] | None = None,
         *,
         resume_from: str | None = None,
+        webhook: str | None = None,
+        webhook_events: list[str] | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
         """Start a training run (admin) that publishes ``name@N+1``; ``options`` are the
         API's training options (``TrainOptions``)."""
-        return self._run(self._train(name, options, resume_from, idempotency_key))
+        return self._run(
+            self._train(name, options, resume_from, idempotency_key, webhook, webhook_events)
+        )
 
     def job(self, job_id: str) -> Job:
         """An existing job by id (ApiError 404 when unknown or expired)."""

@@ -159,6 +159,41 @@ class Settings(BaseSettings):
     stream_keepalive: float = Field(15.0, gt=0, description="seconds between keep-alive comments")
     stream_retry_ms: int = Field(2000, ge=0, description="reconnect delay hinted to SSE clients")
 
+    # Webhooks (app/core/webhooks): the outbox in Redis, delivered by a dispatcher thread in
+    # every API process (leased: several never deliver the same event at once).
+    webhook_secret: str | None = Field(
+        None,
+        pattern=r"^whsec_[A-Za-z0-9+/=]{16,256}$",
+        description="Standard Webhooks signing secret (whsec_ + base64); unset = generated "
+        "into DATA_DIR/webhook_secret (mode 0600). Set it when API replicas share no disk",
+    )
+    webhook_dispatcher: bool = Field(
+        True, description="run the webhook dispatcher in this API process"
+    )
+    webhook_timeout: float = Field(
+        10.0, gt=0, le=120, description="seconds one delivery may take to connect, send, answer"
+    )
+    webhook_max_attempts: int = Field(
+        12, ge=1, le=100, description="attempts of a delivery before it is recorded failed"
+    )
+    webhook_backoff: float = Field(
+        5.0, gt=0, description="seconds before the first retry; doubled each attempt, jittered"
+    )
+    webhook_backoff_max: float = Field(
+        900.0, gt=0, description="longest wait between two attempts (before jitter)"
+    )
+    webhook_concurrency: int = Field(
+        16, ge=1, le=1024, description="deliveries one dispatcher makes at once"
+    )
+    webhook_poll_interval: float = Field(
+        0.2, gt=0, le=60, description="seconds between a dispatcher's looks at the outbox"
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="allow deliveries to loopback, link-local and private addresses "
+        "(tests, private deployments); refused by default, checked on the resolved address",
+    )
+
     @property
     def model_limits(self) -> dict[str, int]:
         """The size limits as ``load_checkpoint(path, **settings.model_limits)`` takes them."""
@@ -167,7 +202,7 @@ class Settings(BaseSettings):
             "max_activation_bytes": self.max_activation_bytes,
         }
 
-    @field_validator("object_store", "s3_endpoint_url", mode="before")
+    @field_validator("object_store", "s3_endpoint_url", "webhook_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return None if v == "" else v  # VAR= in an env file or compose: not configured

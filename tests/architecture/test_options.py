@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from app.core.jobs.spec import GENERATE_OPTIONS, GenerateJob, GenerateRequest
+from app.core.jobs.webhook import WEBHOOK_FIELDS
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = [o.name for o in GENERATE_OPTIONS]
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_request_and_stored_models_have_every_option_in_order() -> None:
-    assert list(GenerateRequest.model_fields) == NAMES
+    # Then the job's own fields (the webhook), which are no generation options.
+    assert list(GenerateRequest.model_fields) == [*NAMES, "deadline_seconds", *WEBHOOK_FIELDS]
     assert list(GenerateJob.model_fields) == NAMES
 
 
@@ -39,7 +41,8 @@ def test_both_clients_take_every_option_by_name(which: str) -> None:
     import app.client
 
     params = inspect.signature(getattr(app.client, which).generate).parameters
-    assert [p for p in params if p not in ("self", "idempotency_key")] == NAMES
+    job_fields = ("self", "idempotency_key", "deadline_seconds", *WEBHOOK_FIELDS)
+    assert [p for p in params if p not in job_fields] == NAMES
     assert params["count"].default == 1
     assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in NAMES[1:])
 

@@ -27,6 +27,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.api.routes.jobs import MAX_WAIT
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).resolve().parent / "schemathesis.toml"
 BIN = Path(sys.executable).parent
@@ -112,7 +114,9 @@ def schemathesis_argv(url: str, token: str, max_examples: int, seed: int) -> lis
         "--max-examples", str(max_examples),
         "--seed", str(seed),
         "--header", f"Authorization: Bearer {token}",
-        "--request-timeout", "30",
+        # A long poll (GET /jobs/{id}?wait=N) may rightly hold its answer for N seconds,
+        # up to MAX_WAIT, on a job that stays queued (training: no train worker here).
+        "--request-timeout", str(int(MAX_WAIT) + 15),
         "--workers", "1",
         "--no-color",
     ]  # fmt: skip

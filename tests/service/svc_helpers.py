@@ -144,6 +144,11 @@ def make_settings(redis_url: str, data_dir: Path, **over):
         # Images are compared with fp32 references: the shipped "auto" may choose bf16
         # (measured per model), which tests/service/test_bf16.py covers.
         autocast="none",
+        # Webhook receivers in tests listen on 127.0.0.1; retries come quickly.
+        webhook_allow_private=True,
+        webhook_backoff=0.2,
+        webhook_backoff_max=1.0,
+        webhook_timeout=5.0,
     )
     return Settings(**(base | over))
 

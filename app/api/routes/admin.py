@@ -9,7 +9,9 @@ from app.api.openapi import JOB_LINKS, errors
 from app.api.params import IDEM_RE
 from app.api.schemas import JobDocument
 from app.api.services.submit import normalise_train, submit_job
+from app.core.jobs.deadline import job_deadline
 from app.core.jobs.spec import TrainRequest
+from app.core.jobs.webhook import stored_webhook
 
 router = APIRouter(dependencies=[Depends(require_admin)], tags=["admin"])
 
@@ -57,6 +59,11 @@ def train(
     registry: RegistryDep,
     messages: MessagesDep,
     idempotency_key: str | None = Header(None, pattern=IDEM_RE),
+    cancel_after: str | None = Header(
+        None,
+        description="a deadline (as deadline_seconds): seconds, or a duration like 90s, 5m, 1h30m",
+        max_length=32,
+    ),
 ) -> JobDocument:
     """Queue a training job (kind ``train``) that publishes a new checkpoint version."""
     request = normalise_train(body, settings, registry)
@@ -69,6 +76,8 @@ def train(
         client="admin",
         idem_key=idempotency_key,
         body=body.model_dump(mode="json"),
+        webhook=stored_webhook(body),
+        deadline_seconds=job_deadline(body.deadline_seconds, cancel_after),
     )
     response.headers["Location"] = f"/jobs/{doc.id}"
     if not created:

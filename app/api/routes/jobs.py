@@ -29,8 +29,10 @@ from app.api.streaming.events import (
     EventStreamResponse,
     job_event_stream,
 )
+from app.core.jobs.deadline import job_deadline
 from app.core.jobs.names import TERMINAL
 from app.core.jobs.spec import GenerateRequest
+from app.core.jobs.webhook import stored_webhook
 from app.core.storage.results import ResultStore
 from app.core.store import JobStore
 
@@ -126,6 +128,11 @@ async def generate(
         f"seconds (at most {MAX_WAIT:.0f}), in one request; other preferences are ignored",
         max_length=256,
     ),
+    cancel_after: str | None = Header(
+        None,
+        description="a deadline (as deadline_seconds): seconds, or a duration like 90s, 5m, 1h30m",
+        max_length=32,
+    ),
 ) -> Response:
     """Queue a generation job: 202 with ``Location: /jobs/{id}`` and the job document. With
     ``Prefer: wait=N`` the answer waits for the job (200 once it has finished, 202 when N
@@ -143,6 +150,8 @@ async def generate(
             client=client,
             idem_key=idempotency_key,
             body=body.model_dump(mode="json"),
+            webhook=stored_webhook(body),
+            deadline_seconds=job_deadline(body.deadline_seconds, cancel_after),
         )
 
     doc, created, stored = await run_in_threadpool(submit)

@@ -8,8 +8,9 @@ from typing import Any
 
 from starlette.responses import Response
 
-from app.api.schemas import JobDocument
+from app.api.schemas import JobDocument, JobWebhook
 from app.core.errors import ConflictError, NotFoundError
+from app.core.jobs.webhook import redact_url
 from app.core.logs import log_event
 from app.core.store import JobStore
 
@@ -73,6 +74,19 @@ def present(doc: dict[str, Any], position: int | None) -> JobDocument:
         error=doc.get("error"),
         metrics=metrics,
         attempts=int(doc.get("attempts") or 0),
+        deadline_at=doc.get("deadline_at"),
+        webhook=_webhook(doc),
+    )
+
+
+def _webhook(doc: dict[str, Any]) -> JobWebhook | None:
+    hook = doc.get("webhook")
+    if not hook:
+        return None
+    return JobWebhook(
+        url=redact_url(hook["url"]),
+        events=hook["events"],
+        deliveries=doc.get("webhooks") or {},
     )
 
 

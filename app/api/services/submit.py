@@ -23,6 +23,7 @@ from app.core.jobs.ids import new_job_id
 from app.core.jobs.names import TASK_OF
 from app.core.jobs.spec import GenerateRequest, TrainRequest
 from app.core.jobs.validate import check_checkpoint_size, validate_train_options
+from app.core.jobs.webhook import WEBHOOK_FIELDS
 from app.core.logs import log_event
 from app.core.queue import TaskMessages
 from app.core.settings import Settings
@@ -102,7 +103,7 @@ def normalise_train(req: TrainRequest, settings: Settings, registry: Registry) -
     """The training request with ``resume_from`` resolved to ``name@version``, only the
     options the client set, and a dataset folder that exists under DATA_DIR/datasets."""
     validate_train_options(req.options, settings)
-    out = req.model_dump(exclude={"options"})
+    out = req.model_dump(exclude={"options", "deadline_seconds", *WEBHOOK_FIELDS})
     out["options"] = req.options.model_dump(exclude_unset=True)
     if req.resume_from:
         out["resume_from"] = _resolve(registry, req.resume_from, "resume_from").ref
@@ -128,20 +129,26 @@ def submit_job(
     client: str = "anon",
     idem_key: str | None = None,
     body: Any = None,
+    webhook: dict[str, Any] | None = None,
+    deadline_seconds: float | None = None,
 ) -> Submitted:
     """Record a queued job together with its task's message (task id = job id), in one
     atomic step. A replay of an Idempotency-Key sends nothing (its message went with the
     job; if that was lost since, the reaper sends another). ``idem_key`` is scoped to the
     client and the endpoint and bound to ``body``: the same key and body return the first
-    job, another body is refused (422)."""
+    job, another body is refused (422). ``webhook`` (``stored_webhook`` of the request)
+    goes into the document, where the store's transitions find it; so does the deadline."""
     limit = settings.queue_limit if kind == "generate" else settings.train_queue_limit
+    extra: dict[str, Any] = {"result_store": settings.result_store} if kind == "generate" else {}
+    if webhook:
+        extra["webhook"] = webhook
     job_id = new_job_id()
     message = messages.encode(TASK_OF[kind], job_id)
     try:
         sub = store.create(
             kind,
             request,
-            {"result_store": settings.result_store} if kind == "generate" else {},
+            extra,
             client=client,
             idem_key=f"{client}:{kind}:{idem_key}" if idem_key else None,
             body_fingerprint=fingerprint(body) if idem_key else "",
@@ -149,6 +156,7 @@ def submit_job(
             client_limit=0 if client == "admin" else settings.max_jobs_per_client,
             job_id=job_id,
             message=message,
+            deadline_seconds=deadline_seconds,
         )
     except QueueFull:
         raise LimitReached(f"the {kind} queue is full; retry later") from None

@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from app.core.jobs.deadline import DeadlineFields
 from app.core.jobs.options import (
     NOT_IN_ENGINE,
     Flag,
@@ -30,6 +31,7 @@ from app.core.jobs.options import (
     request_model,
     stored_model,
 )
+from app.core.jobs.webhook import WebhookFields
 from ddpm_core.config.checks import ConfigError
 from ddpm_core.config.names import NAME_PATTERN, SAMPLERS
 from ddpm_core.config.options import Declared, declared_options
@@ -117,9 +119,9 @@ GENERATE_OPTIONS: tuple[GenerateOption, ...] = (
     ),
 )  # fmt: skip
 
-GenerateRequest = request_model(
-    "GenerateRequest",
-    "A generation request; unset fields take the checkpoint's defaults.",
+_GenerateOptionsRequest = request_model(
+    "GenerateOptionsRequest",
+    "The generation options of a request.",
     GENERATE_OPTIONS,
     # strict: JSON booleans or strings are not numbers here (a JSON int is still a float)
     ConfigDict(
@@ -134,6 +136,12 @@ GenerateRequest = request_model(
         },
     ),
 )
+
+
+class GenerateRequest(WebhookFields, DeadlineFields, _GenerateOptionsRequest):  # type: ignore[misc,valid-type]
+    """A generation request; unset fields take the checkpoint's defaults."""
+
+
 GenerateJob = stored_model(
     "GenerateJob",
     "A normalised generation request as the API stored it; checked again by the worker, "
@@ -215,7 +223,7 @@ its size against the settings by ``app.core.jobs.validate``.""",
 )
 
 
-class TrainRequest(BaseModel):
+class TrainRequest(WebhookFields, DeadlineFields):
     """A training run that publishes a new version of checkpoint ``name``."""
 
     model_config = ConfigDict(

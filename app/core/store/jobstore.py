@@ -59,6 +59,9 @@ __all__ = [
     "RENEW_PREVIEW",
 ]
 
+# A job's `progress` webhooks are coalesced: at most one delivery queued per this many ms.
+WEBHOOK_PROGRESS_EVERY_MS = 1000
+
 # Bits of what JobStore.renew returns for a job whose lease it renewed.
 RENEW_CANCEL = 1
 RENEW_PREVIEW = 2
@@ -109,6 +112,10 @@ class Claim:
 def now_iso() -> str:
     """The current UTC time, ISO 8601 with milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
 def fingerprint(body: Any) -> str:
@@ -309,6 +316,7 @@ class JobStore:
         client_limit: int = 0,
         job_id: str | None = None,
         message: tuple[str, str] | None = None,
+        deadline_seconds: float | None = None,
     ) -> Submission:
         """Create a queued job, atomically with its queue entry, first event and counters.
 
@@ -317,7 +325,9 @@ class JobStore:
         another body it raises :class:`IdempotencyConflict`. Raises :class:`QueueFull` or
         :class:`ClientLimit` at the limits (``queue_limit`` < 0 and ``client_limit`` 0 mean
         none). ``message`` (broker list key, message) is pushed with a created job, in the
-        same atomic step (:class:`app.core.queue.TaskMessages`)."""
+        same atomic step (:class:`app.core.queue.TaskMessages`). A job with
+        ``deadline_seconds`` that has not started by then never runs: it is canceled
+        (reason ``deadline``); one still running then stops at its next step."""
         job_id = job_id or new_job_id()
         created_ts = time.time()
         doc = {
@@ -334,6 +344,8 @@ class JobStore:
         idem = self.key("idem", idem_key) if idem_key else ""
         if idem:
             doc["idem"] = idem
+        if deadline_seconds:
+            doc["deadline_at"] = _iso(created_ts + deadline_seconds)
         broker, body = message or ("", "")
         res = self._scripts.create(
             keys=self._submit_keys(job_id, kind, client, idem) | {"broker": broker},
@@ -348,6 +360,7 @@ class JobStore:
                 "fingerprint": body_fingerprint,
                 "created_ts": repr(created_ts),
                 "message": body,
+                "deadline_ms": int(deadline_seconds * 1000) if deadline_seconds else 0,
                 "fields": _pairs(doc),
             },
         )
@@ -386,6 +399,8 @@ class JobStore:
                 "started_at": json.dumps(now_iso()),
                 "started_ts": json.dumps(time.time()),
                 "cancel_done": _CANCELED_QUEUED_DONE,
+                "deadline_error": _DEADLINE_ERROR,
+                "deadline_done": _DEADLINE_DONE,
             },
         )
         if res[0] != "claimed":
@@ -425,6 +440,7 @@ class JobStore:
                 },
                 args={
                     "id": job_id,
+                    "prefix": self.prefix,
                     "attempt": held[job_id],
                     "lease_ms": self.lease_ms,
                     "ttl": self.ttl,
@@ -432,6 +448,7 @@ class JobStore:
                     "progress": doc_progress,
                     "progress_event": json.dumps(data) if data else "",
                     "preview_event": json.dumps(previews[job_id]) if job_id in previews else "",
+                    "webhook_every_ms": WEBHOOK_PROGRESS_EVERY_MS,
                 },
                 client=pipe,
             )
@@ -463,6 +480,8 @@ class JobStore:
                 "allowed": ",".join(allowed),
                 "done": json.dumps(done),
                 "progress": json.dumps(fields["progress"]) if "progress" in fields else "",
+                "deadline_error": _DEADLINE_ERROR,
+                "deadline_done": _DEADLINE_DONE,
                 "counters": [x for name, amount in stats for x in (name, repr(float(amount)))],
                 "fields": _pairs(fields),
             },
@@ -500,6 +519,30 @@ class JobStore:
             },
         )
         return res[0]
+
+    def expire_deadlines(self, limit: int = 100) -> int:
+        """Jobs past their deadline: queued ones canceled (reason ``deadline``; returns how
+        many), running ones told to stop at their next step. Idempotent; run by every
+        reaper pass and by the API, so it holds with every worker down."""
+        sec, usec = self.r.time()
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        due = self.r.zrangebyscore(self.key("deadlines"), "-inf", now_ms, start=0, num=limit)
+        canceled = 0
+        for job_id in due:
+            kind = json.loads(self.r.hget(self.job_key(job_id), "kind") or '"generate"')
+            now = time.time()
+            res = self._scripts.deadline(
+                keys=self._job_keys(job_id, kind) | {"deadlines": self.key("deadlines")},
+                args=self._common(job_id, kind)
+                | {
+                    "deadline_error": _DEADLINE_ERROR,
+                    "deadline_done": _DEADLINE_DONE,
+                    "finished_at": json.dumps(_iso(now)),
+                    "finished_ts": json.dumps(now),
+                },
+            )
+            canceled += res[0] == "canceled"
+        return canceled
 
     # -- live previews ---------------------------------------------------------------------
     def want_preview(self, job_id: str, ttl: float = 10.0) -> None:
@@ -571,3 +614,8 @@ class JobStore:
 _CANCELED_QUEUED = {"type": "Canceled", "message": "canceled before it started"}
 # The done event of a job canceled while queued (by cancel, or by a claim that finds the flag).
 _CANCELED_QUEUED_DONE = json.dumps({"status": "canceled", "error": _CANCELED_QUEUED})
+
+_DEADLINE = {"type": "Canceled", "message": "its deadline passed", "reason": "deadline"}
+# The error and done event of a job its deadline canceled (queued, or stopped running).
+_DEADLINE_ERROR = json.dumps(_DEADLINE)
+_DEADLINE_DONE = json.dumps({"status": "canceled", "error": _DEADLINE})

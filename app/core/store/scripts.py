@@ -164,14 +164,26 @@ CREATE = Script(
         "fingerprint",
         "created_ts",
         "message",
+        "deadline_ms",  # 0 = none
     ),
-    numbers=frozenset({"ttl", "maxlen", "queue_limit", "client_limit", "created_ts"}),
+    numbers=frozenset(
+        {"ttl", "maxlen", "queue_limit", "client_limit", "created_ts", "deadline_ms"}
+    ),
     tails=("fields",),  # field/value pairs of the document
 )
 CLAIM = Script(
     "claim",
     keys=JOB_KEYS,
-    args=(*COMMON, "lease_ms", "worker", "started_at", "started_ts", "cancel_done"),
+    args=(
+        *COMMON,
+        "lease_ms",
+        "worker",
+        "started_at",
+        "started_ts",
+        "cancel_done",
+        "deadline_error",
+        "deadline_done",
+    ),
     numbers=_COMMON_NUMBERS | {"lease_ms"},
 )
 RENEW = Script(
@@ -180,6 +192,7 @@ RENEW = Script(
     # progress, progress_event, preview_event: '' = none.
     args=(
         "id",
+        "prefix",
         "attempt",
         "lease_ms",
         "ttl",
@@ -187,14 +200,24 @@ RENEW = Script(
         "progress",
         "progress_event",
         "preview_event",
+        "webhook_every_ms",
     ),
-    numbers=frozenset({"lease_ms", "ttl", "maxlen"}),
+    numbers=frozenset({"lease_ms", "ttl", "maxlen", "webhook_every_ms"}),
 )
 FINISH = Script(
     "finish",
     keys=JOB_KEYS,
     # attempt, progress: '' = none; allowed: a comma list of statuses.
-    args=(*COMMON, "attempt", "to", "allowed", "done", "progress"),
+    args=(
+        *COMMON,
+        "attempt",
+        "to",
+        "allowed",
+        "done",
+        "progress",
+        "deadline_error",
+        "deadline_done",
+    ),
     numbers=_COMMON_NUMBERS,
     tails=("counters", "fields"),  # stat name/amount pairs, field/value pairs
 )
@@ -218,7 +241,41 @@ FORGET = Script(
     "forget", keys=("job", "events", "queue", "stats", "idem", "inflight"), args=("id", "kind")
 )
 
-SCRIPTS: tuple[Script, ...] = (CREATE, CLAIM, RENEW, FINISH, CANCEL, REQUEUE, FORGET)
+# Deadlines: a job past its deadline, canceled (queued) or told to stop (running).
+DEADLINE = Script(
+    "deadline",
+    keys=(*JOB_KEYS, "deadlines"),
+    args=(*COMMON, "deadline_error", "deadline_done", "finished_at", "finished_ts"),
+    numbers=_COMMON_NUMBERS,
+)
+# The webhook outbox (app/core/webhooks): its entries are queued by the job transitions
+# above (lib.lua's webhook_enqueue); dispatchers lease and record them with these two.
+WEBHOOK_CLAIM = Script(
+    "webhook_claim",
+    keys=("due",),
+    args=("prefix", "lease_ms", "limit"),
+    numbers=frozenset({"lease_ms", "limit"}),
+)
+WEBHOOK_RECORD = Script(
+    "webhook_record",
+    keys=("due", "entry", "stats"),
+    # outcome: delivered, retry or failed; state: the JSON the job's document shows.
+    args=("prefix", "did", "attempt", "outcome", "delay_ms", "state"),
+    numbers=frozenset({"delay_ms"}),
+)
+
+SCRIPTS: tuple[Script, ...] = (
+    CREATE,
+    CLAIM,
+    RENEW,
+    FINISH,
+    CANCEL,
+    REQUEUE,
+    FORGET,
+    DEADLINE,
+    WEBHOOK_CLAIM,
+    WEBHOOK_RECORD,
+)
 
 
 class StoreScripts:
@@ -231,6 +288,9 @@ class StoreScripts:
     cancel: Runner
     requeue: Runner
     forget: Runner
+    deadline: Runner
+    webhook_claim: Runner
+    webhook_record: Runner
 
     def __init__(self, client: redis.Redis) -> None:
         for script in SCRIPTS:

@@ -22,6 +22,10 @@ if A.client_limit > 0 and redis.call('ZCARD', K.inflight) >= A.client_limit then
   return {'client_limit'}
 end
 hset_pairs(K.job, A.fields)
+if A.deadline_ms > 0 then  -- by the Redis clock, as the claim and the sweep judge it
+  redis.call('HSET', K.job, 'deadline_ms', now + A.deadline_ms)
+  redis.call('ZADD', A.prefix .. 'deadlines', now + A.deadline_ms, A.id)
+end
 redis.call('EXPIRE', K.job, A.ttl)
 redis.call('ZADD', K.queue, A.created_ts, A.id)
 redis.call('ZADD', K.inflight, now, A.id)

@@ -16,5 +16,11 @@ for i = 1, #A.counters, 2 do
   redis.call('HINCRBYFLOAT', K.stats, A.counters[i], A.counters[i + 1])
 end
 hset_pairs(K.job, A.fields)
-finish_job(K, A, A.to, A.done, now_ms())
+local done = A.done
+if A.to == 'canceled' and redis.call('HGET', K.job, 'deadline_passed') then
+  -- Stopped by its deadline (deadlines.lua raised the flag): that is the reason.
+  redis.call('HSET', K.job, 'error', A.deadline_error)
+  done = A.deadline_done
+end
+finish_job(K, A, A.to, done, now_ms())
 return {'done', st}
