@@ -76,6 +76,10 @@ class ImageDataset:
         """One image (C, H, W) in [-1, 1] and its label, without augmentation."""
         return self._to_float(self.pixels[i]), int(self.labels[i])
 
+    def images(self, indices: torch.Tensor) -> torch.Tensor:
+        """Images at ``indices`` (N, C, H, W) in [-1, 1], without augmentation."""
+        return self._to_float(self.pixels[indices])
+
     def batch(
         self, indices: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

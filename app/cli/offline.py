@@ -76,6 +76,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="sampling variance, over the scheduler config's (default: its own, else fixed_large)",
     )
+    p.add_argument(
+        "--measure",
+        metavar="DATASET",
+        default=None,
+        help="choose the sampling defaults by measuring samplers x steps on the converted "
+        "weights against DATASET ('digits' or an image folder) instead of keeping the "
+        "scheduler config's; the table goes to meta.json",
+    )
+    p.add_argument(
+        "--measure-images", type=int, default=32, help="images per measured setting (32)"
+    )
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_convert)
 
@@ -225,9 +236,42 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     # meta.json is served by the registry: the source by name, not by path.
     meta = {"converted_from": args.source.name, "command": scrub_paths(" ".join(sys.argv))}
+    if args.measure is not None:
+        cfg, meta["sampling_defaults"] = _measure_converted(args, cfg, model)
     try:
         save_checkpoint(args.out, cfg, model, meta=meta, overwrite=args.force)
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
-    print(f"wrote {args.out} (variance {cfg.variance_type})")
+    measured = ""
+    if args.measure is not None:
+        measured = f", measured defaults: {cfg.default_steps} {cfg.default_sampler} steps"
+    print(f"wrote {args.out} (variance {cfg.variance_type}{measured})")
     return 0
+
+
+def _measure_converted(args: argparse.Namespace, cfg, model):
+    """``--measure``: the converted model's config with measured defaults, and the record."""
+    from ddpm_core.checkpoint import Checkpoint
+    from ddpm_core.data import DatasetError, load_dataset
+    from ddpm_core.measured_defaults import (
+        measure_defaults,
+        reference_rows,
+        with_measured_defaults,
+    )
+
+    if args.measure_images < 2:
+        raise UsageError("--measure-images must be at least 2")
+    conditional = cfg.num_classes is not None
+    try:
+        ds = load_dataset(args.measure, cfg.image_size, cfg.channels, conditional)
+    except DatasetError as exc:
+        raise UsageError(f"--measure: {exc}") from None
+    if conditional and ds.num_classes != cfg.num_classes:
+        raise UsageError(f"--measure: the model has {cfg.num_classes} classes, the dataset "
+                         f"{ds.num_classes}")  # fmt: skip
+    rows = reference_rows(len(ds))
+    ck = Checkpoint(args.out, cfg, {}, model.eval(), "model")
+    labels = ds.labels[rows] if conditional else None
+    table = measure_defaults(ck, ds.images(rows), labels, images=args.measure_images,
+                             guidance=cfg.default_guidance_scale)  # fmt: skip
+    return with_measured_defaults(cfg, table)

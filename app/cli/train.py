@@ -31,7 +31,8 @@ HELP_ORDER = (
     "batch_size", "accumulate", "lr", "weight_decay", "warmup", "lr_schedule", "ema_decay",
     "grad_clip", "precision", "loss", "prediction_type", "class_cond", "p_uncond",
     "random_flip", "save_every", "sample_every", "sample_count", "default_steps",
-    "default_sampler", "default_eta", "guidance_scale", "resume_from", "device", "compile",
+    "default_sampler", "default_eta", "guidance_scale", "measure_defaults", "measure_images",
+    "resume_from", "device", "compile",
     "channels_last", "seed", "schedule", "timesteps",
 )  # fmt: skip
 # How the flags declared ``custom`` take their values: --unet KEY=VALUE (repeated), and

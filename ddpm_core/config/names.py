@@ -16,6 +16,7 @@ __all__ = [
     "AUTOCAST_SETTINGS",
     "CHANNEL_COUNTS",
     "NAME_PATTERN",
+    "MEASURE_SETTINGS",
 ]
 
 # DDPM ancestral, DDIM, and the DPM-Solver++ multistep solvers (2M, 3M and the SDE variant).
@@ -37,3 +38,5 @@ AUTOCAST_SETTINGS: tuple[str, ...] = ("auto", "bf16", "none")
 CHANNEL_COUNTS: tuple[int, ...] = (1, 3)
 # A checkpoint or dataset name as the service accepts it: a plain, lowercase file name.
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+# Measuring a trained model's sampling defaults: skip it, the cheap statistics, or also FID.
+MEASURE_SETTINGS: tuple[str, ...] = ("off", "fast", "fid")

@@ -17,6 +17,7 @@ from ddpm_core.config.names import (
     CHANNEL_COUNTS,
     LOSSES,
     LR_SCHEDULES,
+    MEASURE_SETTINGS,
     NAME_PATTERN,
     PRECISIONS,
     PREDICTION_TYPES,
@@ -214,6 +215,24 @@ class TrainConfig:
         1.0,
         request_limits=Limits(ge=0.0, le=100.0),
         cli=Flag(("--guidance-scale",), help="checkpoint's default guidance (1)"),
+    )
+    # the measured defaults (ddpm_core.measured_defaults): replace the three above
+    measure_defaults: str = option(
+        "fast",
+        choices=MEASURE_SETTINGS,
+        description="after training, measure samplers x steps (x guidance) on the weights and "
+        "write the cheapest good one as the defaults: off, fast, or fid (also FID; slow on a CPU)",
+        cli=Flag(
+            ("--measure-defaults",),
+            help="after training, choose the sampling defaults by measurement: off, fast "
+            "(default) or fid",
+        ),
+    )
+    measure_images: int = option(
+        32,
+        ge=2,
+        request_limits=Limits(ge=2, le=256),
+        cli=Flag(("--measure-images",), help="images per measured setting (default 32)"),
     )
     # -- the execution
     device: str = option(

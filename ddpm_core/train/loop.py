@@ -135,6 +135,7 @@ class TrainLoop:
         self.losses: list[float] = []
         self.nonfinite_run = 0  # consecutive steps whose loss was not finite
         self.last_saved = -1
+        self.measured: dict | None = None  # the measured sampling defaults, for meta.json
         self.started = time.perf_counter()
         self.throughput = Throughput(self.started)
 
@@ -182,7 +183,9 @@ class TrainLoop:
                 stopped = True
                 break
         final_loss = self.smooth.mean
-        if self.last_saved != self.step:
+        if not stopped and self.dist.is_main and cfg.measure_defaults != "off":
+            self.measure_defaults()
+        if self.last_saved != self.step or self.measured is not None:
             self.save(self.step, final_loss)
         self.dist.barrier()  # the checkpoint exists when any rank returns
         self.dist.close()
@@ -350,6 +353,39 @@ class TrainLoop:
         images = generate(ck, count=count, seed=0, labels=labels)
         return png_bytes(make_grid(images, nrow=nrow))
 
+    def measure_defaults(self) -> None:
+        """Measure sampling settings on the EMA weights against the training images and
+        make the cheapest good one the checkpoint's defaults (samples.png is drawn with
+        them); the whole table goes to meta.json (``sampling_defaults``)."""
+        from ddpm_core.measured_defaults import (
+            fid_features,
+            measure_defaults,
+            reference_rows,
+            with_measured_defaults,
+        )
+
+        cfg, ckpt_cfg = self.cfg, self.ckpt_cfg
+        self.ema.copy_to(self.ema_model)
+        self.ema_model.eval()
+        ck = Checkpoint(self.out, ckpt_cfg, {}, self.ema_model, "ema")
+        rows = reference_rows(len(self.ds))  # the reference: the training images
+        data = self.ds.images(rows)
+        labels = self.ds.labels[rows] if self.num_classes else None
+        features, note = (
+            fid_features(self.device) if cfg.measure_defaults == "fid" else (None, None)
+        )
+        table = measure_defaults(
+            ck,
+            data,
+            labels,
+            images=cfg.measure_images,
+            seed=0,
+            guidance=ckpt_cfg.default_guidance_scale,
+            features=features,
+            fid_note=note,
+        )
+        self.ckpt_cfg, self.measured = with_measured_defaults(ckpt_cfg, table)
+
     def _elapsed(self) -> float:
         return self.prev_elapsed + time.perf_counter() - self.started
 
@@ -373,6 +409,8 @@ class TrainLoop:
             "training_time_s": round(elapsed, 1),
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
+        if self.measured is not None:
+            meta["sampling_defaults"] = self.measured
         return meta | self.dist.meta()
 
     def save(self, step: int, loss: float) -> Path:

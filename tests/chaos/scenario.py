@@ -244,6 +244,7 @@ TRAIN_BODY = {
         "default_steps": 10,
         "sample_count": 4,
         "class_cond": True,
+        "measure_defaults": "off",
     },
 }
 

@@ -207,7 +207,7 @@ def test_train_in_its_container_then_served_by_the_gen_container(
 ) -> None:
     started = stack.inspect("worker-gen")["State"]["StartedAt"]
     options = {"preset": "tiny", "steps": 3, "batch_size": 8, "warmup": 1, "timesteps": 50,
-               "default_steps": 5, "sample_count": 4}  # fmt: skip
+               "default_steps": 5, "sample_count": 4, "measure_defaults": "off"}  # fmt: skip
     r = api.post("/train", json={"name": "ct-tiny", "options": options}, headers=admin)
     assert r.status_code == 202, r.text
     doc = _wait(api, r.json()["id"], 240)

@@ -178,3 +178,25 @@ def test_unreadable_or_odd_weight_files_are_conversion_errors(tmp_path: Path) ->
     (src / "config.json").write_text("[1, 2]")
     with pytest.raises(ConversionError, match="expected a JSON object"):
         load_diffusers_dir(src)
+
+
+@pytest.mark.timeout(180)
+def test_convert_measure_writes_measured_defaults(tmp_path: Path) -> None:
+    """``--measure digits``: the converted model's defaults are the measurement's choice,
+    and meta.json holds the table next to the defaults the scheduler config gave."""
+    src = _pipeline_dir(tmp_path / "pipe", num_train_timesteps=40)
+    out = tmp_path / "ck"
+    args = ["convert", str(src), str(out), "--measure", "digits", "--measure-images", "4"]
+    assert ddpm(args) == 0
+    cfg = read_config(out)
+    record = json.loads((out / "meta.json").read_text())["sampling_defaults"]
+    assert record["chosen"] == {
+        "sampler": cfg.default_sampler, "steps": cfg.default_steps, "guidance": None,
+    }  # fmt: skip
+    assert {(c["sampler"], c["steps"]) for c in record["cells"]} >= {("ddpm", 40), ("ddim", 40)}
+    plain = tmp_path / "plain"
+    assert ddpm(["convert", str(src), str(plain)]) == 0
+    assert record["configured"]["steps"] == read_config(plain).default_steps
+    with pytest.raises(SystemExit) as exc:  # a folder without images: exit 2
+        ddpm(["convert", str(src), str(tmp_path / "bad"), "--measure", str(tmp_path)])
+    assert exc.value.code == 2 and not (tmp_path / "bad").exists()

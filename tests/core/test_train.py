@@ -308,7 +308,8 @@ def test_v_prediction_training_on_digits_samples_digits(tmp_path: Path) -> None:
             "--batch-size", "64", "--lr", "2e-3", "--warmup", "20", "--class-cond",
             "--schedule", "cosine", "--prediction", "v", "--default-sampler", "dpm++2m",
             "--default-steps", "20", "--guidance-scale", "2", "--unet", "base_channels=16",
-            "--unet", "norm_groups=4", "--device", "cpu", "--no-progress"]  # fmt: skip
+            "--unet", "norm_groups=4", "--measure-defaults", "off", "--device", "cpu",
+            "--no-progress"]  # fmt: skip
     with redirect_stdout(io.StringIO()):
         assert train_cli.main(args) == 0
     ck = load_checkpoint(out)

@@ -20,6 +20,7 @@ def tiny_train_config(out: Path, **kw) -> TrainConfig:
         warmup=2,
         sample_count=4,
         default_steps=4,
+        measure_defaults="off",  # measured where a test asks for it
         device="cpu",
     )
     return TrainConfig(**(base | kw))

@@ -47,7 +47,7 @@ def test_two_gen_hosts_serve_a_freshly_trained_checkpoint(
             body = {
                 "name": "fresh",
                 "options": {"steps": 20, "batch_size": 4, "warmup": 1, "timesteps": 50,
-                            "default_steps": 5, "sample_count": 1},
+                            "default_steps": 5, "sample_count": 1, "measure_defaults": "off"},
             }  # fmt: skip
             r = client.post("/train", json=body, headers=ADMIN)
             assert r.status_code == 202, r.text

@@ -96,6 +96,7 @@ def test_serve_generate_train_and_stop(served):
             "timesteps": 50,
             "default_steps": 5,
             "sample_count": 4,
+            "measure_images": 4,  # the measured defaults, on their smallest budget
         },
     }
     assert client.post("/train", json=body).status_code == 401
@@ -106,7 +107,10 @@ def test_serve_generate_train_and_stop(served):
     assert tdoc["status"] == "succeeded", tdoc
     assert tdoc["result"]["checkpoint"] == "digits-e2e@1"
     info = client.get("/checkpoints/digits-e2e").json()
-    assert info["latest"] == "1" and info["versions"][0]["meta"]["training_steps"] == 3
+    meta = info["versions"][0]["meta"]
+    assert info["latest"] == "1" and meta["training_steps"] == 3
+    chosen = meta["sampling_defaults"]["chosen"]  # measured at the end of POST /train too
+    assert info["versions"][0]["config"]["default_sampler"] == chosen["sampler"]
     r = client.post("/generate", json={"checkpoint": "digits-e2e", "count": 1, "steps": 5})
     assert wait_job(client, r.json()["id"], timeout=120)["status"] == "succeeded"
 

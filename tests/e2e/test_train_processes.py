@@ -18,7 +18,7 @@ ADMIN = {"Authorization": "Bearer admin-secret"}
 def _options(steps: int, **kw) -> dict:
     return {
         "steps": steps, "batch_size": 4, "warmup": 1, "timesteps": 50, "default_steps": 3,
-        "sample_count": 1,
+        "sample_count": 1, "measure_defaults": "off",
     } | kw  # fmt: skip
 
 

@@ -19,7 +19,8 @@ def test_training_resumes_after_worker_death(e2e_redis_url, tmp_path):
             body = {
                 "name": "resumed",
                 "options": {"steps": 400, "batch_size": 4, "warmup": 1, "timesteps": 50,
-                            "default_steps": 3, "sample_count": 1, "save_every": 50},
+                            "default_steps": 3, "sample_count": 1, "save_every": 50,
+                            "measure_defaults": "off"},
             }  # fmt: skip
             r = client.post("/train", json=body, headers={"Authorization": "Bearer admin-secret"})
             assert r.status_code == 202, r.text

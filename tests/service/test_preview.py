@@ -127,6 +127,7 @@ def test_training_sample_grids_become_preview_events(client, settings):
             "default_steps": 3,
             "sample_every": 2,
             "sample_count": 4,
+            "measure_defaults": "off",
         },
     }
     r = client.post("/train", json=body, headers={"Authorization": "Bearer admin-secret"})

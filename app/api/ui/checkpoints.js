@@ -67,6 +67,27 @@ function defaultsChanged(meta) {
     `Defaults changed after training: ${parts.join('; ')} (the config above holds the current ones; the command shows the training run's).`);
 }
 
+// The measured sampling defaults (meta.json's sampling_defaults): one row per setting.
+function defaultsTable(measured) {
+  if (!measured || !Array.isArray(measured.cells)) return null;
+  const table = el('table', { class: 'scores defaults' });
+  const c = measured.chosen || {};
+  table.append(el('caption', { text: `Measured defaults: ${c.steps} ${c.sampler} steps` +
+    (c.guidance ? `, guidance ${c.guidance}` : '') + ` (${measured.images} images per row, ${measured.seconds} s)` }));
+  const heads = ['stage', 'sampler', 'steps', 'guidance', 'calls', 'noise ratio', 'label agreement', 'FID', 'good'];
+  table.append(el('thead', {}, el('tr', {}, ...heads.map((h) => el('th', { scope: 'col', text: h })))));
+  const body = el('tbody');
+  for (const r of measured.cells) {
+    const chosen = r.stage === (c.guidance === null ? 1 : 2) && r.sampler === c.sampler && r.steps === c.steps && r.guidance === c.guidance;
+    const row = el('tr', chosen ? { class: 'chosen' } : {},
+      ...[r.stage, r.sampler, r.steps, r.guidance ?? '-', r.network_calls, fmt(r.noise_ratio),
+        r.label_agreement ?? '-', r.fid === null || r.fid === undefined ? '-' : fmt(r.fid), r.good_enough ? 'yes' : ''].map((x) => el('td', { text: String(x) })));
+    body.append(row);
+  }
+  table.append(body);
+  return table;
+}
+
 function versionCard(name, v, latest) {
   const cfg = v.config || {};
   const meta = v.meta || {};
@@ -112,6 +133,7 @@ function versionCard(name, v, latest) {
       el('section', {}, el('h4', { text: 'Config' }), config),
       el('section', {}, el('h4', { text: 'Provenance' }), provenance)),
     scoresTable(meta.metrics) || noScores(name, v),
+    defaultsTable(meta.sampling_defaults) || '',
     meta.command ? el('p', { class: 'small' }, 'Trained with: ', el('code', { text: meta.command })) : '',
     defaultsChanged(meta),
     details, go);
