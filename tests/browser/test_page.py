@@ -445,7 +445,9 @@ def test_admin_training_run_live_curve_then_generate_form(page, served, screensh
     page.wait_for_selector("body[data-ready=generate]")
     assert page.input_value("#f-checkpoint") == "browsertrain"
     assert page.input_value("#f-version") == "1"
-    assert page.input_value("#f-steps") == "5"  # its default steps
+    # Its default steps: the measured ones (measure_defaults "fast" replaces default_steps).
+    config = json.loads((served.data / "checkpoints/browsertrain/1/config.json").read_text())
+    assert page.input_value("#f-steps") == str(config["default_steps"])
     page.fill("#f-count", "2")
     page.click("#gen-submit")
     page.wait_for_selector("#job[data-status=succeeded][data-results='2']", timeout=90_000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 
 import numpy as np
@@ -38,21 +39,31 @@ def _same_files(a, b) -> None:
 
 
 # -- offline and remote give the same images --------------------------------------------------
+def _remote_then_offline(served, args: list[str], on, off) -> str:
+    """``ddpm remote generate`` then ``ddpm sample`` in the precision the service measured
+    and ran (``metrics.precision``): each side chooses it by timing the network, and under
+    load the two timings can choose differently."""
+    remote = run_cli("remote", "generate", *args, "-o", str(on), env=served.env)
+    assert remote.returncode == 0, remote.stderr
+    job_id = re.search(r"\(job ([0-9a-f-]+),", remote.stdout).group(1)
+    with Client(served.url) as client:
+        precision = client.job(job_id).doc["metrics"]["precision"]
+    autocast = {"fp32": "none", "bf16": "bf16"}[precision]
+    offline = run_cli("sample", *args, "--autocast", autocast, "-o", str(off), env=served.env)
+    assert offline.returncode == 0, offline.stderr
+    return remote.stdout
+
+
 def test_remote_generate_writes_what_ddpm_sample_writes(served, tmp_path):
     args = ["digits", "-n", "6", "--seed", "40", "--steps", "8", "--label", "3", "--no-progress"]
-    off = run_cli("sample", *args, "-o", str(tmp_path / "off"), env=served.env)
-    assert off.returncode == 0, off.stderr
-    on = run_cli("remote", "generate", *args, "-o", str(tmp_path / "on"), env=served.env)
-    assert on.returncode == 0, on.stderr
-    assert "6 images in" in on.stdout and "digits@builtin" in on.stdout
+    out = _remote_then_offline(served, args, tmp_path / "on", tmp_path / "off")
+    assert "6 images in" in out and "digits@builtin" in out
     assert sorted(os.listdir(tmp_path / "on"))[:2] == ["00000_seed40.png", "00001_seed41.png"]
     _same_files(tmp_path / "off", tmp_path / "on")
 
     # --nrow: the grid is tiled here as ddpm sample tiles it.
     args = ["digits", "-n", "3", "--seed", "7", "--steps", "5", "--nrow", "3", "--no-progress"]
-    off = run_cli("sample", *args, "-o", str(tmp_path / "off3"), env=served.env)
-    on = run_cli("remote", "generate", *args, "-o", str(tmp_path / "on3"), env=served.env)
-    assert off.returncode == on.returncode == 0, off.stderr + on.stderr
+    _remote_then_offline(served, args, tmp_path / "on3", tmp_path / "off3")
     assert _pixels(tmp_path / "on3" / "grid.png").shape == (20, 56)
     _same_files(tmp_path / "off3", tmp_path / "on3")
 
