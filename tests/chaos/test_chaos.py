@@ -16,8 +16,9 @@ from scenario import Cluster, run_scenario  # noqa: E402
 from svc_helpers import decode_png, to_uint8  # noqa: E402
 
 
-def _library_images(request: dict) -> np.ndarray:
-    """What `ddpm sample` makes for the job's normalised request."""
+def _library_images(request: dict, precision: str) -> np.ndarray:
+    """What `ddpm sample` makes for the job's normalised request, in the precision the
+    worker ran (``metrics.precision``: each worker chooses it by timing the network)."""
     import torch
 
     from ddpm_core.builtin import builtin_path
@@ -26,6 +27,7 @@ def _library_images(request: dict) -> np.ndarray:
 
     torch.set_num_threads(1)
     ckpt = load_checkpoint(builtin_path("digits"))
+    ckpt.model.to(memory_format=torch.channels_last)  # the engine's layout
     images = generate(
         ckpt,
         count=request["count"],
@@ -35,6 +37,7 @@ def _library_images(request: dict) -> np.ndarray:
         eta=request["eta"],
         labels=request["label"],
         guidance_scale=request["guidance_scale"],
+        autocast_dtype={"fp32": None, "bf16": torch.bfloat16}[precision],
     )
     return to_uint8(images)
 
@@ -53,7 +56,7 @@ def test_no_accepted_job_is_lost(tmp_path):
             attempts += doc["attempts"]
             names = [e for e, _ in cluster.events(job_id)]
             assert names[-1] == "done" and names.count("done") == 1, (job_id, names)
-            want = _library_images(doc["request"])
+            want = _library_images(doc["request"], doc["metrics"]["precision"])
             for img in doc["result"]["images"]:
                 got = decode_png(cluster.client.get(img["url"]).content)
                 assert np.abs(got.astype(int) - want[img["index"]].astype(int)).max() <= 1
