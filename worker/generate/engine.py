@@ -637,16 +637,8 @@ class Engine:
                 job._last_progress = now
                 steps = job._total_steps // max(job.spec.count, 1)
                 frac = job._steps_done / max(job._total_steps, 1)
-                try:
-                    job.on_progress(math.floor(frac * steps + 1e-9), steps, round(frac, 4))
-                except Exception as exc:  # noqa: BLE001 - progress is best effort
-                    log_event(
-                        log,
-                        "progress update failed",
-                        logging.WARNING,
-                        job_id=job.spec.job_id,
-                        error=str(exc),
-                    )
+                step = math.floor(frac * steps + 1e-9)
+                _report("progress update failed", job, job.on_progress, step, steps, round(frac, 4))
             if finished:
                 self._finish(job, "succeeded")
         self._previews(batch, jobs_in, x0_hat, now)
@@ -658,16 +650,7 @@ class Engine:
                 continue
             job.started_at = time.time()
             if job.on_start is not None:
-                try:
-                    job.on_start(job.started_at)
-                except Exception as exc:  # noqa: BLE001 - reporting is best effort
-                    log_event(
-                        log,
-                        "start report failed",
-                        logging.WARNING,
-                        job_id=job.spec.job_id,
-                        error=str(exc),
-                    )
+                _report("start report failed", job, job.on_start, job.started_at)
 
     def _previews(
         self, batch: list[_Row], jobs: list[EngineJob], x0_hat: torch.Tensor, now: float
@@ -695,12 +678,9 @@ class Engine:
             )
             steps = job._total_steps // max(job.spec.count, 1)
             frac = job._steps_done / max(job._total_steps, 1)
-            try:
-                job.on_preview(math.floor(frac * steps + 1e-9), steps, x0)
-            except Exception as exc:  # noqa: BLE001 - previews are best effort
-                log_event(
-                    log, "preview failed", logging.WARNING, job_id=job.spec.job_id, error=str(exc)
-                )
+            _report(
+                "preview failed", job, job.on_preview, math.floor(frac * steps + 1e-9), steps, x0
+            )
 
     def info(self) -> dict[str, Any]:
         models = {
@@ -714,3 +694,12 @@ class Engine:
             "active_jobs": self.active_jobs(),
             "rows": len(self._rows),
         }
+
+
+def _report(failure: str, job: EngineJob, callback: Callable[..., Any], *args: Any) -> None:
+    """Call one of a job's reporting callbacks; a failure is logged as ``failure`` and never
+    reaches the engine loop (progress, start and previews are best effort)."""
+    try:
+        callback(*args)
+    except Exception as exc:  # noqa: BLE001 - reporting is best effort
+        log_event(log, failure, logging.WARNING, job_id=job.spec.job_id, error=str(exc))
