@@ -49,6 +49,7 @@ class JobResult(BaseModel):
     images: list[ImageRef] | None = None
     grid_url: str | None = None
     trajectory_url: str | None = None
+    format: str | None = Field(None, description="the images' and the grid's format: png, ...")
     checkpoint: str | None = None
     final_loss: float | None = None
 

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         None, description="endpoint of an S3-compatible store other than AWS (MinIO, ...)"
     )
+    result_url_seconds: int = Field(
+        0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="with result_store=s3: image URLs redirect (307) to a presigned URL valid "
+        "this many seconds, so the bytes do not pass through the API; 0 = the API serves them",
+    )
     checkpoint_cache_size: int = Field(
         8, ge=1, description="checkpoint versions a worker keeps downloaded from the object store"
     )

@@ -23,7 +23,8 @@ __all__ = ["generate_body"]
 
 
 def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
-    from ddpm_core.images import gif_bytes, make_grid, png_bytes
+    from ddpm_core.config.formats import IMAGE_FORMATS
+    from ddpm_core.images import encode_image, gif_bytes, make_grid
     from worker.generate.engine import GenSpec
 
     job_id, s = claim.job_id, rt.settings
@@ -106,9 +107,14 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         )
     attempt = claim.attempt
     # uint8 pixels from the engine: encoding them here runs no torch op in this thread.
-    files = {f"{i}.png": png_bytes(job.pixels[i]) for i in range(req.count)}
-    if req.count > 1:  # a one-image grid is the image itself: the API serves 0.png
-        files["grid.png"] = png_bytes(make_grid(job.pixels))
+    ext = IMAGE_FORMATS[req.output_format].extension
+
+    def encode(pixels: Any) -> bytes:
+        return encode_image(pixels, req.output_format, req.output_quality)
+
+    files = {f"{i}.{ext}": encode(job.pixels[i]) for i in range(req.count)}
+    if req.count > 1:  # a one-image grid is the image itself: the API serves 0.<ext>
+        files[f"grid.{ext}"] = encode(make_grid(job.pixels))
     if job.frame_pixels:
         files["trajectory.gif"] = gif_bytes([make_grid(f) for f in job.frame_pixels])
     try:
@@ -118,10 +124,11 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         return Outcome.failed("ResultStoreError", str(exc), metrics=metrics)
     result: dict[str, Any] = {
         "images": [
-            {"index": i, "seed": req.seed + i, "url": f"/jobs/{job_id}/images/{i}.png"}
+            {"index": i, "seed": req.seed + i, "url": f"/jobs/{job_id}/images/{i}.{ext}"}
             for i in range(req.count)
         ],
-        "grid_url": f"/jobs/{job_id}/grid.png",
+        "grid_url": f"/jobs/{job_id}/grid.{ext}",
+        "format": req.output_format,
         "trajectory_url": f"/jobs/{job_id}/trajectory.gif" if job.frame_pixels else None,
     }
     finished = time.time()

@@ -94,6 +94,8 @@ def normalise_generate(
         "guidance_scale": guidance,
         "use_ema": req.use_ema,
         "trajectory_frames": req.trajectory_frames,
+        "output_format": req.output_format,
+        "output_quality": req.output_quality,
         "image_size": cfg.image_size,
         "channels": cfg.channels,
     }
