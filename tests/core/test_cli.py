@@ -40,7 +40,8 @@ def test_sample_writes_webp_or_jpeg(tiny_ckpt: Path, tmp_path: Path) -> None:
     r = ddpm("sample", str(tiny_ckpt), "-n", "2", "--steps", "4", "--seed", "3", "-o", str(out),
              "--format", "jpeg", "--quality", "80", "--no-progress")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["00000_seed3.jpg", "00001_seed4.jpg", "grid.jpg"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["00000_seed3.jpg", "00001_seed4.jpg", "grid.jpg"]
     with Image.open(out / "00001_seed4.jpg") as img:
         assert img.format == "JPEG" and img.size == (16, 16)
     assert "grid.jpg" in r.stdout
