@@ -164,6 +164,14 @@ class Settings(BaseSettings):
         300.0, gt=0, description="seconds after which the server ends a stream (clients resume)"
     )
     stream_keepalive: float = Field(15.0, gt=0, description="seconds between keep-alive comments")
+    # The API declares long polls of up to 60 s; this holds them shorter (below the idle
+    # timeout of a proxy in front, say): the answer then comes earlier, still a 202.
+    max_wait: float = Field(
+        60.0,
+        gt=0,
+        le=60.0,
+        description="seconds a long poll (GET /jobs/{id}?wait=N, Prefer: wait=N) holds at most",
+    )
     stream_retry_ms: int = Field(2000, ge=0, description="reconnect delay hinted to SSE clients")
 
     # Webhooks (app/core/webhooks): the outbox in Redis, delivered by a dispatcher thread in

@@ -194,6 +194,31 @@ def test_a_one_image_job_shows_its_image_once(page, served):
     assert seed.evaluate("e => e.getClientRects().length") == 1  # one line, never wrapped
 
 
+def test_a_webp_job_shows_and_downloads_webp_files(page, served):
+    open_page(page, served)
+    assert page.is_hidden("#quality-field")  # png: no quality to set
+    page.select_option("#f-format", "webp")
+    assert page.is_visible("#quality-field")
+    assert "1 to 100" in page.inner_text("label[for=f-quality]")
+    page.fill("#f-quality", "0")
+    page.click("#gen-submit")
+    page.locator("[data-error-for=output_quality]").wait_for(state="visible")
+    assert page.inner_text("[data-error-for=output_quality]") == "must be at least 1"
+    page.fill("#f-quality", "80")
+    page.fill("#f-count", "2")
+    page.fill("#f-steps", "6")
+    page.click("#gen-submit")
+    page.wait_for_selector("#job[data-status=succeeded][data-results='2']")
+    job = page.evaluate("location.hash").rsplit("/", 1)[-1]
+    doc = served.http.get(f"/jobs/{job}").json()
+    assert doc["request"]["output_format"] == "webp" and doc["request"]["output_quality"] == 80
+    assert page.get_attribute("#job-grid-download", "download").endswith("-grid.webp")
+    first = page.locator("#job-images a[download]").first
+    assert first.get_attribute("download").endswith(f"_seed{doc['request']['seed']}.webp")
+    # The browser decoded the WebP: the image has its pixels.
+    assert page.eval_on_selector("#job-image-0", "e => e.complete && e.naturalWidth") > 0
+
+
 def test_every_field_is_checked_in_one_round_in_plain_words(page, served):
     open_page(page, served)
     limits = served.http.get("/openapi.json").json()["components"]["schemas"]["GenerateRequest"]

@@ -62,7 +62,7 @@ _PREFER_WAIT = re.compile(r"^\s*wait\s*=\s*([0-9]{1,9})\s*$", re.IGNORECASE)
 
 def preferred_wait(prefer: str | None) -> int:
     """The ``wait`` preference of a ``Prefer`` header (RFC 7240, in seconds, at most
-    MAX_WAIT); 0 when absent. Preferences this server does not know are ignored, as the
+    MAX_WAIT; ``max_wait`` may hold it shorter); 0 when absent. Preferences this server does not know are ignored, as the
     RFC asks."""
     for part in (prefer or "").split(","):
         m = _PREFER_WAIT.match(part.split(";", 1)[0])
@@ -78,6 +78,7 @@ async def _current(
     stored document as of now, if at hand); HttpError 404."""
     state = request.app.state.api
     ar = state.aredis.get()
+    wait = min(wait, state.settings.max_wait)
     if wait > 0:
         doc = await state.finish_watch.wait(job_id, lambda: store.aget(ar, job_id), wait, known)
     else:
@@ -161,7 +162,7 @@ async def generate(
     headers = {"Location": f"/jobs/{doc.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    wait = preferred_wait(prefer)
+    wait = min(preferred_wait(prefer), int(settings.max_wait))
     if not wait:
         return document_response(doc, 202, headers)
     headers["Preference-Applied"] = f"wait={wait}"
@@ -182,7 +183,8 @@ async def get_job(
         ge=0.0,
         le=MAX_WAIT,
         description="long poll: answer when the job has finished (succeeded, failed or "
-        f"canceled) or after this many seconds, whichever comes first (at most {MAX_WAIT:.0f})",
+        f"canceled) or after this many seconds, whichever comes first (at most {MAX_WAIT:.0f}; "
+        "the server's DDPM_MAX_WAIT may hold it shorter)",
     ),
 ) -> Response:
     """The job document; 404 when unknown or expired. With ``wait``, a long poll."""

@@ -84,6 +84,7 @@ export class GenerateView {
     }
     this.formatChanged();
     this.$('count-limits').textContent = this.rules.count ? `(${limitText(this.rules.count)})` : '';
+    if (this.rules.output_quality) this.$('quality-limits').textContent = `(${limitText(this.rules.output_quality)})`;
     this.checkpoints = await request('/checkpoints');
     const sel = this.$('f-checkpoint');
     const want = params.checkpoint || sel.value;
