@@ -62,8 +62,8 @@ _PREFER_WAIT = re.compile(r"^\s*wait\s*=\s*([0-9]{1,9})\s*$", re.IGNORECASE)
 
 def preferred_wait(prefer: str | None) -> int:
     """The ``wait`` preference of a ``Prefer`` header (RFC 7240, in seconds, at most
-    MAX_WAIT; ``max_wait`` may hold it shorter); 0 when absent. Preferences this server does not know are ignored, as the
-    RFC asks."""
+    MAX_WAIT; the ``max_wait`` setting may hold it shorter); 0 when absent. Preferences
+    this server does not know are ignored, as the RFC asks."""
     for part in (prefer or "").split(","):
         m = _PREFER_WAIT.match(part.split(";", 1)[0])
         if m:
