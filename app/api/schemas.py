@@ -52,6 +52,11 @@ class JobResult(BaseModel):
     format: str | None = Field(None, description="the images' and the grid's format: png, ...")
     checkpoint: str | None = None
     final_loss: float | None = None
+    loss_curve: list[list[float]] | None = Field(
+        None,
+        description="a training run's [step, smoothed loss, lr] points, at most 257, "
+        "spread over the whole run (also in the checkpoint's meta.json)",
+    )
 
 
 class JobError(BaseModel):

@@ -10,6 +10,7 @@ import uuid
 
 import numpy as np
 import pytest
+import redis
 from browser_helpers import assert_same_image, page_pixels, save_screenshot
 from svc_helpers import wait_job
 
@@ -448,6 +449,19 @@ def test_admin_training_run_live_curve_then_generate_form(page, served, screensh
     grids.locator("button.enlarge").click()
     assert grids.get_attribute("class") == "large"
 
+    # Its events expired (as DDPM_EVENTS_TTL would have them): reopened, the run is
+    # drawn from the curve its checkpoint recorded, spanning all 80 steps.
+    run_id = run_url.split("job=")[1]
+    r = redis.Redis.from_url(served.redis_url)
+    assert r.delete(f"{served.prefix}job:{run_id}:events") == 1
+    r.close()
+    curve = served.http.get(f"/jobs/{run_id}").json()["result"]["loss_curve"]
+    assert [int(p[0]) for p in curve] == list(range(1, 81))
+    page.reload()
+    page.wait_for_selector("#train-result:not([hidden])")
+    assert int(page.get_attribute("#train-chart", "data-points")) == len(curve)
+    assert "loss" in page.get_attribute("#train-chart", "aria-label")
+
     # The token stays in this tab's session: never in the URL or in local storage.
     assert token not in page.url
     assert token not in page.evaluate("() => JSON.stringify(localStorage)")
@@ -455,7 +469,6 @@ def test_admin_training_run_live_curve_then_generate_form(page, served, screensh
 
     # The new version is in the generate form at once; it generates.
     # On the checkpoints page: how to get its scores, and a link to the run that made it.
-    run_id = run_url.split("job=")[1]
     page.click("nav a[data-view=checkpoints]")
     card = page.locator("article[data-ref='browsertrain@1']")
     card.wait_for()

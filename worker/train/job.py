@@ -7,6 +7,7 @@ the host by default) train as a torchrun child of the worker (:mod:`worker.train
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from pathlib import Path
@@ -111,12 +112,13 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
     if result.stopped:
         # Canceled, or the lease was lost (then the outcome is discarded anyway).
         return Outcome.canceled(f"stopped at step {result.step}")
+    curve = _loss_curve(out)
     published = rt.registry.publish(out, name, move=True, job_id=job_id)
     final = result.final_loss if math.isfinite(result.final_loss) else None
     return Outcome(
         "succeeded",
         {
-            "result": {"checkpoint": published.ref, "final_loss": final},
+            "result": {"checkpoint": published.ref, "final_loss": final, "loss_curve": curve},
             "metrics": {
                 "run_seconds": round(time.time() - started, 3),
                 "steps": result.step,
@@ -127,3 +129,14 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
             "progress": {"step": result.step, "total": result.total_steps, "fraction": 1.0},
         },
     )
+
+
+def _loss_curve(ckpt_dir: Path) -> list[list[float]] | None:
+    """The run's curve as its checkpoint recorded it (meta.json), for the job document:
+    the page draws a finished run from it once the run's events have expired."""
+    try:
+        meta = json.loads((ckpt_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    curve = meta.get("loss_curve")
+    return curve if isinstance(curve, list) else None
