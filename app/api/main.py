@@ -21,6 +21,7 @@ from app.api.services.webhooks import start_dispatcher
 from app.api.state import ApiState
 from app.core.logs import configure_logging
 from app.core.settings import Settings, get_settings
+from app.core.tracing import setup_tracing, shutdown_tracing
 
 __all__ = ["create_app"]
 
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     """Build the API for ``settings`` (default: the environment)."""
     s = settings or get_settings()
     configure_logging(s.log_level, s.log_format)
+    setup_tracing("ddpm-api")
     state = ApiState.build(s, celery)
 
     @asynccontextmanager
@@ -40,6 +42,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         if dispatcher is not None:
             dispatcher.stop()
         await state.aclose()
+        shutdown_tracing()
 
     api = FastAPI(
         lifespan=lifespan,

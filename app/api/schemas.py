@@ -142,6 +142,9 @@ class JobDocument(BaseModel):
         None, description="when a job not yet started by then is canceled (Cancel-After)"
     )
     webhook: JobWebhook | None = None
+    trace_id: str | None = Field(
+        None, description="the job's OpenTelemetry trace (when tracing is on): 32 hex digits"
+    )
 
 
 class CheckpointVersion(BaseModel):

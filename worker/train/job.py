@@ -17,6 +17,7 @@ from app.core.checkpoints.registry import NAME_RE, RegistryError
 from app.core.errors import InvalidInput
 from app.core.jobs.validate import validate_train_options
 from app.core.store import Claim
+from worker import job_trace
 from worker.generate.previews import PreviewPublisher
 from worker.jobrun import Outcome
 from worker.monitor import Held
@@ -99,21 +100,24 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
 
     started = time.time()
     command = f"POST /train ({job_id})"
-    if processes > 1:
-        try:
-            result: Any = run_processes(
-                cfg.to_dict(), processes, proc_env, data_dir / "runs", job_id, progress,
-                held.cancel, command,
-            )  # fmt: skip
-        except ChildFailed as exc:
-            return Outcome.failed(exc.type, exc.message)
-    else:
-        result = run_training(cfg, progress=progress, command=command, job_id=job_id)
+    trace = job_trace.current()
+    with trace.phase("train", steps=cfg.steps, processes=processes, resumed=resume is not None):
+        if processes > 1:
+            try:
+                result: Any = run_processes(
+                    cfg.to_dict(), processes, proc_env, data_dir / "runs", job_id, progress,
+                    held.cancel, command,
+                )  # fmt: skip
+            except ChildFailed as exc:
+                return Outcome.failed(exc.type, exc.message)
+        else:
+            result = run_training(cfg, progress=progress, command=command, job_id=job_id)
     if result.stopped:
         # Canceled, or the lease was lost (then the outcome is discarded anyway).
         return Outcome.canceled(f"stopped at step {result.step}")
     curve = _loss_curve(out)
-    published = rt.registry.publish(out, name, move=True, job_id=job_id)
+    with trace.phase("publish", checkpoint=name):
+        published = rt.registry.publish(out, name, move=True, job_id=job_id)
     final = result.final_loss if math.isfinite(result.final_loss) else None
     return Outcome(
         "succeeded",

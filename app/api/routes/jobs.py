@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -20,7 +20,7 @@ from app.api.deps import (
 )
 from app.api.errors import HttpError
 from app.api.openapi import JOB_LINKS, errors
-from app.api.params import IDEM_RE, JobId
+from app.api.params import IDEM_RE, TRACEPARENT, JobId
 from app.api.schemas import JobDocument
 from app.api.services.documents import cancel_job, document_response, present, unknown_job
 from app.api.services.submit import Submitted, normalise_generate, submit_job
@@ -37,6 +37,7 @@ from app.core.jobs.webhook import stored_webhook
 from app.core.settings import Settings
 from app.core.storage.results import ObjectResults, ResultStore, media_type
 from app.core.store import JobStore
+from app.core.tracing import carrier, request_span
 from ddpm_core.config.formats import IMAGE_FORMATS
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["jobs"])
@@ -137,12 +138,13 @@ async def generate(
         description="a deadline (as deadline_seconds): seconds, or a duration like 90s, 5m, 1h30m",
         max_length=32,
     ),
+    traceparent: str | None = TRACEPARENT,
 ) -> Response:
     """Queue a generation job: 202 with ``Location: /jobs/{id}`` and the job document. With
     ``Prefer: wait=N`` the answer waits for the job (200 once it has finished, 202 when N
     seconds passed first), so a small job costs one request."""
 
-    def submit() -> Submitted:
+    def submit(span: Any) -> Submitted:
         # Resolving a checkpoint may read the object store: off the event loop.
         normalised = normalise_generate(body, settings, registry)
         return submit_job(
@@ -156,9 +158,13 @@ async def generate(
             body=body.model_dump(mode="json"),
             webhook=stored_webhook(body),
             deadline_seconds=job_deadline(body.deadline_seconds, cancel_after),
+            trace=carrier(span),
         )
 
-    doc, created, stored = await run_in_threadpool(submit)
+    with request_span("POST /generate", request.headers) as span:
+        doc, created, stored = await run_in_threadpool(submit, span)
+        if span is not None:
+            span.set_attribute("ddpm.job_id", doc.id)
     headers = {"Location": f"/jobs/{doc.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
