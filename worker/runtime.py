@@ -15,11 +15,11 @@ import redis
 
 from app.core.checkpoints import Registry, make_registry
 from app.core.logs import configure_logging, log_event
-from app.core.tracing import setup_tracing, shutdown_tracing
 from app.core.settings import Settings, get_settings
 from app.core.stats import BATCH_BUCKETS
 from app.core.storage.results import ResultStore, make_result_store, object_store_of
 from app.core.store import JobStore, connect, store_from_settings
+from app.core.tracing import setup_tracing, shutdown_tracing
 
 __all__ = ["Runtime", "get_runtime"]
 
