@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     log_level: str = "INFO"
     log_format: Literal["kv", "json"] = "kv"
+    metrics_checkpoints: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="checkpoints /metrics labels by name (the busiest); the rest are _other",
+    )
     access_log: bool = Field(
         False,
         description="uvicorn's line per HTTP request (the API logs every job it accepts "

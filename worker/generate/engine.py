@@ -731,13 +731,21 @@ class Engine:
             ref: {"precision": self.precision(key), "batch_limit": self._batch_limit.get(key)}
             for key, ref in list(self._loaded_refs.items())
         }
-        return {
+        info = {
             "device": str(self.device) if self.device else self.device_spec,
             "loaded": self.loaded(),
             "models": models,
             "active_jobs": self.active_jobs(),
             "rows": len(self._rows),
         }
+        dev = self.device
+        if dev is not None and dev.type == "cuda":
+            # The caching allocator's own counters: no device sync (ddpm_device_memory_bytes).
+            info["cuda_memory"] = {
+                "allocated": torch.cuda.memory_allocated(dev),
+                "reserved": torch.cuda.memory_reserved(dev),
+            }
+        return info
 
 
 def _report(failure: str, job: EngineJob, callback: Callable[..., Any], *args: Any) -> None:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from app.core.checkpoints.registry import NotFound, RegistryError
 from app.core.jobs.options import engine_fields
 from app.core.jobs.spec import GENERATE_OPTIONS, GenerateJob
-from app.core.stats import QUEUE_BUCKETS, RUN_BUCKETS, histogram_fields
+from app.core.stats import QUEUE_BUCKETS, RUN_BUCKETS, checkpoint_fields, histogram_fields
 from app.core.store import Claim
 from worker import job_trace
 from worker.generate.previews import PreviewPublisher
@@ -147,6 +147,7 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
     if created:
         stats += histogram_fields("queue_seconds", max(0.0, started - created), QUEUE_BUCKETS)
     stats += histogram_fields("run_seconds", finished - started, RUN_BUCKETS)
+    stats += checkpoint_fields(ckpt.ref, stats)
     last = {"step": req.steps, "total": req.steps, "fraction": 1.0}
     return Outcome(
         "succeeded",
