@@ -44,7 +44,8 @@ def test_the_busiest_checkpoint_is_labelled_and_the_rest_are_other(settings, wor
         assert delta(f"ddpm_checkpoint_{hist}_count", "tiny") == 1
         assert delta(f"ddpm_checkpoint_{hist}_count", OTHER) == 1
     run = delta("ddpm_checkpoint_run_seconds_sum", "tiny")
-    assert run == pytest.approx(a["metrics"]["wait_seconds"] + a["metrics"]["run_seconds"], abs=0.05)
+    m = a["metrics"]
+    assert run == pytest.approx(m["wait_seconds"] + m["run_seconds"], abs=0.05)
 
 
 def test_other_sums_every_checkpoint_past_the_top():
