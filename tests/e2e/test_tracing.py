@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,8 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from serve_helpers import serving
-from svc_helpers import wait_job
+from svc_helpers import ROOT, wait_job
+from trace_picture import draw_trace
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -107,6 +109,8 @@ def test_one_request_gives_one_connected_trace_across_processes(tmp_path, receiv
         assert name in names, names
 
     spans = receiver.of_trace(TRACE_ID)
+    if os.environ.get("DDPM_UPDATE_SCREENSHOTS") == "1":  # the README's picture
+        draw_trace(spans, ROOT / "docs" / "images" / "trace.png")
     by_name = {s.name: (svc, s) for svc, s in spans}
     by_id = {s.span_id: (svc, s) for svc, s in spans}
     job_svc, job = by_name["generate job"]
