@@ -60,14 +60,15 @@ def test_every_error_is_declared_with_the_body_the_api_sends(isolated):
     jobs = doc["paths"]["/jobs/{job_id}"]
     assert "404" in jobs["get"]["responses"]
     assert "409" in doc["paths"]["/jobs/{job_id}/cancel"]["post"]["responses"]
+    images = ["image/png", "image/webp", "image/jpeg"]
     media = {
-        "/jobs/{job_id}/images/{index}.png": "image/png",
-        "/jobs/{job_id}/grid.png": "image/png",
-        "/jobs/{job_id}/trajectory.gif": "image/gif",
-        "/metrics": "text/plain",
+        "/jobs/{job_id}/images/{index}.{ext}": images,
+        "/jobs/{job_id}/grid.{ext}": images,
+        "/jobs/{job_id}/trajectory.gif": ["image/gif"],
+        "/metrics": ["text/plain"],
     }
-    for path, kind in media.items():
-        assert list(doc["paths"][path]["get"]["responses"]["200"]["content"]) == [kind]
+    for path, kinds in media.items():
+        assert list(doc["paths"][path]["get"]["responses"]["200"]["content"]) == kinds
     ckpt = doc["paths"]["/checkpoints/{ref}"]
     assert set(ckpt) == {"get", "delete"}
     assert {"401", "403", "404", "409", "422"} <= set(ckpt["delete"]["responses"])
