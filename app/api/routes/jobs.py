@@ -35,7 +35,7 @@ from app.core.jobs.names import TERMINAL
 from app.core.jobs.spec import GenerateRequest
 from app.core.jobs.webhook import stored_webhook
 from app.core.settings import Settings
-from app.core.storage.results import ObjectResults, ResultStore, media_type
+from app.core.storage.results import DiskResults, ObjectResults, ResultStore, media_type
 from app.core.store import JobStore
 from ddpm_core.config.formats import IMAGE_FORMATS
 
@@ -62,8 +62,8 @@ _PREFER_WAIT = re.compile(r"^\s*wait\s*=\s*([0-9]{1,9})\s*$", re.IGNORECASE)
 
 def preferred_wait(prefer: str | None) -> int:
     """The ``wait`` preference of a ``Prefer`` header (RFC 7240, in seconds, at most
-    MAX_WAIT; ``max_wait`` may hold it shorter); 0 when absent. Preferences this server does not know are ignored, as the
-    RFC asks."""
+    MAX_WAIT; ``max_wait`` may hold it shorter); 0 when absent. Preferences this server
+    does not know are ignored, as the RFC asks."""
     for part in (prefer or "").split(","):
         m = _PREFER_WAIT.match(part.split(";", 1)[0])
         if m:
@@ -263,7 +263,8 @@ _PRESIGNED = {
 Extension = Literal[tuple(f.extension for f in IMAGE_FORMATS.values())]  # type: ignore[valid-type]
 
 
-def _result(
+async def _result(
+    request: Request,
     store: JobStore,
     results_for: Callable[[str], ResultStore],
     settings: Settings,
@@ -272,9 +273,15 @@ def _result(
     ext: str,
 ) -> Response:
     """The result file ``stem.ext`` of a succeeded job: its bytes, or a redirect to the
-    object store (``result_url_seconds``)."""
-    # The fields a download needs, not the whole document (a download follows every job).
-    doc = store.get_fields(job_id, "result_store", "request", "result_attempt")
+    object store (``result_url_seconds``).
+
+    On the event loop, with no thread-pool hop (a download follows every job): the fields
+    come through the async Redis client, and a file on local disk is read inline (result
+    files are small: an image, a grid); the other stores (Redis, the object store) are
+    read in a thread, as a sync route would."""
+    ar = request.app.state.api.aredis.get()
+    # The fields a download needs, not the whole document.
+    doc = await store.aget_fields(ar, job_id, "result_store", "request", "result_attempt")
     if doc is None:
         raise unknown_job(job_id)
     if doc["status"] != "succeeded":
@@ -282,23 +289,28 @@ def _result(
             409 if doc["status"] not in ("failed", "canceled") else 404,
             f"job {job_id} is {doc['status']}: no results",
         )
-    request = doc.get("request") or {}
+    request_doc = doc.get("request") or {}
     if ext != "gif":
-        written = IMAGE_FORMATS[request.get("output_format") or "png"].extension
+        written = IMAGE_FORMATS[request_doc.get("output_format") or "png"].extension
         if ext != written:
             raise HttpError(
                 404, f"job {job_id} wrote its images as .{written}: ask for {stem}.{written}"
             )
-        if stem == "grid" and request.get("count") == 1:
+        if stem == "grid" and request_doc.get("count") == 1:
             stem = "0"  # a one-image job stores no separate grid
     name = f"{stem}.{ext}"
     store_kind = doc.get("result_store") or "disk"
     results = results_for(store_kind)
     attempt = doc.get("result_attempt")
     if settings.result_url_seconds and isinstance(results, ObjectResults):
-        url = results.presigned_url(job_id, name, attempt, settings.result_url_seconds)
+        url = await run_in_threadpool(
+            results.presigned_url, job_id, name, attempt, settings.result_url_seconds
+        )
         return Response(status_code=307, headers={"Location": url, "Cache-Control": "no-store"})
-    data = results.get(job_id, name, attempt)
+    if isinstance(results, DiskResults):
+        data = results.get(job_id, name, attempt)
+    else:
+        data = await run_in_threadpool(results.get, job_id, name, attempt)
     if data is None:
         raise HttpError(404, f"{name} not found for job {job_id}")
     return Response(data, media_type=media_type(name), headers={"Cache-Control": "max-age=3600"})
@@ -313,7 +325,8 @@ def _result(
         **_RESULT_ERRORS,
     },
 )
-def image(
+async def image(
+    request: Request,
     store: StoreDep,
     results_for: ResultsDep,
     settings: SettingsDep,
@@ -323,7 +336,7 @@ def image(
 ) -> Response:
     """Image ``index`` of a succeeded job, in the job's ``output_format`` (its URL in
     ``result.images`` has the extension)."""
-    return _result(store, results_for, settings, job_id, str(index), ext)
+    return await _result(request, store, results_for, settings, job_id, str(index), ext)
 
 
 @router.get(
@@ -335,7 +348,8 @@ def image(
         **_RESULT_ERRORS,
     },
 )
-def grid(
+async def grid(
+    request: Request,
     store: StoreDep,
     results_for: ResultsDep,
     settings: SettingsDep,
@@ -343,7 +357,7 @@ def grid(
     job_id: str = JobId,
 ) -> Response:
     """All images of a succeeded job tiled in one image, in the job's ``output_format``."""
-    return _result(store, results_for, settings, job_id, "grid", ext)
+    return await _result(request, store, results_for, settings, job_id, "grid", ext)
 
 
 @router.get(
@@ -355,8 +369,12 @@ def grid(
         **_RESULT_ERRORS,
     },
 )
-def trajectory(
-    store: StoreDep, results_for: ResultsDep, settings: SettingsDep, job_id: str = JobId
+async def trajectory(
+    request: Request,
+    store: StoreDep,
+    results_for: ResultsDep,
+    settings: SettingsDep,
+    job_id: str = JobId,
 ) -> Response:
     """The animated denoising (when ``trajectory_frames`` > 0)."""
-    return _result(store, results_for, settings, job_id, "trajectory", "gif")
+    return await _result(request, store, results_for, settings, job_id, "trajectory", "gif")

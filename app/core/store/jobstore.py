@@ -243,6 +243,16 @@ class JobStore:
         keys = ["status", *names]
         return {k: None if v is None else json.loads(v) for k, v in zip(keys, values, strict=True)}
 
+    async def aget_fields(
+        self, ar: aredis.Redis, job_id: str, *names: str
+    ) -> dict[str, Any] | None:
+        """:meth:`get_fields` through the async client ``ar`` (decoded responses)."""
+        keys = ["status", *names]
+        values = await ar.hmget(self.job_key(job_id), keys)
+        if values[0] is None:
+            return None
+        return {k: None if v is None else json.loads(v) for k, v in zip(keys, values, strict=True)}
+
     async def aget(self, ar: aredis.Redis, job_id: str) -> dict[str, Any] | None:
         """:meth:`get` through the async client ``ar`` (decoded responses), for the API's
         event loop."""
