@@ -12,6 +12,7 @@ from celery import Celery
 from fastapi import FastAPI
 
 from app.api.errors import install_handlers
+from app.api.fastpath import FastReads
 from app.api.middleware import BodyLimitMiddleware
 from app.api.openapi import install as install_openapi
 from app.api.openapi import operation_id
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     install_handlers(api)
     for module in (jobs, checkpoints, admin, health, previews, ui):
         api.include_router(module.router)
+    api.add_middleware(FastReads, state=state)
     api.add_middleware(BodyLimitMiddleware, limit=s.max_body_bytes)
     install_openapi(api, s)
     return api

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -263,8 +263,8 @@ _PRESIGNED = {
 Extension = Literal[tuple(f.extension for f in IMAGE_FORMATS.values())]  # type: ignore[valid-type]
 
 
-async def _result(
-    request: Request,
+async def result_response(
+    ar: Any,
     store: JobStore,
     results_for: Callable[[str], ResultStore],
     settings: Settings,
@@ -278,8 +278,8 @@ async def _result(
     On the event loop, with no thread-pool hop (a download follows every job): the fields
     come through the async Redis client, and a file on local disk is read inline (result
     files are small: an image, a grid); the other stores (Redis, the object store) are
-    read in a thread, as a sync route would."""
-    ar = request.app.state.api.aredis.get()
+    read in a thread, as a sync route would. ``ar``: the async Redis client. (Also the
+    happy path of :mod:`app.api.fastpath`.)"""
     # The fields a download needs, not the whole document.
     doc = await store.aget_fields(ar, job_id, "result_store", "request", "result_attempt")
     if doc is None:
@@ -336,7 +336,9 @@ async def image(
 ) -> Response:
     """Image ``index`` of a succeeded job, in the job's ``output_format`` (its URL in
     ``result.images`` has the extension)."""
-    return await _result(request, store, results_for, settings, job_id, str(index), ext)
+    return await result_response(
+        request.app.state.api.aredis.get(), store, results_for, settings, job_id, str(index), ext
+    )
 
 
 @router.get(
@@ -357,7 +359,9 @@ async def grid(
     job_id: str = JobId,
 ) -> Response:
     """All images of a succeeded job tiled in one image, in the job's ``output_format``."""
-    return await _result(request, store, results_for, settings, job_id, "grid", ext)
+    return await result_response(
+        request.app.state.api.aredis.get(), store, results_for, settings, job_id, "grid", ext
+    )
 
 
 @router.get(
@@ -377,4 +381,12 @@ async def trajectory(
     job_id: str = JobId,
 ) -> Response:
     """The animated denoising (when ``trajectory_frames`` > 0)."""
-    return await _result(request, store, results_for, settings, job_id, "trajectory", "gif")
+    return await result_response(
+        request.app.state.api.aredis.get(),
+        store,
+        results_for,
+        settings,
+        job_id,
+        "trajectory",
+        "gif",
+    )

@@ -1,0 +1,111 @@
+"""The two reads every job costs, answered before FastAPI's routing: ``GET /jobs/{id}``
+(a poll) and ``GET /jobs/{id}/images/{i}.{ext}`` (the download).
+
+A small job is a submission, a few polls and a download, and most of what the API spends
+on a poll is FastAPI's per-request work around a few lines of its own: matching the path
+against every route, solving the dependencies (settings, store, the API key's two
+security schemes), validating the parameters. Here the happy path of those two reads
+is served directly: a well-formed path, no query string (a long poll, ``?wait=``, goes
+the usual way), a request the API key check would let through, a job that exists (and,
+for a download, a file that is there). Its answer is the route's own answer, made by the
+same code (:func:`~app.api.services.documents.present`, ``_result``). Anything else --
+a 401, 404, 409, 422, a Redis error -- is handed to the application unchanged, which
+answers it as it always has; so the fast path changes no status, header or body, only
+what a successful read costs.
+"""
+
+from __future__ import annotations
+
+import re
+
+import redis
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api.deps import _matches
+from app.api.errors import HttpError
+from app.api.services.documents import document_response, present
+from app.api.state import ApiState
+from app.core.errors import ServiceError
+from ddpm_core.config.formats import IMAGE_FORMATS
+
+__all__ = ["FastReads"]
+
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_EXTS = "|".join(re.escape(f.extension) for f in IMAGE_FORMATS.values())
+_JOB = re.compile(rf"/jobs/({_UUID})")
+_IMAGE = re.compile(rf"/jobs/({_UUID})/images/([0-9]{{1,5}})\.({_EXTS})")
+
+
+class FastReads:
+    """ASGI middleware: the successful polls and downloads, without FastAPI's routing;
+    every other request (and every failure) goes to ``app``."""
+
+    def __init__(self, app: ASGIApp, state: ApiState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "GET"
+            and not scope.get("query_string")
+            and not scope.get("root_path")
+        ):
+            path = scope["path"]
+            response = None
+            if m := _JOB.fullmatch(path):
+                if self._authorized(scope):
+                    response = await self._document(m.group(1))
+            elif (m := _IMAGE.fullmatch(path)) and self._authorized(scope):
+                response = await self._image(m.group(1), m.group(2), m.group(3))
+            if response is not None:
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        """Whether :func:`app.api.deps.require_api_key` would let the request through
+        (False when in doubt: the application then decides)."""
+        keys = self.state.settings.api_key_list
+        if not keys:
+            return True
+        api_key = bearer = None
+        for name, value in scope["headers"]:
+            if name == b"x-api-key" and api_key is None:
+                api_key = value.decode("latin-1")
+            elif name == b"authorization" and bearer is None:
+                scheme, _, credentials = value.decode("latin-1").partition(" ")
+                bearer = credentials if scheme.lower() == "bearer" and credentials else ""
+        given = api_key or bearer
+        if not given:
+            return False
+        admin = self.state.settings.admin_token
+        return _matches(given, keys) or bool(admin and _matches(given, [admin]))
+
+    async def _document(self, job_id: str) -> Response | None:
+        """What ``GET /jobs/{id}`` answers for a job that exists; None otherwise."""
+        store, ar = self.state.store, self.state.aredis.get()
+        try:
+            doc = await store.aget(ar, job_id)
+            if doc is None:
+                return None
+            position = None
+            if doc["status"] == "queued":
+                position = await store.aqueue_position(ar, job_id, doc["kind"])
+        except redis.RedisError:
+            return None
+        return document_response(present(doc, position))
+
+    async def _image(self, job_id: str, index: str, ext: str) -> Response | None:
+        """What the image route answers for a file that is there; None otherwise."""
+        from app.api.routes.jobs import result_response
+
+        state = self.state
+        try:
+            return await result_response(
+                state.aredis.get(), state.store, state.results, state.settings, job_id,
+                str(int(index)), ext,
+            )  # fmt: skip
+        except (HttpError, ServiceError, redis.RedisError, OSError):
+            return None
