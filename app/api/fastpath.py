@@ -1,4 +1,4 @@
-"""The two reads every job costs, answered before FastAPI's routing: ``GET /jobs/{id}``
+"""The two reads every job costs, answered in front of FastAPI: ``GET /jobs/{id}``
 (a poll) and ``GET /jobs/{id}/images/{i}.{ext}`` (the download).
 
 A small job is a submission, a few polls and a download, and most of what the API spends
@@ -20,7 +20,7 @@ import re
 
 import redis
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from app.api.deps import _matches
 from app.api.errors import HttpError
@@ -38,31 +38,46 @@ _IMAGE = re.compile(rf"/jobs/({_UUID})/images/([0-9]{{1,5}})\.({_EXTS})")
 
 
 class FastReads:
-    """ASGI middleware: the successful polls and downloads, without FastAPI's routing;
-    every other request (and every failure) goes to ``app``."""
+    """The successful polls and downloads, served in front of the whole application
+    (FastAPI's own middleware included): :meth:`serve` answers them and says so; every
+    other request (and every failure) is left to the application."""
 
-    def __init__(self, app: ASGIApp, state: ApiState) -> None:
-        self.app = app
+    def __init__(self, state: ApiState) -> None:
         self.state = state
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer the request if it is one of the two reads and succeeds; False when it
+        was left alone (nothing was sent)."""
         if (
-            scope["type"] == "http"
-            and scope["method"] == "GET"
-            and not scope.get("query_string")
-            and not scope.get("root_path")
+            scope["type"] != "http"
+            or scope["method"] != "GET"
+            or scope.get("query_string")
+            or scope.get("root_path")
         ):
-            path = scope["path"]
-            response = None
-            if m := _JOB.fullmatch(path):
-                if self._authorized(scope):
-                    response = await self._document(m.group(1))
-            elif (m := _IMAGE.fullmatch(path)) and self._authorized(scope):
-                response = await self._image(m.group(1), m.group(2), m.group(3))
-            if response is not None:
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+            return False
+        try:
+            response = await self._response(scope)
+        except Exception:  # noqa: BLE001 - the application answers it, as it always has
+            return False
+        if response is None:
+            return False
+        await response(scope, receive, send)
+        return True
+
+    async def _response(self, scope: Scope) -> Response | None:
+        path = scope["path"]
+        if not path.startswith("/jobs/") or not self._bodyless(scope):
+            return None
+        if m := _JOB.fullmatch(path):
+            return await self._document(m.group(1)) if self._authorized(scope) else None
+        if (m := _IMAGE.fullmatch(path)) and self._authorized(scope):
+            return await self._image(m.group(1), m.group(2), m.group(3))
+        return None
+
+    @staticmethod
+    def _bodyless(scope: Scope) -> bool:
+        """No request body declared (a body goes through the body-size limit)."""
+        return not any(n in (b"content-length", b"transfer-encoding") for n, _ in scope["headers"])
 
     def _authorized(self, scope: Scope) -> bool:
         """Whether :func:`app.api.deps.require_api_key` would let the request through
