@@ -108,7 +108,8 @@ def trivial_checkpoint(dst: Path) -> Path:
 
 class CpuMeter:
     """CPU seconds (user + system) each of the bench's processes has used: the service's
-    (by role) and this one, the clients'."""
+    (by role) and this one, the clients'. ``engine``: the part of the workers' that their
+    engine threads used (the network's steps; Linux, where the engine names its thread)."""
 
     def __init__(self, procs: list[tuple[str, subprocess.Popen]]) -> None:
         import psutil
@@ -119,11 +120,23 @@ class CpuMeter:
 
     def read(self) -> dict[str, float]:
         used = dict.fromkeys((role for role, _ in self.procs), 0.0)
+        used["engine"] = 0.0
         for role, p in self.procs:
             with contextlib.suppress(self.error):  # a process that died counts 0
                 t = p.cpu_times()
                 used[role] += t.user + t.system
+                if role == "worker":
+                    used["engine"] += self._engine_seconds(p)
         return used
+
+    def _engine_seconds(self, p: Any) -> float:
+        total = 0.0
+        for t in p.threads():
+            with contextlib.suppress(OSError):
+                comm = Path(f"/proc/{p.pid}/task/{t.id}/comm").read_text().strip()
+                if comm == "ddpm-engine":
+                    total += t.user_time + t.system_time
+        return total
 
 
 class Redis:
@@ -383,8 +396,14 @@ async def throughput(svc: Service, args: argparse.Namespace, common: dict) -> No
         top = ", ".join(f"{k} {v / max(1, ok):.1f}" for k, v in delta.most_common(12))
         print(f"| of which (per job) | {top} |")
         used = {role: cpu_after[role] - cpu_before[role] for role in cpu_after}
+        engine = used.pop("engine")
         per_job = ", ".join(f"{role} {t / ok * 1e3:.2f}" for role, t in used.items())
         print(f"| CPU ms per job, by process | {per_job} |")
+        service = sum(t for role, t in used.items() if role != "clients")
+        print(
+            f"| CPU ms per job: api + worker + redis (of which the worker's engine thread) "
+            f"| {service / ok * 1e3:.2f} ({engine / ok * 1e3:.2f}) |"
+        )
         print(
             f"| CPU used of {os.cpu_count()} cores (these processes) | "
             f"{sum(used.values()) / elapsed / (os.cpu_count() or 1):.0%} |"

@@ -38,6 +38,14 @@ def to_uint8(x: Pixels) -> np.ndarray:
         if x.dtype != np.uint8:
             raise ValueError(f"pixel arrays must be uint8, not {x.dtype}")
         return x
+    if x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad:
+        # The same float32 arithmetic in numpy, bit for bit (clip, +1, *127.5, round half to
+        # even): on a worker's small images, six torch calls cost more than the math, and
+        # each lets go of the GIL to the job threads (the engine thread converts every image).
+        a = x.numpy()
+        with np.errstate(invalid="ignore"):  # NaN pixels: whatever torch's cast makes of them
+            a = np.rint((np.clip(a, -1.0, 1.0) + np.float32(1)) * np.float32(127.5))
+        return np.moveaxis(a.astype(np.uint8), -3, -1)
     x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
     return x.movedim(-3, -1).numpy()
 

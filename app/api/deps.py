@@ -76,21 +76,27 @@ def _matches(given: str | None, accepted: list[str]) -> bool:
     return ok
 
 
+def api_key_accepted(settings: Settings, given: str | None) -> bool:
+    """The rule of the public endpoints: with API keys configured, ``given`` (X-API-Key,
+    else the Bearer token) must be one of them or the admin token."""
+    keys = settings.api_key_list
+    if not keys:
+        return True
+    admin = settings.admin_token
+    return _matches(given, keys) or bool(admin and _matches(given, [admin]))
+
+
 async def require_api_key(
     settings: Settings = Depends(get_settings_dep),
     x_api_key: str | None = Depends(_api_key_header),
     bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
 ) -> None:
     """When API keys are configured, a public endpoint needs one (X-API-Key or Bearer)."""
-    keys = settings.api_key_list
-    if not keys:
-        return
     given = x_api_key or (bearer.credentials if bearer else None)
-    if given is None:
-        raise HTTPException(401, "an API key is required", {"WWW-Authenticate": "Bearer"})
-    admin = settings.admin_token
-    if not (_matches(given, keys) or (admin and _matches(given, [admin]))):
-        raise HTTPException(401, "invalid API key", {"WWW-Authenticate": "Bearer"})
+    if api_key_accepted(settings, given):
+        return
+    reason = "an API key is required" if given is None else "invalid API key"
+    raise HTTPException(401, reason, {"WWW-Authenticate": "Bearer"})
 
 
 async def require_admin(

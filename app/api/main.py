@@ -10,8 +10,10 @@ from typing import Any
 
 from celery import Celery
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from app.api.errors import install_handlers
+from app.api.fastpath import FastReads
 from app.api.middleware import BodyLimitMiddleware
 from app.api.openapi import install as install_openapi
 from app.api.openapi import operation_id
@@ -44,7 +46,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         await state.aclose()
         shutdown_tracing()
 
-    api = FastAPI(
+    api = _Api(
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
         title="ddpm-service",
@@ -58,7 +60,20 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         api.include_router(module.router)
     api.add_middleware(BodyLimitMiddleware, limit=s.max_body_bytes)
     install_openapi(api, s)
+    api.fast_reads = FastReads(state)
     return api
+
+
+class _Api(FastAPI):
+    """FastAPI with :class:`app.api.fastpath.FastReads` in front of its whole stack: a
+    successful poll or download is answered there, everything else as FastAPI would."""
+
+    fast_reads: FastReads | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.fast_reads
+        if fast is None or not await fast.serve(scope, receive, send):
+            await super().__call__(scope, receive, send)
 
 
 def __getattr__(name: str) -> Any:

@@ -23,19 +23,20 @@ from app.api.openapi import JOB_LINKS, errors
 from app.api.params import IDEM_RE, TRACEPARENT, JobId
 from app.api.schemas import JobDocument
 from app.api.services.documents import cancel_job, document_response, present, unknown_job
-from app.api.services.submit import Submitted, normalise_generate, submit_job
+from app.api.services.submit import Submitted, asubmit_job, normalise_generate, submit_job
 from app.api.streaming.events import (
     EVENT_ID_PATTERN,
     SSE_EVENT_SCHEMA,
     EventStreamResponse,
     job_event_stream,
 )
+from app.core.checkpoints import Registry
 from app.core.jobs.deadline import job_deadline
 from app.core.jobs.names import TERMINAL
 from app.core.jobs.spec import GenerateRequest
 from app.core.jobs.webhook import stored_webhook
 from app.core.settings import Settings
-from app.core.storage.results import ObjectResults, ResultStore, media_type
+from app.core.storage.results import DiskResults, ObjectResults, ResultStore, media_type
 from app.core.store import JobStore
 from app.core.tracing import carrier, request_span
 from ddpm_core.config.formats import IMAGE_FORMATS
@@ -144,25 +145,34 @@ async def generate(
     ``Prefer: wait=N`` the answer waits for the job (200 once it has finished, 202 when N
     seconds passed first), so a small job costs one request."""
 
+    def options(span: Any) -> dict[str, Any]:
+        # After the checkpoint's checks: a request that fails both gets the same error.
+        return {
+            "client": client,
+            "idem_key": idempotency_key,
+            "body": body.model_dump(mode="json") if idempotency_key else None,
+            "webhook": stored_webhook(body),
+            "deadline_seconds": job_deadline(body.deadline_seconds, cancel_after),
+            "trace": carrier(span),
+        }
+
     def submit(span: Any) -> Submitted:
-        # Resolving a checkpoint may read the object store: off the event loop.
         normalised = normalise_generate(body, settings, registry)
-        return submit_job(
-            "generate",
-            normalised,
-            settings,
-            store,
-            messages,
-            client=client,
-            idem_key=idempotency_key,
-            body=body.model_dump(mode="json"),
-            webhook=stored_webhook(body),
-            deadline_seconds=job_deadline(body.deadline_seconds, cancel_after),
-            trace=carrier(span),
-        )
+        return submit_job("generate", normalised, settings, store, messages, **options(span))
 
     with request_span("POST /generate", request.headers) as span:
-        doc, created, stored = await run_in_threadpool(submit, span)
+        if type(registry) is Registry:
+            # A checkpoint in the data directory resolves with a stat or two (its parsed
+            # config is cached): on the event loop, with the store's create script through
+            # the async client. No thread-pool hop per submission.
+            ar = request.app.state.api.aredis.get()
+            normalised = normalise_generate(body, settings, registry)
+            doc, created, stored = await asubmit_job(
+                ar, "generate", normalised, settings, store, messages, **options(span)
+            )
+        else:
+            # Resolving a checkpoint may read the object store: off the event loop.
+            doc, created, stored = await run_in_threadpool(submit, span)
         if span is not None:
             span.set_attribute("ddpm.job_id", doc.id)
     headers = {"Location": f"/jobs/{doc.id}"}
@@ -269,7 +279,8 @@ _PRESIGNED = {
 Extension = Literal[tuple(f.extension for f in IMAGE_FORMATS.values())]  # type: ignore[valid-type]
 
 
-def _result(
+async def result_response(
+    ar: Any,
     store: JobStore,
     results_for: Callable[[str], ResultStore],
     settings: Settings,
@@ -278,9 +289,15 @@ def _result(
     ext: str,
 ) -> Response:
     """The result file ``stem.ext`` of a succeeded job: its bytes, or a redirect to the
-    object store (``result_url_seconds``)."""
-    # The fields a download needs, not the whole document (a download follows every job).
-    doc = store.get_fields(job_id, "result_store", "request", "result_attempt")
+    object store (``result_url_seconds``).
+
+    On the event loop, with no thread-pool hop (a download follows every job): the fields
+    come through the async Redis client, and a file on local disk is read inline (result
+    files are small: an image, a grid); the other stores (Redis, the object store) are
+    read in a thread, as a sync route would. ``ar``: the async Redis client. (Also the
+    happy path of :mod:`app.api.fastpath`.)"""
+    # The fields a download needs, not the whole document.
+    doc = await store.aget_fields(ar, job_id, "result_store", "request", "result_attempt")
     if doc is None:
         raise unknown_job(job_id)
     if doc["status"] != "succeeded":
@@ -288,23 +305,28 @@ def _result(
             409 if doc["status"] not in ("failed", "canceled") else 404,
             f"job {job_id} is {doc['status']}: no results",
         )
-    request = doc.get("request") or {}
+    request_doc = doc.get("request") or {}
     if ext != "gif":
-        written = IMAGE_FORMATS[request.get("output_format") or "png"].extension
+        written = IMAGE_FORMATS[request_doc.get("output_format") or "png"].extension
         if ext != written:
             raise HttpError(
                 404, f"job {job_id} wrote its images as .{written}: ask for {stem}.{written}"
             )
-        if stem == "grid" and request.get("count") == 1:
+        if stem == "grid" and request_doc.get("count") == 1:
             stem = "0"  # a one-image job stores no separate grid
     name = f"{stem}.{ext}"
     store_kind = doc.get("result_store") or "disk"
     results = results_for(store_kind)
     attempt = doc.get("result_attempt")
     if settings.result_url_seconds and isinstance(results, ObjectResults):
-        url = results.presigned_url(job_id, name, attempt, settings.result_url_seconds)
+        url = await run_in_threadpool(
+            results.presigned_url, job_id, name, attempt, settings.result_url_seconds
+        )
         return Response(status_code=307, headers={"Location": url, "Cache-Control": "no-store"})
-    data = results.get(job_id, name, attempt)
+    if isinstance(results, DiskResults):
+        data = results.get(job_id, name, attempt)
+    else:
+        data = await run_in_threadpool(results.get, job_id, name, attempt)
     if data is None:
         raise HttpError(404, f"{name} not found for job {job_id}")
     return Response(data, media_type=media_type(name), headers={"Cache-Control": "max-age=3600"})
@@ -319,7 +341,8 @@ def _result(
         **_RESULT_ERRORS,
     },
 )
-def image(
+async def image(
+    request: Request,
     store: StoreDep,
     results_for: ResultsDep,
     settings: SettingsDep,
@@ -329,7 +352,9 @@ def image(
 ) -> Response:
     """Image ``index`` of a succeeded job, in the job's ``output_format`` (its URL in
     ``result.images`` has the extension)."""
-    return _result(store, results_for, settings, job_id, str(index), ext)
+    return await result_response(
+        request.app.state.api.aredis.get(), store, results_for, settings, job_id, str(index), ext
+    )
 
 
 @router.get(
@@ -341,7 +366,8 @@ def image(
         **_RESULT_ERRORS,
     },
 )
-def grid(
+async def grid(
+    request: Request,
     store: StoreDep,
     results_for: ResultsDep,
     settings: SettingsDep,
@@ -349,7 +375,9 @@ def grid(
     job_id: str = JobId,
 ) -> Response:
     """All images of a succeeded job tiled in one image, in the job's ``output_format``."""
-    return _result(store, results_for, settings, job_id, "grid", ext)
+    return await result_response(
+        request.app.state.api.aredis.get(), store, results_for, settings, job_id, "grid", ext
+    )
 
 
 @router.get(
@@ -361,8 +389,20 @@ def grid(
         **_RESULT_ERRORS,
     },
 )
-def trajectory(
-    store: StoreDep, results_for: ResultsDep, settings: SettingsDep, job_id: str = JobId
+async def trajectory(
+    request: Request,
+    store: StoreDep,
+    results_for: ResultsDep,
+    settings: SettingsDep,
+    job_id: str = JobId,
 ) -> Response:
     """The animated denoising (when ``trajectory_frames`` > 0)."""
-    return _result(store, results_for, settings, job_id, "trajectory", "gif")
+    return await result_response(
+        request.app.state.api.aredis.get(),
+        store,
+        results_for,
+        settings,
+        job_id,
+        "trajectory",
+        "gif",
+    )

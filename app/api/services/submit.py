@@ -3,11 +3,14 @@ filled in, then stored together with its task's message in one atomic step."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from kombu.exceptions import OperationalError
+from starlette.concurrency import run_in_threadpool
 
 from app.api.schemas import JobDocument
 from app.api.services.documents import job_document, present
@@ -27,9 +30,16 @@ from app.core.jobs.webhook import WEBHOOK_FIELDS
 from app.core.logs import log_event
 from app.core.queue import TaskMessages
 from app.core.settings import Settings
-from app.core.store import ClientLimit, IdempotencyConflict, JobStore, QueueFull, fingerprint
+from app.core.store import (
+    ClientLimit,
+    IdempotencyConflict,
+    JobStore,
+    QueueFull,
+    Submission,
+    fingerprint,
+)
 
-__all__ = ["normalise_generate", "normalise_train", "submit_job", "Submitted"]
+__all__ = ["normalise_generate", "normalise_train", "submit_job", "asubmit_job", "Submitted"]
 
 log = logging.getLogger("ddpm.api")
 
@@ -142,6 +152,61 @@ def submit_job(
     job, another body is refused (422). ``webhook`` (``stored_webhook`` of the request)
     goes into the document, where the store's transitions find it; so does the deadline,
     and ``trace``, the request span's ``traceparent`` that the worker continues."""
+    job_id, message, options = _create_options(
+        kind, request, settings, messages, client, idem_key, body, webhook, deadline_seconds, trace
+    )
+    with _refusals(kind, settings):
+        sub = store.create(kind, request, **options)
+    if not sub.created:
+        return Submitted(job_document(store, sub.job_id), False)
+    if message is None:  # a route Celery must publish itself
+        _send(messages, kind, job_id)
+    return _submitted(sub, kind, client)
+
+
+async def asubmit_job(
+    ar: Any,
+    kind: str,
+    request: dict[str, Any],
+    settings: Settings,
+    store: JobStore,
+    messages: TaskMessages,
+    *,
+    client: str = "anon",
+    idem_key: str | None = None,
+    body: Any = None,
+    webhook: dict[str, Any] | None = None,
+    deadline_seconds: float | None = None,
+    trace: dict[str, str] | None = None,
+) -> Submitted:
+    """:func:`submit_job` on the event loop, through the async Redis client ``ar``: the same
+    script and outcomes without a thread-pool hop (the rare replays and messages Celery
+    must publish itself still go through a thread)."""
+    job_id, message, options = _create_options(
+        kind, request, settings, messages, client, idem_key, body, webhook, deadline_seconds, trace
+    )
+    with _refusals(kind, settings):
+        sub = await store.acreate(ar, kind, request, **options)
+    if not sub.created:
+        return Submitted(await run_in_threadpool(job_document, store, sub.job_id), False)
+    if message is None:  # a route Celery must publish itself
+        await run_in_threadpool(_send, messages, kind, job_id)
+    return _submitted(sub, kind, client)
+
+
+def _create_options(
+    kind: str,
+    request: dict[str, Any],
+    settings: Settings,
+    messages: TaskMessages,
+    client: str,
+    idem_key: str | None,
+    body: Any,
+    webhook: dict[str, Any] | None,
+    deadline_seconds: float | None,
+    trace: dict[str, str] | None,
+) -> tuple[str, tuple[str, str] | None, dict[str, Any]]:
+    """The new job's id, its task message and the store's create options."""
     limit = settings.queue_limit if kind == "generate" else settings.train_queue_limit
     extra: dict[str, Any] = {"result_store": settings.result_store} if kind == "generate" else {}
     if webhook:
@@ -150,20 +215,25 @@ def submit_job(
         extra["trace"] = trace
     job_id = new_job_id()
     message = messages.encode(TASK_OF[kind], job_id)
+    options = {
+        "extra": extra,
+        "client": client,
+        "idem_key": f"{client}:{kind}:{idem_key}" if idem_key else None,
+        "body_fingerprint": fingerprint(body) if idem_key else "",
+        "queue_limit": limit,
+        "client_limit": 0 if client == "admin" else settings.max_jobs_per_client,
+        "job_id": job_id,
+        "message": message,
+        "deadline_seconds": deadline_seconds,
+    }
+    return job_id, message, options
+
+
+@contextlib.contextmanager
+def _refusals(kind: str, settings: Settings) -> Iterator[None]:
+    """The store's refusals of a submission as the API's errors."""
     try:
-        sub = store.create(
-            kind,
-            request,
-            extra,
-            client=client,
-            idem_key=f"{client}:{kind}:{idem_key}" if idem_key else None,
-            body_fingerprint=fingerprint(body) if idem_key else "",
-            queue_limit=limit,
-            client_limit=0 if client == "admin" else settings.max_jobs_per_client,
-            job_id=job_id,
-            message=message,
-            deadline_seconds=deadline_seconds,
-        )
+        yield
     except QueueFull:
         raise LimitReached(f"the {kind} queue is full; retry later") from None
     except ClientLimit:
@@ -176,19 +246,22 @@ def submit_job(
             f"this Idempotency-Key was used for job {exc.job_id} with a different request body",
             "Idempotency-Key",
         ) from None
-    if not sub.created:
-        return Submitted(job_document(store, sub.job_id), False)
-    if message is None:  # a route Celery must publish itself
-        try:
-            messages.send(TASK_OF[kind], job_id)
-        except OperationalError as exc:
-            log_event(
-                log,
-                "broker refused the message; the reaper will send it",
-                logging.WARNING,
-                job_id=job_id,
-                error=str(exc),
-            )
-    log_event(log, "job submitted", job_id=job_id, kind=kind, client=client)
+
+
+def _send(messages: TaskMessages, kind: str, job_id: str) -> None:
+    try:
+        messages.send(TASK_OF[kind], job_id)
+    except OperationalError as exc:
+        log_event(
+            log,
+            "broker refused the message; the reaper will send it",
+            logging.WARNING,
+            job_id=job_id,
+            error=str(exc),
+        )
+
+
+def _submitted(sub: Submission, kind: str, client: str) -> Submitted:
+    log_event(log, "job submitted", job_id=sub.job_id, kind=kind, client=client)
     assert sub.doc is not None
     return Submitted(present(sub.doc, sub.position), True, sub.doc)

@@ -147,6 +147,22 @@ def _pairs(fields: dict[str, Any]) -> list[str]:
     return [x for k, v in fields.items() for x in (k, json.dumps(v))]
 
 
+def _submission(
+    res: list[Any], job_id: str, doc: dict[str, Any], kind: str, client: str
+) -> Submission:
+    """What the create script answered, as :meth:`JobStore.create` returns or raises it."""
+    outcome = res[0]
+    if outcome == "created":
+        return Submission(job_id, True, doc, int(res[2]))
+    if outcome == "replay":
+        return Submission(res[1], False)
+    if outcome == "conflict":
+        raise IdempotencyConflict(res[1])
+    if outcome == "queue_full":
+        raise QueueFull(kind)
+    raise ClientLimit(client)
+
+
 def _fence(attempt: int | None) -> str:
     """An attempt as the scripts compare it with the stored one ('' = any)."""
     return "" if attempt is None else str(attempt)
@@ -243,6 +259,16 @@ class JobStore:
         keys = ["status", *names]
         return {k: None if v is None else json.loads(v) for k, v in zip(keys, values, strict=True)}
 
+    async def aget_fields(
+        self, ar: aredis.Redis, job_id: str, *names: str
+    ) -> dict[str, Any] | None:
+        """:meth:`get_fields` through the async client ``ar`` (decoded responses)."""
+        keys = ["status", *names]
+        values = await ar.hmget(self.job_key(job_id), keys)
+        if values[0] is None:
+            return None
+        return {k: None if v is None else json.loads(v) for k, v in zip(keys, values, strict=True)}
+
     async def aget(self, ar: aredis.Redis, job_id: str) -> dict[str, Any] | None:
         """:meth:`get` through the async client ``ar`` (decoded responses), for the API's
         event loop."""
@@ -328,6 +354,52 @@ class JobStore:
         same atomic step (:class:`app.core.queue.TaskMessages`). A job with
         ``deadline_seconds`` that has not started by then never runs: it is canceled
         (reason ``deadline``); one still running then stops at its next step."""
+        job_id, doc, call = self._create_call(
+            kind, request, extra, client, idem_key, body_fingerprint, queue_limit,
+            client_limit, job_id, message, deadline_seconds,
+        )  # fmt: skip
+        return _submission(self._scripts.create(**call), job_id, doc, kind, client)
+
+    async def acreate(
+        self,
+        ar: aredis.Redis,
+        kind: str,
+        request: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+        *,
+        client: str = "anon",
+        idem_key: str | None = None,
+        body_fingerprint: str = "",
+        queue_limit: int = -1,
+        client_limit: int = 0,
+        job_id: str | None = None,
+        message: tuple[str, str] | None = None,
+        deadline_seconds: float | None = None,
+    ) -> Submission:
+        """:meth:`create` through the async client ``ar`` (decoded responses), for the API's
+        event loop: the same script, arguments and outcomes."""
+        job_id, doc, call = self._create_call(
+            kind, request, extra, client, idem_key, body_fingerprint, queue_limit,
+            client_limit, job_id, message, deadline_seconds,
+        )  # fmt: skip
+        res = await self._scripts.create.acall(ar, **call)
+        return _submission(res, job_id, doc, kind, client)
+
+    def _create_call(
+        self,
+        kind: str,
+        request: dict[str, Any],
+        extra: dict[str, Any] | None,
+        client: str,
+        idem_key: str | None,
+        body_fingerprint: str,
+        queue_limit: int,
+        client_limit: int,
+        job_id: str | None,
+        message: tuple[str, str] | None,
+        deadline_seconds: float | None,
+    ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """The job id, the document and the create script's keys and arguments."""
         job_id = job_id or new_job_id()
         created_ts = time.time()
         doc = {
@@ -347,9 +419,9 @@ class JobStore:
         if deadline_seconds:
             doc["deadline_at"] = _iso(created_ts + deadline_seconds)
         broker, body = message or ("", "")
-        res = self._scripts.create(
-            keys=self._submit_keys(job_id, kind, client, idem) | {"broker": broker},
-            args={
+        call = {
+            "keys": self._submit_keys(job_id, kind, client, idem) | {"broker": broker},
+            "args": {
                 "id": job_id,
                 "prefix": self.prefix,
                 "kind": kind,
@@ -363,17 +435,8 @@ class JobStore:
                 "deadline_ms": int(deadline_seconds * 1000) if deadline_seconds else 0,
                 "fields": _pairs(doc),
             },
-        )
-        outcome = res[0]
-        if outcome == "created":
-            return Submission(job_id, True, doc, int(res[2]))
-        if outcome == "replay":
-            return Submission(res[1], False)
-        if outcome == "conflict":
-            raise IdempotencyConflict(res[1])
-        if outcome == "queue_full":
-            raise QueueFull(kind)
-        raise ClientLimit(client)
+        }
+        return job_id, doc, call
 
     def forget(
         self, job_id: str, kind: str, client: str = "anon", idem_key: str | None = None

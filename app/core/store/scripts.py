@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import functools
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import redis
+import redis.asyncio as aredis
 from redis.commands.core import Script as RedisScript
 
 __all__ = [
@@ -128,6 +130,8 @@ class Runner:
     def __init__(self, script: Script, client: redis.Redis) -> None:
         self.script = script
         self._registered: RedisScript = client.register_script(script.source)
+        # The same script on async clients (one per event loop), registered on first use.
+        self._async: weakref.WeakKeyDictionary[aredis.Redis, Any] = weakref.WeakKeyDictionary()
 
     def __call__(
         self,
@@ -140,6 +144,17 @@ class Runner:
         pipeline say, where the result comes with the pipeline's."""
         k, a = self.script.build(keys, args)
         return self._registered(keys=k, args=a, client=client)
+
+    async def acall(
+        self, client: aredis.Redis, *, keys: Mapping[str, Any], args: Mapping[str, Any]
+    ) -> Any:
+        """Run it through the async client ``client`` (EVALSHA, loading it when Redis lacks
+        it), on the caller's event loop."""
+        k, a = self.script.build(keys, args)
+        script = self._async.get(client)
+        if script is None:
+            script = self._async[client] = client.register_script(self.script.source)
+        return await script(keys=k, args=a)
 
 
 # -- the declarations ------------------------------------------------------------------------
