@@ -17,6 +17,7 @@ from kombu import Queue
 
 from app.core.jobs.names import GEN_QUEUE, GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK
 from app.core.settings import Settings, get_settings
+from app.core.store.connection import broker_options
 
 __all__ = ["make_celery", "pending_task_ids"]
 
@@ -37,6 +38,7 @@ def make_celery(settings: Settings | None = None, include: Sequence[str] = ()) -
         "visibility_timeout": s.visibility_timeout,
         "global_keyprefix": s.key_prefix,
     }
+    transport |= broker_options(s)  # with Sentinel: the master's name, the sentinels' auth
     if s.restore_interval:
         transport |= {"unacked_restore_interval": s.restore_interval, "unacked_restore_throttle": 1}
     celery.conf.update(
