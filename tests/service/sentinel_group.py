@@ -182,14 +182,28 @@ class SentinelGroup:
         return time.monotonic() - t0
 
     def wait_replica_of_master(self, timeout: float = 60) -> float:
-        """Seconds until the current master has a replica in sync again."""
+        """Seconds until the current master has a replica in sync again, and every sentinel
+        counts it as one it could promote."""
         t0 = time.monotonic()
         m = self.master_index()
         other = 1 - m
 
         def synced() -> bool:
             info = self.node(other).info("replication")
-            return info.get("role") == "slave" and info.get("master_link_status") == "up"
+            if info.get("role") != "slave" or info.get("master_link_status") != "up":
+                return False
+            for j in range(3):
+                replicas = self.sentinel(j).sentinel_slaves(MASTER)
+                ok = [
+                    r
+                    for r in replicas
+                    if int(r["port"]) == self.node_ports[other]
+                    and not (r["is_sdown"] or r["is_odown"] or r["is_disconnected"])
+                    and r.get("master-link-status") == "ok"
+                ]
+                if not ok:
+                    return False
+            return True
 
         self._wait(synced, "the old master did not rejoin as a replica", timeout, 0.1)
         return time.monotonic() - t0

@@ -19,6 +19,9 @@ import redis
 import redis.asyncio as aredis
 import redis.asyncio.sentinel as asentinel
 import redis.sentinel as sentinel
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 __all__ = [
     "RedisTarget",
@@ -36,6 +39,14 @@ __all__ = [
 CONNECT_TIMEOUT = 3.0
 SOCKET_TIMEOUT = 10.0
 HEALTH_CHECK_INTERVAL = 30
+# A Sentinel client retries a command once more on a connection error: a pooled
+# connection to a master that died or was demoted fails once, and the new connection asks
+# the sentinels. Longer outages are the callers' to ride out (the store's retries, 503s).
+SENTINEL_RETRIES = 2
+
+
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=0.5, base=0.05)
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,43 @@ def _sentinel_kwargs(t: RedisTarget) -> dict[str, Any]:
     return kw
 
 
+class _MasterConnection(sentinel.SentinelManagedConnection):
+    """A master connection that asks the sentinels where the master is on every (re)connect.
+
+    redis-py's Sentinel connection does so in ``connect()``, but a command sent on a
+    connection that was dropped (the master died, or was demoted: READONLY) reconnects
+    through ``connect_check_health()`` to the address it had, the old master's; the retry
+    then fails as the first try did."""
+
+    _resolving = False
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True):
+        if self._sock is None and not self._resolving and self.connection_pool.is_master:
+            self._resolving = True
+            try:
+                return self.connect()  # discovers the master, then connects to it
+            finally:
+                self._resolving = False
+        return super().connect_check_health(check_health, retry_socket_connect)
+
+
+class _AsyncMasterConnection(asentinel.SentinelManagedConnection):
+    """:class:`_MasterConnection` for asyncio clients."""
+
+    _resolving = False
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ):
+        if not self.is_connected and not self._resolving and self.connection_pool.is_master:
+            self._resolving = True
+            try:
+                return await self.connect()
+            finally:
+                self._resolving = False
+        return await super().connect_check_health(check_health, retry_socket_connect)
+
+
 def connect(where: Any, decode: bool = True, **options: Any) -> redis.Redis:
     """A redis-py client for ``where`` (a URL, a :class:`RedisTarget` or the settings),
     with short timeouts; the master of a Sentinel group when it names one. ``options``
@@ -103,6 +151,8 @@ def connect(where: Any, decode: bool = True, **options: Any) -> redis.Redis:
     manager = sentinel.Sentinel(list(t.nodes), sentinel_kwargs=_sentinel_kwargs(t))
     if t.password:
         kw["password"] = t.password
+    kw.setdefault("retry", Retry(_backoff(), SENTINEL_RETRIES))
+    kw["connection_class"] = _MasterConnection
     return manager.master_for(t.master, redis_class=redis.Redis, db=0, **kw)
 
 
@@ -136,6 +186,8 @@ def async_redis_client(
     manager = asentinel.Sentinel(list(t.nodes), sentinel_kwargs=_sentinel_kwargs(t))
     if t.password:
         kw["password"] = t.password
+    kw["retry"] = AsyncRetry(_backoff(), SENTINEL_RETRIES)
+    kw["connection_class"] = _AsyncMasterConnection
     return manager.master_for(
         t.master, redis_class=aredis.Redis, connection_pool_class=_BlockingSentinelPool, db=0, **kw
     )
