@@ -180,6 +180,7 @@ class JobStore:
         # Job creation and finish return only once a replica has them (WAIT 1 timeout).
         self.replicated_ack = replicated_ack
         self.ack_timeout = ack_timeout
+        self.unconfirmed_claims = 0  # claims that no replica confirmed in time (they ran)
         self._scripts = StoreScripts(client)
 
     def _replicated(self, run: Any) -> tuple[Any, int | None]:
@@ -428,22 +429,28 @@ class JobStore:
     def claim(self, job_id: str, kind: str, worker: str) -> Claim | None:
         """queued -> running with a fresh lease and the next attempt number (the fencing
         token). None when the job is not queued (running elsewhere, finished, gone); a job
-        whose cancel flag is set is canceled instead."""
-        res = self._scripts.claim(
-            keys=self._job_keys(job_id, kind),
-            args=self._common(job_id, kind)
-            | {
-                "lease_ms": self.lease_ms,
-                "worker": json.dumps(worker),
-                "started_at": json.dumps(now_iso()),
-                "started_ts": json.dumps(time.time()),
-                "cancel_done": _CANCELED_QUEUED_DONE,
-                "deadline_error": _DEADLINE_ERROR,
-                "deadline_done": _DEADLINE_DONE,
-            },
+        whose cancel flag is set is canceled instead. With ``replicated_ack`` it waits for
+        a replica too (up to ``ack_timeout``), but runs the job without one."""
+        keys = self._job_keys(job_id, kind)
+        args = self._common(job_id, kind) | {
+            "lease_ms": self.lease_ms,
+            "worker": json.dumps(worker),
+            "started_at": json.dumps(now_iso()),
+            "started_ts": json.dumps(time.time()),
+            "cancel_done": _CANCELED_QUEUED_DONE,
+            "deadline_error": _DEADLINE_ERROR,
+            "deadline_done": _DEADLINE_DONE,
+        }
+        res, acked = self._replicated(
+            lambda pipe: self._scripts.claim(keys=keys, args=args, client=pipe)
         )
         if res[0] != "claimed":
             return None
+        if acked == 0:
+            # Not an acknowledgement to anyone: the job runs all the same. The replica's
+            # copy matters after a failover, where the new master must know this attempt
+            # (the fencing token) so that no other worker claims the same number.
+            self.unconfirmed_claims += 1
         flat = res[2]
         doc = {flat[i]: json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
         return Claim(job_id, int(res[1]), doc)
