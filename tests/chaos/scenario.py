@@ -217,6 +217,58 @@ class Cluster:
         return out
 
 
+class SentinelCluster(Cluster):
+    """A :class:`Cluster` whose Redis is a Sentinel group (tests/service/sentinel_group.py):
+    master, replica and three sentinels with the shipped settings; the services find the
+    master through ``DDPM_REDIS_SENTINELS``, with the shipped acknowledgement (WAIT)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        sys.path.insert(0, str(ROOT / "tests" / "service"))
+        from sentinel_group import SentinelGroup
+
+        self.group = SentinelGroup(self.workdir / "sentinel", password=PASSWORD)
+        self.group.workdir.mkdir(exist_ok=True)
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env.pop("DDPM_REDIS_URL")
+        return env | self.group.env()
+
+    def start_redis(self) -> None:
+        self.group.up()
+
+    def up(self) -> None:
+        self.start_redis()
+        for name in ("api", "gen"):
+            self.start(name)
+        self.wait_ready()
+
+    def kill_master(self) -> tuple[int, float]:
+        """SIGKILL the master; (its node index, the monotonic time of the kill)."""
+        i = self.group.master_index()
+        self.group.kill(f"node{i}")
+        self.note(f"SIGKILL redis master node{i}")
+        return i, time.monotonic()
+
+    def down(self) -> None:
+        super().down()
+        self.group.down()
+
+    def store(self) -> Any:
+        from app.core.settings import Settings
+        from app.core.store import store_from_settings
+
+        return store_from_settings(
+            Settings(
+                redis_sentinels=self.group.sentinels,
+                redis_password=PASSWORD,
+                data_dir=self.data,
+                redis_replicated_ack=False,
+            )
+        )
+
+
 def generate_bodies(n: int, rng: random.Random, max_count: int = 6) -> list[dict]:
     """Varied generate requests on the built-in ``digits`` (count, steps, sampler, label)."""
     bodies = []
