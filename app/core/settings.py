@@ -278,7 +278,7 @@ class Settings(BaseSettings):
         """The Redis URL to use: the configured one, else the embedded server's, if running;
         with ``redis_password`` filled in when the URL has no password of its own. With
         Sentinel, kombu's form: ``sentinel://:pw@host:port/0;sentinel://...`` (redis-py
-        clients are made by :func:`app.core.store.redis_client`, never from this URL)."""
+        clients are made by :func:`app.core.store.connect`, never from this URL)."""
         if self.redis_sentinels:
             auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
             return ";".join(f"sentinel://{auth}{_netloc(h, p)}/0" for h, p in self.sentinel_nodes)

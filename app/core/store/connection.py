@@ -27,7 +27,6 @@ __all__ = [
     "RedisTarget",
     "redis_target",
     "connect",
-    "redis_client",
     "async_redis_client",
     "broker_options",
     "is_transient",
@@ -154,10 +153,6 @@ def connect(where: Any, decode: bool = True, **options: Any) -> redis.Redis:
     kw.setdefault("retry", Retry(_backoff(), SENTINEL_RETRIES))
     kw["connection_class"] = _MasterConnection
     return manager.master_for(t.master, redis_class=redis.Redis, db=0, **kw)
-
-
-# The service's one name for it: every sync client of the job system comes from here.
-redis_client = connect
 
 
 class _BlockingSentinelPool(asentinel.SentinelConnectionPool, aredis.BlockingConnectionPool):
