@@ -72,12 +72,18 @@ def campaign(args: argparse.Namespace) -> None:
     train = [d for k, d in docs.items() if k.startswith("train-") and d is not None]
     print("train: " + ", ".join(f"{d['status']} after {d['attempts']} attempts" for d in train))
     print(f"event streams with exactly one done: {done_once} of {len(docs)}")
-    by_kind: dict[str, list[float]] = {}
-    for _, kind, rec in camp.injected:
-        by_kind.setdefault(kind, []).append(rec)
-    for kind, values in sorted(by_kind.items()):
-        print(f"{kind}: {len(values)} injected, recovery p50 {statistics.median(values):.1f} s, "
-              f"max {max(values):.1f} s")  # fmt: skip
+    by_kind: dict[str, list[tuple[float, int]]] = {}
+    for _, kind, rec, hit in camp.injected:
+        by_kind.setdefault(kind, []).append((rec, hit))
+    for kind, rows in sorted(by_kind.items()):
+        # Recovery over the faults that interrupted running jobs (the API's: every kill).
+        hits = [r for r, n in rows if n or kind == "api_kill"]
+        line = f"{kind}: {len(rows)} injected, {sum(n for _, n in rows)} running jobs hit"
+        if hits:
+            line += f"; recovery p50 {statistics.median(hits):.1f} s, max {max(hits):.1f} s"
+        print(line)
+    worst = max((r for _, k, r, n in camp.injected if n and k != "train_kill"), default=0.0)
+    print(f"worst time for an interrupted generate job to run again: {worst:.1f} s")
     for at, kind, why in camp.skipped:
         print(f"skipped {kind} at {at:.0f} s: {why}")
     print(f"wall {camp.wall_s:.0f} s; logs in {work}")

@@ -410,7 +410,10 @@ class Campaign:
     """What :func:`run_campaign` did and measured."""
 
     schedule: list[tuple[float, str]]  # (seconds after the start, fault kind), as drawn
-    injected: list[tuple[float, str, float]] = field(default_factory=list)  # + recovery s
+    # (at, kind, recovery s, jobs it interrupted): recovery is until each of those runs again
+    # or is done (a kill that hit no running job recovers in 0 s); an API kill's, until the
+    # API is ready again
+    injected: list[tuple[float, str, float, int]] = field(default_factory=list)
     skipped: list[tuple[float, str, str]] = field(default_factory=list)  # + why
     accepted: dict[str, str] = field(default_factory=dict)  # Idempotency-Key -> job id
     bodies: dict[str, dict] = field(default_factory=dict)
@@ -447,29 +450,30 @@ def _submit_keyed(c: Cluster, key: str, body: dict, path: str, headers: dict, ca
     raise TimeoutError(f"{key} never accepted")
 
 
-def _inject(c: Cluster, kind: str, camp: Campaign) -> tuple[float | None, str]:
-    """Inject one fault; (recovery seconds, '') or (None, why it was skipped)."""
+def _inject(c: Cluster, kind: str, camp: Campaign) -> tuple[float | None, int, str]:
+    """Inject one fault; (recovery seconds, jobs it interrupted, '') or (None, 0, why it
+    was skipped)."""
     gen_ids = [camp.accepted[k] for k in list(camp.accepted) if k.startswith("gen-")]
     if kind == "gen_kill":
         running = _running_on_killed(c, gen_ids[-60:])
         c.kill("gen")
         t = time.monotonic()
         c.start("gen")
-        return _recovery(c, running, t, 180), ""
+        return _recovery(c, running, t, 180), len(running), ""
     if kind == "train_kill":
         running = _running_on_killed(c, camp.train_ids)
         if not running:
-            return None, "no training job running"
+            return None, 0, "no training job running"
         c.kill("train")
         t = time.monotonic()
         c.start("train")
-        return _recovery(c, running, t, 180), ""
+        return _recovery(c, running, t, 180), len(running), ""
     if kind == "api_kill":
         c.kill("api")
         t = time.monotonic()
         c.start("api")
         c.wait_ready(120)
-        return time.monotonic() - t, ""
+        return time.monotonic() - t, 0, ""
     # redis_fault: a failover with Sentinel, else a SIGKILL and restart on the AOF.
     running = _running_on_killed(c, gen_ids[-60:])
     if isinstance(c, SentinelCluster):
@@ -482,7 +486,7 @@ def _inject(c: Cluster, kind: str, camp: Campaign) -> tuple[float | None, str]:
         t = time.monotonic()
         time.sleep(1.0)
         c.start_redis()
-    return _recovery(c, running, t, 180), ""
+    return _recovery(c, running, t, 180), len(running), ""
 
 
 def run_campaign(
@@ -537,11 +541,11 @@ def run_campaign(
                 job = camp.accepted.get(f"train-{n}")
                 if job and job not in camp.train_ids:
                     camp.train_ids.append(job)
-            recovered, why = _inject(c, kind, camp)
+            recovered, hit, why = _inject(c, kind, camp)
             if recovered is None:
                 camp.skipped.append((at, kind, why))
             else:
-                camp.injected.append((at, kind, recovered))
+                camp.injected.append((at, kind, recovered, hit))
             c.note(f"{kind} at {at} s: recovered in {recovered}")
         while time.monotonic() - start < duration:
             time.sleep(0.2)
