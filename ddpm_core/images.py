@@ -16,7 +16,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["Pixels", "to_uint8", "to_pil", "png_bytes", "make_grid", "gif_bytes"]
+from ddpm_core.config.formats import DEFAULT_QUALITY, IMAGE_FORMATS
+
+__all__ = [
+    "Pixels",
+    "to_uint8",
+    "to_pil",
+    "png_bytes",
+    "encode_image",
+    "make_grid",
+    "gif_bytes",
+]
 
 Pixels = torch.Tensor | np.ndarray
 
@@ -47,6 +57,28 @@ def png_bytes(image: Image.Image | Pixels) -> bytes:
     img = image if isinstance(image, Image.Image) else to_pil(image)
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def encode_image(
+    image: Image.Image | Pixels, output_format: str = "png", quality: int = DEFAULT_QUALITY
+) -> bytes:
+    """Encode one image in ``output_format`` (a name of ``IMAGE_FORMATS``); ``quality``
+    (1..100) applies to the lossy formats."""
+    if output_format not in IMAGE_FORMATS:
+        raise ValueError(f"unknown image format {output_format!r}; one of {list(IMAGE_FORMATS)}")
+    if output_format == "png":
+        return png_bytes(image)
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be in 1..100, not {quality}")
+    img = image if isinstance(image, Image.Image) else to_pil(image)
+    buf = io.BytesIO()
+    if output_format == "webp":
+        # method 4: Pillow's default speed; lossy, as JPEG, so quality means the same.
+        img.save(buf, format="WEBP", quality=quality, method=4)
+    else:
+        # Full-resolution chroma: at 32x32, 4:2:0 would halve the colour of every pixel.
+        img.save(buf, format="JPEG", quality=quality, subsampling=0)
     return buf.getvalue()
 
 

@@ -31,6 +31,7 @@ import redis
 from app.core.jobs.names import TASK_OF
 from app.core.logs import log_event
 from app.core.store import Claim, is_transient
+from worker import job_trace
 from worker.monitor import Held
 from worker.runtime import Runtime
 
@@ -106,13 +107,16 @@ def run_job(rt: Runtime, kind: str, job_id: str, body: Body) -> str | None:
     """Run job ``job_id`` of ``kind`` if it is queued; returns the recorded status, None
     when there was nothing to run, ``stale`` when the attempt lost its lease."""
     store = rt.store
+    claim_start = time.time()
     claim = durably(rt, "claim", lambda: store.claim(job_id, kind, rt.name), job_id)
     if claim is None:
         log_event(log, "nothing to run (running elsewhere, finished or gone)", job_id=job_id)
         return None
     log_event(log, "job started", job_id=job_id, kind=kind, attempt=claim.attempt, worker=rt.name)
+    trace = job_trace.begin(claim.doc, kind, job_id, claim.attempt, claim_start, time.time())
     monitor = rt.monitor()
     held = monitor.hold(job_id, kind, claim.attempt)
+    status: str | None = None
     try:
         try:
             outcome = body(rt, claim, held)
@@ -121,7 +125,8 @@ def run_job(rt: Runtime, kind: str, job_id: str, body: Body) -> str | None:
             if back == "requeued":
                 rt.celery.send_task(TASK_OF[kind], args=[job_id], task_id=job_id)
             log_event(log, "job given back to the queue", job_id=job_id, reason=str(exc))
-            return "requeued"
+            status = "requeued"
+            return status
         except Exception as exc:  # noqa: BLE001 - the job fails with a readable error
             log.exception("job body raised", extra={"job_id": job_id})
             outcome = Outcome.failed(type(exc).__name__, public_message(str(exc), rt))
@@ -133,14 +138,20 @@ def run_job(rt: Runtime, kind: str, job_id: str, body: Body) -> str | None:
         if "error" in outcome.fields:
             err = outcome.fields["error"]
             err["message"] = public_message(err.get("message", ""), rt)
-        recorded = durably(
-            rt,
-            "finish",
-            lambda: store.finish(
-                job_id, kind, outcome.status, claim.attempt, stats=outcome.stats, **outcome.fields
-            ),
-            job_id,
-        )
+        with trace.phase("finish", status=outcome.status):
+            recorded = durably(
+                rt,
+                "finish",
+                lambda: store.finish(
+                    job_id,
+                    kind,
+                    outcome.status,
+                    claim.attempt,
+                    stats=outcome.stats,
+                    **outcome.fields,
+                ),
+                job_id,
+            )
         if not recorded:
             log_event(log, "outcome discarded: another attempt owns the job", job_id=job_id)
             return "stale"
@@ -155,6 +166,8 @@ def run_job(rt: Runtime, kind: str, job_id: str, body: Body) -> str | None:
             attempt=claim.attempt,
             error=f"{error.get('type')}: {error.get('message')}" if error else None,
         )
-        return outcome.status
+        status = outcome.status
+        return status
     finally:
+        trace.end(status or "not recorded")
         monitor.release(held)

@@ -19,6 +19,7 @@ from app.core.settings import Settings, get_settings
 from app.core.stats import BATCH_BUCKETS
 from app.core.storage.results import ResultStore, make_result_store, object_store_of
 from app.core.store import JobStore, connect, store_from_settings
+from app.core.tracing import setup_tracing, shutdown_tracing
 
 __all__ = ["Runtime", "get_runtime"]
 
@@ -200,6 +201,7 @@ class Runtime:
         eng = self._engine
         if eng is not None:
             eng.stop()
+        shutdown_tracing()  # export the spans still buffered
 
 
 _runtime: Runtime | None = None
@@ -213,6 +215,7 @@ def get_runtime(hostname: str | None = None, queues: list[str] | None = None) ->
         if _runtime is None:
             s = get_settings()
             configure_logging(s.log_level, s.log_format)
+            setup_tracing("ddpm-worker")
             name = f"{hostname or socket.gethostname()}:{os.getpid()}"
             bin_redis = connect(s, decode=False)
             registry = make_registry(s, bin_redis)

@@ -23,6 +23,7 @@ from app.api.state import ApiState
 from app.core.logs import configure_logging, log_event
 from app.core.settings import Settings, get_settings
 from app.core.store import redis_target
+from app.core.tracing import setup_tracing, shutdown_tracing
 
 __all__ = ["create_app"]
 
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     """Build the API for ``settings`` (default: the environment)."""
     s = settings or get_settings()
     configure_logging(s.log_level, s.log_format)
+    setup_tracing("ddpm-api")
     state = ApiState.build(s, celery)
     log_event(
         logging.getLogger("ddpm.api"),
@@ -48,6 +50,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         if dispatcher is not None:
             dispatcher.stop()
         await state.aclose()
+        shutdown_tracing()
 
     api = FastAPI(
         lifespan=lifespan,

@@ -11,7 +11,13 @@ from prometheus_client.registry import Collector
 
 from app.core.jobs.names import JOB_STATUSES, KINDS, QUEUE_OF
 from app.core.jobs.work import job_images
-from app.core.stats import BATCH_BUCKETS, QUEUE_BUCKETS, RUN_BUCKETS, cumulative_buckets
+from app.core.stats import (
+    BATCH_BUCKETS,
+    QUEUE_BUCKETS,
+    RUN_BUCKETS,
+    by_checkpoint,
+    cumulative_buckets,
+)
 from app.core.store import JobStore, Outbox
 
 __all__ = ["StoreCollector"]
@@ -28,8 +34,9 @@ def _hist(stats: dict[str, float], name: str, buckets: tuple, doc: str) -> Histo
 class StoreCollector(Collector):
     """Reads the shared stats at scrape time (so every API replica reports the same)."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, top_checkpoints: int = 10) -> None:
         self.store = store
+        self.top_checkpoints = top_checkpoints
         self.outbox = Outbox(store)
 
     def collect(self) -> Iterator:
@@ -94,3 +101,43 @@ class StoreCollector(Collector):
         yield _hist(stats, "queue_seconds", QUEUE_BUCKETS, "seconds from submit to start")
         yield _hist(stats, "run_seconds", RUN_BUCKETS, "seconds from start to finish")
         yield _hist(stats, "batch_size", BATCH_BUCKETS, "rows per network call")
+        yield from self._per_checkpoint(stats)
+        yield from _device_memory(self.store.workers())
+
+    def _per_checkpoint(self, stats: dict[str, float]) -> Iterator:
+        """Generation by checkpoint name: the busiest ``metrics_checkpoints`` names, the
+        rest as ``_other``."""
+        groups = by_checkpoint(stats, self.top_checkpoints, "images_generated")
+        images = CounterMetricFamily(
+            "ddpm_checkpoint_images_generated",
+            "images generated, by checkpoint (the busiest few; the rest: _other)",
+            labels=["checkpoint"],
+        )
+        hists = {
+            "queue_seconds": (QUEUE_BUCKETS, "seconds from submit to start, by checkpoint"),
+            "run_seconds": (RUN_BUCKETS, "seconds from start to finish, by checkpoint"),
+        }
+        families = {
+            name: HistogramMetricFamily(f"ddpm_checkpoint_{name}", doc, labels=["checkpoint"])
+            for name, (_, doc) in hists.items()
+        }
+        for ckpt, fields in groups.items():
+            images.add_metric([ckpt], fields.get("images_generated", 0.0))
+            for name, (buckets, _) in hists.items():
+                pairs = [(str(b), c) for b, c in cumulative_buckets(fields, name, buckets)]
+                families[name].add_metric([ckpt], pairs, fields.get(f"{name}_sum", 0.0))
+        yield images
+        yield from families.values()
+
+
+def _device_memory(workers: list[dict]) -> Iterator:
+    """CUDA memory each gen worker's engine holds (its heartbeat's figures)."""
+    mem = GaugeMetricFamily(
+        "ddpm_device_memory_bytes",
+        "CUDA memory of a gen worker's device: allocated (in tensors) and reserved (cached)",
+        labels=["worker", "device", "kind"],
+    )
+    for w in workers:
+        for kind, value in (w.get("cuda_memory") or {}).items():
+            mem.add_metric([str(w.get("name", "?")), str(w.get("device", "?")), kind], value)
+    yield mem

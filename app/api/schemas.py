@@ -49,8 +49,14 @@ class JobResult(BaseModel):
     images: list[ImageRef] | None = None
     grid_url: str | None = None
     trajectory_url: str | None = None
+    format: str | None = Field(None, description="the images' and the grid's format: png, ...")
     checkpoint: str | None = None
     final_loss: float | None = None
+    loss_curve: list[list[float]] | None = Field(
+        None,
+        description="a training run's [step, smoothed loss, lr] points, at most 257, "
+        "spread over the whole run (also in the checkpoint's meta.json)",
+    )
 
 
 class JobError(BaseModel):
@@ -136,6 +142,9 @@ class JobDocument(BaseModel):
         None, description="when a job not yet started by then is canceled (Cancel-After)"
     )
     webhook: JobWebhook | None = None
+    trace_id: str | None = Field(
+        None, description="the job's OpenTelemetry trace (when tracing is on): 32 hex digits"
+    )
 
 
 class CheckpointVersion(BaseModel):

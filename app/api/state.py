@@ -52,7 +52,7 @@ class ApiState:
         )
         celery = celery or make_celery(s)
         metrics = CollectorRegistry(auto_describe=False)
-        metrics.register(StoreCollector(store))
+        metrics.register(StoreCollector(store, s.metrics_checkpoints))
         return cls(
             settings=s,
             store=store,

@@ -19,6 +19,8 @@ from ddpm_core.config.names import AUTOCAST_SETTINGS
 
 __all__ = [
     "SAMPLE_FLAGS",
+    "FORMAT_FLAGS",
+    "check_format_args",
     "add_commands",
     "check_sampling_args",
     "cmd_init",
@@ -29,6 +31,7 @@ __all__ = [
 # The generation options ``ddpm sample`` and ``ddpm eval`` take as flags (before the
 # sampling-only ones).
 SAMPLE_FLAGS = ("count", "seed", "steps", "sampler", "eta", "label", "guidance_scale")
+FORMAT_FLAGS = ("output_format", "output_quality")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -62,7 +65,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--bf16", dest="autocast", action="store_const", const="bf16", help="--autocast bf16"
     )
-    add_generate_flags(p, ["use_ema"], remote=False)
+    add_generate_flags(p, ["use_ema", *FORMAT_FLAGS], remote=False)
     p.add_argument("--nrow", type=int, default=None, help="images per grid row")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sample)
@@ -145,16 +148,24 @@ def check_sampling_args(args: argparse.Namespace) -> None:
         raise UsageError("--eta must be in [0, 1]")
 
 
+def check_format_args(args: argparse.Namespace) -> None:
+    """--format and --quality, as ``sample`` and ``remote generate`` take them."""
+    if not 1 <= args.output_quality <= 100:
+        raise UsageError("--quality must be in [1, 100]")
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
     from ddpm_core.checkpoint import CheckpointError, load_checkpoint
-    from ddpm_core.images import make_grid, png_bytes
+    from ddpm_core.config.formats import IMAGE_FORMATS
+    from ddpm_core.images import encode_image, make_grid
     from ddpm_core.pipeline import generate, resolve_device
     from ddpm_core.tuning import model_precision
 
     check_sampling_args(args)
+    check_format_args(args)
     try:
         device = resolve_device(args.device)
     except (ValueError, RuntimeError) as exc:
@@ -208,12 +219,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     ).cpu()
     bar.close()
     elapsed = time.perf_counter() - started
+    ext = IMAGE_FORMATS[args.output_format].extension
+
+    def encode(img: torch.Tensor) -> bytes:
+        return encode_image(img, args.output_format, args.output_quality)
+
     for i, img in enumerate(images_t):
-        (args.out / f"{i:05d}_seed{args.seed + i}.png").write_bytes(png_bytes(img))
-    (args.out / "grid.png").write_bytes(png_bytes(make_grid(images_t, nrow=args.nrow)))
+        (args.out / f"{i:05d}_seed{args.seed + i}.{ext}").write_bytes(encode(img))
+    (args.out / f"grid.{ext}").write_bytes(encode(make_grid(images_t, nrow=args.nrow)))
     print(
         f"{args.count} images in {elapsed:.2f}s ({args.count / elapsed:.2f} img/s, "
-        f"{steps} steps, {device}, {precision.name}: {precision.why}) -> {args.out}/grid.png"
+        f"{steps} steps, {device}, {precision.name}: {precision.why}) -> {args.out}/grid.{ext}"
     )
     return 0
 

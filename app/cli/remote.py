@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from app.cli.common import UsageError
-from app.cli.offline import SAMPLE_FLAGS
+from app.cli.offline import FORMAT_FLAGS, SAMPLE_FLAGS, check_format_args
 from app.cli.options import add_generate_flags, generate_values
 
 __all__ = ["add_commands"]
@@ -57,7 +57,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("-o", "--out", type=Path, default=Path("samples"), help="output directory")
     add_generate_flags(g, [*SAMPLE_FLAGS, "use_ema"], remote=True)
     g.add_argument("--nrow", type=int, default=None, help="images per grid row")
-    add_generate_flags(g, ["trajectory_frames"], remote=True)
+    add_generate_flags(g, ["trajectory_frames", *FORMAT_FLAGS], remote=True)
     g.add_argument(
         "--deadline",
         type=float,
@@ -227,6 +227,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Submit, follow with a progress bar, save ``ddpm sample``'s files."""
     if args.nrow is not None and args.nrow < 1:
         raise UsageError("--nrow must be >= 1")
+    check_format_args(args)
     if not args.no_wait:
         _out_dir(args.out)
     started = time.perf_counter()
@@ -238,15 +239,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(job.id)
             return 0
         _follow(job, args, "step")
-        job.save(args.out)
+        written = job.save(args.out)
+        grid = next((p for p in written if p.stem == "grid"), args.out / "grid.png")
         if args.nrow is not None:
-            _regrid(job.images(), args.nrow).save(args.out / "grid.png")
+            _regrid(job.images(), args.nrow).save(grid, quality=args.output_quality)
     elapsed = time.perf_counter() - started
     req = job.request
     print(
         f"{len((job.result or {}).get('images') or [])} images in "
         f"{elapsed:.2f}s (job {job.id}, {req.get('steps')} {req.get('sampler')} steps, "
-        f"{req.get('checkpoint')}) -> {args.out}/grid.png"
+        f"{req.get('checkpoint')}) -> {grid}"
     )
     return 0
 

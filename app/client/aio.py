@@ -43,11 +43,11 @@ class AsyncJob(JobBase):
 
     async def grid(self) -> Image.Image:
         """As :meth:`Job.grid`."""
-        return await self._client._run(self._image("grid.png"))
+        return await self._client._run(self._image("grid"))
 
     async def trajectory(self) -> Image.Image:
         """As :meth:`Job.trajectory`."""
-        return await self._client._run(self._image("trajectory.gif"))
+        return await self._client._run(self._image("trajectory"))
 
     async def save(self, out_dir: str | os.PathLike) -> list[Path]:
         """As :meth:`Job.save`."""
@@ -128,6 +128,8 @@ class AsyncClient(ClientBase):
         guidance_scale: float | None = None,
         use_ema: bool | None = None,
         trajectory_frames: int | None = None,
+        output_format: str | None = None,
+        output_quality: int | None = None,
         webhook: str | None = None,
         webhook_events: list[str] | None = None,
         deadline_seconds: float | None = None,

@@ -66,16 +66,26 @@ class Progress:
 
 def output_names(doc: dict[str, Any]) -> list[tuple[str, str]]:
     """(file name, URL) of a succeeded generation job's outputs, named as ``ddpm sample``
-    names them: ``00003_seed45.png`` per image, ``grid.png``, ``trajectory.gif``."""
+    names them: ``00003_seed45.png`` per image (``.webp``, ``.jpg`` as the job's
+    ``output_format``), ``grid.png``, ``trajectory.gif``."""
     result = doc.get("result") or {}
+
+    def ext(url: str) -> str:
+        return url.rsplit(".", 1)[-1]
+
     out = [
-        (f"{im['index']:05d}_seed{im['seed']}.png", im["url"]) for im in result.get("images") or []
+        (f"{im['index']:05d}_seed{im['seed']}.{ext(im['url'])}", im["url"])
+        for im in result.get("images") or []
     ]
     if result.get("grid_url"):
-        out.append(("grid.png", result["grid_url"]))
+        out.append((f"grid.{ext(result['grid_url'])}", result["grid_url"]))
     if result.get("trajectory_url"):
         out.append(("trajectory.gif", result["trajectory_url"]))
     return out
+
+
+def _stem(name: str) -> str:
+    return name.rsplit(".", 1)[0]
 
 
 # -- retry policy (RETRY_STATUSES above; Retry-After: errors.retry_after) -----------------------
@@ -238,11 +248,13 @@ class Core:
         admin: bool = False,
         idempotency_key: str | None = None,
         ok_on_retry: frozenset[int] = frozenset(),
+        redirect: bool = False,
     ) -> Op:
         """Send with retries; the 2xx response, else ApiError / ServiceUnreachable.
 
         ``ok_on_retry``: statuses that mean success when an earlier attempt may have
-        reached the server (a retried cancel meeting 409, a retried delete meeting 404)."""
+        reached the server (a retried cancel meeting 409, a retried delete meeting 404);
+        ``redirect``: a redirect with a Location is an answer too."""
         headers = self.headers(admin)
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
@@ -269,6 +281,8 @@ class Core:
                     continue
             if resp.is_success or (maybe_sent and status in ok_on_retry):
                 return resp
+            if redirect and resp.is_redirect and "location" in resp.headers:
+                return resp
             raise ApiError.from_response(resp)
         raise AssertionError("unreachable")
 
@@ -289,7 +303,14 @@ class Core:
         yield from self.request("DELETE", path, admin=True, ok_on_retry=frozenset({404}))
 
     def download(self, url: str) -> Op:
-        resp = yield from self.request("GET", url)
+        resp = yield from self.request("GET", url, redirect=True)
+        if resp.is_redirect:
+            # A presigned URL of the object store: it carries its own signature, so no
+            # key of ours goes with it.
+            where = resp.headers["location"]
+            resp = yield Send("GET", where, {}, None)
+            if not resp.is_success:
+                raise ApiError.from_response(resp)
         return resp.content
 
     def download_all(self, items: list[tuple[str, str]]) -> Op:
@@ -538,9 +559,9 @@ class JobBase:
     def _outputs(self, which: str) -> list[tuple[str, str]]:
         items = output_names(self._doc)
         if which == "images":
-            items = [(n, u) for n, u in items if n not in ("grid.png", "trajectory.gif")]
-        elif which != "all":
-            items = [(n, u) for n, u in items if n == which]
+            items = [(n, u) for n, u in items if _stem(n) not in ("grid", "trajectory")]
+        elif which != "all":  # grid or trajectory
+            items = [(n, u) for n, u in items if _stem(n) == which]
             if not items:
                 raise ClientError(f"job {self.id} has no {which}")
         return items

@@ -44,14 +44,14 @@ class Job(JobBase):
 
     def grid(self) -> Image.Image:
         """All images tiled in one PIL image (waits for the job; needs Pillow)."""
-        return self._client._run(self._image("grid.png"))
+        return self._client._run(self._image("grid"))
 
     def trajectory(self) -> Image.Image:
         """The animated denoising GIF (``trajectory_frames`` > 0) as a PIL image."""
-        return self._client._run(self._image("trajectory.gif"))
+        return self._client._run(self._image("trajectory"))
 
     def save(self, out_dir: str | os.PathLike) -> list[Path]:
-        """Write the images, ``grid.png`` and any ``trajectory.gif`` into ``out_dir`` under
+        """Write the images, the grid and any ``trajectory.gif`` into ``out_dir`` under
         the names ``ddpm sample`` uses (waits for the job); the paths written."""
         return self._client._run(self._save(out_dir))
 
@@ -127,13 +127,16 @@ class Client(ClientBase):
         guidance_scale: float | None = None,
         use_ema: bool | None = None,
         trajectory_frames: int | None = None,
+        output_format: str | None = None,
+        output_quality: int | None = None,
         webhook: str | None = None,
         webhook_events: list[str] | None = None,
         deadline_seconds: float | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
         """Submit a generation job; unset options take the checkpoint's defaults and image
-        i uses seed+i. ``webhook``: a URL the service POSTs the signed job document to at
+        i uses seed+i; ``output_format`` png (default), webp or jpeg, ``output_quality``
+        1..100 for the lossy two. ``webhook``: a URL the service POSTs the signed job document to at
         ``webhook_events`` (start, progress, completed; default completed). A job not
         started within ``deadline_seconds`` is canceled (reason deadline). Each call makes
         a fresh ``Idempotency-Key`` that its retries reuse; pass your own to make a submit

@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         None, description="endpoint of an S3-compatible store other than AWS (MinIO, ...)"
     )
+    result_url_seconds: int = Field(
+        0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="with result_store=s3: image URLs redirect (307) to a presigned URL valid "
+        "this many seconds, so the bytes do not pass through the API; 0 = the API serves them",
+    )
     checkpoint_cache_size: int = Field(
         8, ge=1, description="checkpoint versions a worker keeps downloaded from the object store"
     )
@@ -87,6 +94,12 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     log_level: str = "INFO"
     log_format: Literal["kv", "json"] = "kv"
+    metrics_checkpoints: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="checkpoints /metrics labels by name (the busiest); the rest are _other",
+    )
     access_log: bool = Field(
         False,
         description="uvicorn's line per HTTP request (the API logs every job it accepts "
@@ -182,6 +195,14 @@ class Settings(BaseSettings):
         300.0, gt=0, description="seconds after which the server ends a stream (clients resume)"
     )
     stream_keepalive: float = Field(15.0, gt=0, description="seconds between keep-alive comments")
+    # The API declares long polls of up to 60 s; this holds them shorter (below the idle
+    # timeout of a proxy in front, say): the answer then comes earlier, still a 202.
+    max_wait: float = Field(
+        60.0,
+        gt=0,
+        le=60.0,
+        description="seconds a long poll (GET /jobs/{id}?wait=N, Prefer: wait=N) holds at most",
+    )
     stream_retry_ms: int = Field(2000, ge=0, description="reconnect delay hinted to SSE clients")
 
     # Webhooks (app/core/webhooks): the outbox in Redis, delivered by a dispatcher thread in

@@ -11,6 +11,9 @@ __all__ = [
     "BATCH_BUCKETS",
     "histogram_fields",
     "cumulative_buckets",
+    "checkpoint_fields",
+    "by_checkpoint",
+    "OTHER",
 ]
 
 QUEUE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
@@ -35,4 +38,37 @@ def cumulative_buckets(
     for b in [*buckets, "+Inf"]:
         total += stats.get(f"{name}_bin:{b}", 0.0)
         out.append((b, total))
+    return out
+
+
+# Per-checkpoint copies of a job's stats: ``ckpt:{name}:{field}`` (a checkpoint name
+# has no colon). /metrics labels the busiest few by name and folds the rest into OTHER,
+# so the label's cardinality stays bounded however many checkpoints come and go.
+_CKPT = "ckpt:"
+OTHER = "_other"  # no checkpoint name starts with "_" (NAME_PATTERN)
+
+
+def checkpoint_fields(ref: str, fields: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """``fields`` again under the name of checkpoint ``ref`` (``name@version``)."""
+    name = ref.split("@", 1)[0]
+    return [(f"{_CKPT}{name}:{field}", value) for field, value in fields]
+
+
+def by_checkpoint(stats: dict[str, float], top: int, rank_by: str) -> dict[str, dict[str, float]]:
+    """The per-checkpoint stats, by name: the ``top`` names with the most ``rank_by``,
+    and every other name summed into :data:`OTHER`."""
+    names: dict[str, dict[str, float]] = {}
+    for key, value in stats.items():
+        if key.startswith(_CKPT):
+            name, _, field = key[len(_CKPT) :].partition(":")
+            names.setdefault(name, {})[field] = value
+    ranked = sorted(names, key=lambda n: (-names[n].get(rank_by, 0.0), n))
+    out = {n: names[n] for n in ranked[:top]}
+    rest = ranked[top:]
+    if rest:
+        other: dict[str, float] = {}
+        for n in rest:
+            for field, value in names[n].items():
+                other[field] = other.get(field, 0.0) + value
+        out[OTHER] = other
     return out

@@ -127,6 +127,7 @@ class TrainLoop:
                 raise ValueError(f"resume state is at step {counters.step}, past steps={cfg.steps}")
         self.step, self.smooth = counters.step, counters.smooth
         self.skipped, self.prev_elapsed = counters.skipped_steps, counters.elapsed_s
+        self.curve = counters.curve
         self.dist.seed_dropout(cfg.seed, self.step)
         self.ema.to(self.device)
         wrapped = self.dist.wrap(self.model)
@@ -228,6 +229,7 @@ class TrainLoop:
                 "Check data, lr, precision."
             )
         self.step += 1
+        self.curve.add(self.step, self.smooth.mean, lr)
         return self.log_progress(lr)
 
     def compute_loss(self, batch: Batch, rows: slice) -> torch.Tensor:
@@ -411,6 +413,8 @@ class TrainLoop:
         }
         if self.measured is not None:
             meta["sampling_defaults"] = self.measured
+        # The curve the page draws again once the run's events are gone.
+        meta["loss_curve"] = self.curve.through(step, loss, lr_at(cfg, max(step - 1, 0)))
         return meta | self.dist.meta()
 
     def save(self, step: int, loss: float) -> Path:
@@ -422,7 +426,7 @@ class TrainLoop:
         elapsed = self._elapsed()
         png = self.sample_grid()
         meta = self._meta(step, loss, elapsed)
-        counters = Counters(step, self.smooth, self.skipped, elapsed)
+        counters = Counters(step, self.smooth, self.skipped, elapsed, self.curve)
 
         def state(tmp_dir: Path) -> None:
             save_state(tmp_dir, self.cfg, counters, self.model, self.opt, self.ema, self.scaler)

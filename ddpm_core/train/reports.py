@@ -3,11 +3,14 @@ and the running figures behind them (a smoothed loss, a throughput)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = [
+    "LossCurve",
     "MAX_NONFINITE_STEPS",
     "TrainingDiverged",
     "TrainProgress",
@@ -91,3 +94,38 @@ class Throughput:
         if now - self.since > 5.0:
             self.since, self.images = now, 0
         return rate
+
+
+@dataclass
+class LossCurve:
+    """The run's curve, ``[step, smoothed loss, lr]`` points spread evenly over all of it
+    in at most ``limit`` points: when full, every other point goes and the stride doubles.
+    Kept with the checkpoint (``meta.json``) and its resumable state, so a finished run
+    can be drawn again, a resumed one included."""
+
+    points: list[list[float]] = field(default_factory=list)
+    stride: int = 1
+    limit: int = 256
+
+    def add(self, step: int, loss: float, lr: float) -> None:
+        if step % self.stride or not math.isfinite(loss):
+            return
+        self.points.append([step, round(loss, 6), lr])
+        if len(self.points) > self.limit:
+            self.stride *= 2
+            self.points = [p for p in self.points if int(p[0]) % self.stride == 0]
+
+    def through(self, step: int, loss: float, lr: float) -> list[list[float]]:
+        """The points, ending at ``step`` (the last step, which the stride may skip)."""
+        if (self.points and self.points[-1][0] == step) or not math.isfinite(loss):
+            return list(self.points)
+        return [*self.points, [step, round(loss, 6), lr]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"points": self.points, "stride": self.stride, "limit": self.limit}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> LossCurve:
+        if not d:
+            return cls()
+        return cls([list(p) for p in d["points"]], int(d["stride"]), int(d["limit"]))

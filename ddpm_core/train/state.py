@@ -19,7 +19,7 @@ import torch
 
 from ddpm_core.config.train import TrainConfig
 from ddpm_core.ema import EMA
-from ddpm_core.train.reports import SmoothedLoss
+from ddpm_core.train.reports import LossCurve, SmoothedLoss
 from ddpm_core.train.steps import lr_at
 
 __all__ = ["STATE_DIR", "Counters", "seed_rngs", "save_state", "load_state", "restore_state"]
@@ -38,6 +38,7 @@ class Counters:
     smooth: SmoothedLoss = field(default_factory=SmoothedLoss)
     skipped_steps: int = 0
     elapsed_s: float = 0.0  # training time, over every process that ran the run
+    curve: LossCurve = field(default_factory=LossCurve)
 
 
 def seed_rngs(seed: int) -> None:
@@ -94,6 +95,7 @@ def save_state(
         "smooth_weight": counters.smooth.weight,
         "skipped_steps": counters.skipped_steps,
         "elapsed_s": counters.elapsed_s,
+        "loss_curve": counters.curve.to_json(),
     }
     (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
 
@@ -142,4 +144,5 @@ def restore_state(
         smooth=SmoothedLoss(state["smooth_loss"], state["smooth_weight"]),
         skipped_steps=state["skipped_steps"],
         elapsed_s=state.get("elapsed_s", 0.0),
+        curve=LossCurve.from_json(state.get("loss_curve")),  # absent in older states
     )

@@ -28,12 +28,13 @@ def test_request_and_stored_models_have_every_option_in_order() -> None:
     assert list(GenerateJob.model_fields) == NAMES
 
 
-def test_the_engine_takes_every_option_but_the_checkpoint_reference() -> None:
+def test_the_engine_takes_every_option_but_the_checkpoint_and_the_file_format() -> None:
     from worker.generate.engine import GenSpec
 
     fields = [f.name for f in dataclasses.fields(GenSpec)]
     assert fields[:3] == ["job_id", "checkpoint_path", "checkpoint_ref"]
-    assert fields[3:] == [n for n in NAMES if n != "checkpoint"]
+    not_engine = {"checkpoint", "output_format", "output_quality"}
+    assert fields[3:] == [n for n in NAMES if n not in not_engine]
 
 
 @pytest.mark.parametrize("which", ["Client", "AsyncClient"])

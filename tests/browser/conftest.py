@@ -100,6 +100,7 @@ def served(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     )
     svc = Service(["serve", "--concurrency", "1"], env, tmp / "serve.log", "/readyz")
     svc.data = tmp / "data"  # type: ignore[attr-defined]
+    svc.redis_url, svc.prefix = redis_url, env["DDPM_KEY_PREFIX"]  # type: ignore[attr-defined]
     try:
         yield svc
     finally:

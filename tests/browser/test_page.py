@@ -10,6 +10,7 @@ import uuid
 
 import numpy as np
 import pytest
+import redis
 from browser_helpers import assert_same_image, page_pixels, save_screenshot
 from svc_helpers import wait_job
 
@@ -192,6 +193,31 @@ def test_a_one_image_job_shows_its_image_once(page, served):
     assert page.locator("#job-images button", has_text="This image alone").count() == 0
     seed = page.locator("#job-images .seed")
     assert seed.evaluate("e => e.getClientRects().length") == 1  # one line, never wrapped
+
+
+def test_a_webp_job_shows_and_downloads_webp_files(page, served):
+    open_page(page, served)
+    assert page.is_hidden("#quality-field")  # png: no quality to set
+    page.select_option("#f-format", "webp")
+    assert page.is_visible("#quality-field")
+    assert "1 to 100" in page.inner_text("label[for=f-quality]")
+    page.fill("#f-quality", "0")
+    page.click("#gen-submit")
+    page.locator("[data-error-for=output_quality]").wait_for(state="visible")
+    assert page.inner_text("[data-error-for=output_quality]") == "must be at least 1"
+    page.fill("#f-quality", "80")
+    page.fill("#f-count", "2")
+    page.fill("#f-steps", "6")
+    page.click("#gen-submit")
+    page.wait_for_selector("#job[data-status=succeeded][data-results='2']")
+    job = page.evaluate("location.hash").rsplit("/", 1)[-1]
+    doc = served.http.get(f"/jobs/{job}").json()
+    assert doc["request"]["output_format"] == "webp" and doc["request"]["output_quality"] == 80
+    assert page.get_attribute("#job-grid-download", "download").endswith("-grid.webp")
+    first = page.locator("#job-images a[download]").first
+    assert first.get_attribute("download").endswith(f"_seed{doc['request']['seed']}.webp")
+    # The browser decoded the WebP: the image has its pixels.
+    assert page.eval_on_selector("#job-image-0", "e => e.complete && e.naturalWidth") > 0
 
 
 def test_every_field_is_checked_in_one_round_in_plain_words(page, served):
@@ -423,6 +449,19 @@ def test_admin_training_run_live_curve_then_generate_form(page, served, screensh
     grids.locator("button.enlarge").click()
     assert grids.get_attribute("class") == "large"
 
+    # Its events expired (as DDPM_EVENTS_TTL would have them): reopened, the run is
+    # drawn from the curve its checkpoint recorded, spanning all 80 steps.
+    run_id = run_url.split("job=")[1]
+    r = redis.Redis.from_url(served.redis_url)
+    assert r.delete(f"{served.prefix}job:{run_id}:events") == 1
+    r.close()
+    curve = served.http.get(f"/jobs/{run_id}").json()["result"]["loss_curve"]
+    assert [int(p[0]) for p in curve] == list(range(1, 81))
+    page.reload()
+    page.wait_for_selector("#train-result:not([hidden])")
+    assert int(page.get_attribute("#train-chart", "data-points")) == len(curve)
+    assert "loss" in page.get_attribute("#train-chart", "aria-label")
+
     # The token stays in this tab's session: never in the URL or in local storage.
     assert token not in page.url
     assert token not in page.evaluate("() => JSON.stringify(localStorage)")
@@ -430,7 +469,6 @@ def test_admin_training_run_live_curve_then_generate_form(page, served, screensh
 
     # The new version is in the generate form at once; it generates.
     # On the checkpoints page: how to get its scores, and a link to the run that made it.
-    run_id = run_url.split("job=")[1]
     page.click("nav a[data-view=checkpoints]")
     card = page.locator("article[data-ref='browsertrain@1']")
     card.wait_for()

@@ -271,6 +271,19 @@ def _one_line_error(proc) -> str:
     return lines[0]
 
 
+def test_remote_generate_writes_the_jobs_format(served, tmp_path):
+    out = tmp_path / "webp"
+    r = run_cli("remote", "generate", "-n", "3", "--seed", "5", "--steps", "4", "--nrow", "3",
+                "--format", "webp", "--quality", "85", "-o", str(out), env=served.env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["00000_seed5.webp", "00001_seed6.webp", "00002_seed7.webp", "grid.webp"]
+    assert r.stdout.strip().endswith("grid.webp")
+    with Image.open(out / "grid.webp") as grid, Image.open(out / "00000_seed5.webp") as one:
+        assert grid.format == one.format == "WEBP"
+        assert grid.size == (3 * (one.size[0] + 2) + 2, one.size[1] + 4)  # --nrow 3
+
+
 def test_remote_exit_codes(served, tmp_path):
     env = served.env
     r = run_cli("remote", "generate", "-n", "1000", "-o", str(tmp_path), env=env)
@@ -293,6 +306,8 @@ def test_remote_exit_codes(served, tmp_path):
     assert r.returncode == 2 and "HTTP 403" in _one_line_error(r)
     r = run_cli("remote", "generate", "--nosuchflag", env=env)
     assert r.returncode == 2
+    r = run_cli("remote", "generate", "--format", "jpeg", "--quality", "101", env=env)
+    assert r.returncode == 2 and "--quality" in _one_line_error(r)
 
     # The job fails: 1, with the job's error.
     r = run_cli(

@@ -256,7 +256,7 @@ def test_docker_restart_of_redis_loses_nothing_accepted(stack: Stack, api: httpx
 def test_docker_stop_of_the_gen_worker_finishes_its_job(stack: Stack, api: httpx.Client) -> None:
     stack.wait_healthy(["worker-gen"], timeout=180)
     grace = stack.containers["worker-gen"].spec["StopTimeout"]
-    job = _submit(api, {"count": 4, "seed": 31, "steps": 300, "sampler": "ddpm"})
+    job = _submit(api, {"count": 4, "seed": 31, "steps": 150, "sampler": "ddpm"})
     _wait(api, job, 120, _progressed(10))
     t0 = time.monotonic()
     stopper = threading.Thread(

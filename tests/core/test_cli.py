@@ -35,6 +35,18 @@ def test_sample_writes_pngs_and_a_grid(tiny_ckpt: Path, tmp_path: Path) -> None:
     assert "5 images" in r.stdout
 
 
+def test_sample_writes_webp_or_jpeg(tiny_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    r = ddpm("sample", str(tiny_ckpt), "-n", "2", "--steps", "4", "--seed", "3", "-o", str(out),
+             "--format", "jpeg", "--quality", "80", "--no-progress")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["00000_seed3.jpg", "00001_seed4.jpg", "grid.jpg"]
+    with Image.open(out / "00001_seed4.jpg") as img:
+        assert img.format == "JPEG" and img.size == (16, 16)
+    assert "grid.jpg" in r.stdout
+
+
 @pytest.mark.parametrize("sampler", [[], ["--sampler", "dpm++2m"]])
 def test_image_i_equals_the_image_sampled_alone(
     tiny_ckpt: Path, tmp_path: Path, sampler: list[str]
@@ -61,6 +73,8 @@ def test_image_i_equals_the_image_sampled_alone(
         (["--device", "cuda"], "CUDA"),
         (["--autocast", "fp16"], "--autocast"),
         (["--seed", "-1"], "--seed"),
+        (["--format", "jpeg", "--quality", "0"], "--quality"),
+        (["--format", "gif"], "--format"),
         (["--sampler", "euler"], "--sampler"),
     ],
 )

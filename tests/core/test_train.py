@@ -52,6 +52,30 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
         assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
     meta = json.loads((tmp_path / "part" / "meta.json").read_text())
     assert meta["training_steps"] == 8
+    # The curve spans the resumed run as it does the uninterrupted one.
+    full_meta = json.loads((tmp_path / "full" / "meta.json").read_text())
+    flat = [x for p in meta["loss_curve"] for x in p]
+    assert flat == pytest.approx([x for p in full_meta["loss_curve"] for x in p], abs=1e-5)
+    assert [p[0] for p in meta["loss_curve"]] == list(range(1, 9))
+
+
+def test_the_loss_curve_stays_bounded_and_spans_the_run() -> None:
+    from ddpm_core.train.reports import LossCurve
+
+    curve = LossCurve(limit=16)
+    for step in range(1, 1001):
+        curve.add(step, 1.0 / step, 1e-3)
+    points = curve.through(1000, 1e-3, 1e-3)
+    steps = [int(p[0]) for p in points]
+    assert 8 <= len(points) <= 17 and steps[-1] == 1000
+    # Evenly spread from the start (the stride's multiples), then the last step itself.
+    gaps = {b - a for a, b in zip(steps[:-2], steps[1:-1], strict=True)}
+    assert len(gaps) == 1 and steps[0] == next(iter(gaps)) and steps[-2] > 1000 - steps[0]
+    assert all(p[1] == pytest.approx(1.0 / p[0], abs=1e-6) for p in points)  # 6 decimals
+    again = LossCurve.from_json(curve.to_json())
+    assert again == curve
+    curve.add(1001, float("nan"), 1e-3)  # a skipped step adds nothing
+    assert curve == again
 
 
 def test_accumulation_matches_one_large_batch(tmp_path: Path) -> None:

@@ -6,11 +6,20 @@ object store."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import socket
+import tempfile
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import httpx
 import pytest
+from PIL import Image
 from svc_helpers import WorkerProcess, make_client, make_settings, store_for, submit, wait_job
 
 pytestmark = pytest.mark.timeout(300)
@@ -71,6 +80,10 @@ def test_two_gen_hosts_serve_a_freshly_trained_checkpoint(
             assert all(r.status_code == 200 for r in images)
             assert all(images[i].content == images[i + 8].content for i in range(8))
             assert len({r.content for r in images}) == 8
+            webp = submit(client, {"checkpoint": "fresh", "count": 2, "output_format": "webp"})
+            webp = wait_job(client, webp["id"], timeout=120)
+            assert webp["status"] == "succeeded", webp
+        _presigned_urls_serve_the_results(api.model_copy(update={"result_url_seconds": 120}), webp)
     finally:
         for w in workers:
             w.stop()
@@ -81,6 +94,9 @@ def test_two_gen_hosts_serve_a_freshly_trained_checkpoint(
     for job in jobs:
         listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{key_prefix}/results/{job}/")
         assert [o["Key"].rsplit("/", 1)[1] for o in listed["Contents"]] == ["a1_0.png"]
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{key_prefix}/results/{webp['id']}/")
+    names = sorted(o["Key"].rsplit("/", 1)[1] for o in listed["Contents"])
+    assert names == ["a1_0.webp", "a1_1.webp", "a1_grid.webp"]
     # Nothing went through a disk the hosts could have shared: each gen host has the
     # version in its own cache (keyed by content hash), no registry or result files.
     for name in ("gen1", "gen2"):
@@ -90,3 +106,53 @@ def test_two_gen_hosts_serve_a_freshly_trained_checkpoint(
         assert not (data / "checkpoints").exists() and not (data / "results").exists()
     assert not (tmp_path / "train" / "checkpoints").exists()
     assert not any((tmp_path / "train" / "runs").iterdir())  # uploaded, then removed
+
+
+@contextlib.contextmanager
+def _serving(settings) -> Iterator[str]:
+    """The API on a loopback port, in this process (a real HTTP server)."""
+    import uvicorn
+
+    from app.api.main import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def _presigned_urls_serve_the_results(settings, doc: dict) -> None:
+    """With ``result_url_seconds``, result URLs redirect to the object store, whose
+    presigned URLs need no credentials; the client follows them without its key."""
+    from app.client import Client
+
+    with make_client(settings) as client:
+        url = doc["result"]["images"][1]["url"]
+        r = client.get(url, follow_redirects=False)
+        assert r.status_code == 307 and r.headers["cache-control"] == "no-store"
+        where = r.headers["location"]
+        assert "X-Amz-Signature=" in where and "/results/" in where
+        direct = httpx.get(where, timeout=10)
+        assert direct.status_code == 200 and direct.headers["content-type"] == "image/webp"
+        assert Image.open(io.BytesIO(direct.content)).format == "WEBP"
+    with _serving(settings) as base, Client(base) as c:
+        out = Path(tempfile.mkdtemp())
+        written = c.job(doc["id"]).save(out)
+        assert sorted(p.name for p in written) == sorted(
+            [f"00000_seed{doc['request']['seed']}.webp",
+             f"00001_seed{doc['request']['seed'] + 1}.webp", "grid.webp"]
+        )  # fmt: skip
+        assert (out / written[1].name).read_bytes() == direct.content

@@ -6,68 +6,18 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
 
 import httpx
 import pytest
-from svc_helpers import ROOT, decode_png, make_tiny_checkpoint, wait_job
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serve_helpers import serving
+from svc_helpers import decode_png, wait_job
 
 
 @pytest.fixture
 def served(tmp_path):
-    from app.core.checkpoints.registry import Registry
-
-    data = tmp_path / "data"
-    Registry(data).publish(make_tiny_checkpoint(tmp_path / "src"), "tiny")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DDPM_")}
-    env |= {
-        "DDPM_DATA_DIR": str(data),
-        "DDPM_DEFAULT_CHECKPOINT": "tiny",
-        "DDPM_DEVICE": "cpu",
-        "DDPM_TORCH_THREADS": "1",
-        "DDPM_GEN_CONCURRENCY": "4",
-        "DDPM_PROGRESS_INTERVAL": "0.1",
-        "OMP_NUM_THREADS": "1",
-    }
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--concurrency", "4"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if client.get("/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError((tmp_path / "serve.log").read_text()[-4000:])
-        time.sleep(0.3)
-    yield client, data, proc, tmp_path / "serve.log"
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)  # serve stops its children
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    log.close()
+    with serving(tmp_path) as svc:
+        yield svc
 
 
 def test_serve_generate_train_and_stop(served):

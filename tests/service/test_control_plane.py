@@ -149,6 +149,24 @@ def test_long_poll_returns_when_the_job_finishes(isolated):
         assert c.get(f"/jobs/{missing}", params={"wait": 1}).status_code == 404
 
 
+def test_max_wait_holds_long_polls_shorter(isolated):
+    """DDPM_MAX_WAIT (below a proxy's idle timeout, say) caps both long polls; the
+    request's own wait is still checked against the declared 60 s."""
+    s, c = isolated(max_wait=1.0)
+    with c:
+        t0 = time.monotonic()
+        r = c.post(
+            "/generate", json={"checkpoint": "tiny", "steps": 2}, headers={"Prefer": "wait=30"}
+        )
+        assert r.status_code == 202 and r.headers["Preference-Applied"] == "wait=1"
+        assert 0.9 <= time.monotonic() - t0 < 5
+        t0 = time.monotonic()
+        r = c.get(f"/jobs/{r.json()['id']}", params={"wait": 30})
+        assert r.status_code == 200 and r.json()["status"] == "queued"
+        assert 0.9 <= time.monotonic() - t0 < 5
+        assert c.get(f"/jobs/{r.json()['id']}", params={"wait": 61}).status_code == 422
+
+
 def test_many_long_polls_share_one_subscription(isolated):
     """200 concurrent long polls on one event loop: one Redis subscription, every poll woken
     by its own job's finish."""

@@ -84,6 +84,38 @@ GenSpec = make_dataclass(
 GenSpec.__doc__ = "What to generate: a job's normalised options and its checkpoint directory."
 
 
+@dataclass
+class BatchSegment:
+    """Consecutive network calls of one job in batches of the same jobs and size:
+    ``start``/``end`` (``time.time()``), ``calls``, the batch ``size`` (rows), how many
+    ``jobs`` shared it and the ids of up to ``MAX_PARTNERS`` of them."""
+
+    start: float
+    end: float
+    calls: int
+    size: int
+    jobs: int
+    partners: list[str]
+    key: int  # which jobs: a hash of the batch's job set
+
+
+MAX_PARTNERS = 16
+MAX_SEGMENTS = 512  # per job: past it, the last segment grows
+
+
+def _extend_segment(
+    job: EngineJob, start: float, end: float, size: int, jobs: list, key: int
+) -> None:
+    segs = job.segments
+    assert segs is not None
+    last = segs[-1] if segs else None
+    if last is not None and (len(segs) >= MAX_SEGMENTS or (last.key == key and last.size == size)):
+        last.end, last.calls = end, last.calls + 1
+        return
+    partners = [j.spec.job_id for j in jobs if j is not job][:MAX_PARTNERS]
+    segs.append(BatchSegment(start, end, 1, size, len(jobs), partners, key))
+
+
 @dataclass(eq=False)
 class EngineJob:
     """A job inside the engine; the submitting thread waits on ``done``."""
@@ -109,6 +141,9 @@ class EngineJob:
     # (rows of other jobs fill every call, or its model loads).
     started_at: float | None = None
     on_start: StartFn | None = None
+    # With tracing on: the runs of consecutive network calls this job shared with the
+    # same jobs (a span each, see worker.job_trace); None when off.
+    segments: list[BatchSegment] | None = None
     # engine-side state
     _ckpt: Checkpoint | None = None
     _key: tuple | None = None
@@ -223,17 +258,21 @@ class Engine:
         preview: threading.Event | None = None,
         on_preview: PreviewFn | None = None,
         on_start: StartFn | None = None,
+        trace_batches: bool = False,
     ) -> EngineJob:
         """Queue ``spec``; the returned job's ``done`` is set when it has finished. Setting
         ``cancel`` (or the job's own ``cancel``) stops it at the next step. While ``preview``
         is set, ``on_preview`` receives the current x0 estimate; ``on_start`` is called once,
-        as its first network call begins (both on the engine thread: keep them cheap)."""
+        as its first network call begins (both on the engine thread: keep them cheap).
+        ``trace_batches``: record the job's :class:`BatchSegment` list (tracing)."""
         job = (
             EngineJob(spec, on_progress)
             if cancel is None
             else EngineJob(spec, on_progress, cancel=cancel)
         )
         job.preview, job.on_preview, job.on_start = preview, on_preview, on_start
+        if trace_batches:
+            job.segments = []
         with self._cond:
             if self._stop:
                 raise RuntimeError("engine stopped")
@@ -562,6 +601,7 @@ class Engine:
         dev = self.device
         jobs_in = list(dict.fromkeys(r.job for r in batch))
         self._mark_started(jobs_in)
+        call_start = time.time()
         x = torch.stack([r.x for r in batch])
         t = torch.stack([r.table.timesteps[r.k] for r in batch]).to(dev)
         null = getattr(model, "null_label", None)
@@ -595,6 +635,7 @@ class Engine:
         self.batch_sizes.append(size)
         with self._cond:
             self._unflushed.append(size)
+        call_end, key = time.time(), 0
         for job in jobs_in:
             job.network_calls += 1
             job.max_batch = max(job.max_batch, size)
@@ -602,6 +643,9 @@ class Engine:
                 job.shared_calls += 1
             if len(job.batch_sizes) < 4096:
                 job.batch_sizes.append(size)
+            if job.segments is not None:
+                key = key or hash(tuple(id(j) for j in jobs_in)) or 1
+                _extend_segment(job, call_start, call_end, size, jobs_in, key)
         failed: set[int] = set()
         for i, r in enumerate(batch):
             job = r.job
@@ -687,13 +731,21 @@ class Engine:
             ref: {"precision": self.precision(key), "batch_limit": self._batch_limit.get(key)}
             for key, ref in list(self._loaded_refs.items())
         }
-        return {
+        info = {
             "device": str(self.device) if self.device else self.device_spec,
             "loaded": self.loaded(),
             "models": models,
             "active_jobs": self.active_jobs(),
             "rows": len(self._rows),
         }
+        dev = self.device
+        if dev is not None and dev.type == "cuda":
+            # The caching allocator's own counters: no device sync (ddpm_device_memory_bytes).
+            info["cuda_memory"] = {
+                "allocated": torch.cuda.memory_allocated(dev),
+                "reserved": torch.cuda.memory_reserved(dev),
+            }
+        return info
 
 
 def _report(failure: str, job: EngineJob, callback: Callable[..., Any], *args: Any) -> None:

@@ -12,9 +12,11 @@ from pydantic import ValidationError
 from app.core.checkpoints.registry import NotFound, RegistryError
 from app.core.jobs.options import engine_fields
 from app.core.jobs.spec import GENERATE_OPTIONS, GenerateJob
-from app.core.stats import QUEUE_BUCKETS, RUN_BUCKETS, histogram_fields
+from app.core.stats import QUEUE_BUCKETS, RUN_BUCKETS, checkpoint_fields, histogram_fields
 from app.core.store import Claim
+from worker import job_trace
 from worker.generate.previews import PreviewPublisher
+from worker.job_trace import JobTrace
 from worker.jobrun import Interrupted, Outcome, durably
 from worker.monitor import Held
 from worker.runtime import Runtime
@@ -23,7 +25,8 @@ __all__ = ["generate_body"]
 
 
 def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
-    from ddpm_core.images import gif_bytes, make_grid, png_bytes
+    from ddpm_core.config.formats import IMAGE_FORMATS
+    from ddpm_core.images import encode_image, gif_bytes, make_grid
     from worker.generate.engine import GenSpec
 
     job_id, s = claim.job_id, rt.settings
@@ -64,6 +67,7 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         wait = waited[0] if waited else round(max(0.0, finished - started), 4)
         return {"wait_seconds": wait, "run_seconds": round(max(0.0, finished - started - wait), 4)}
 
+    trace = job_trace.current()
     store_kind = claim.doc.get("result_store") or "disk"
     results = rt.results(store_kind)
     previews = PreviewPublisher(results, job_id, claim.attempt, held)
@@ -78,12 +82,14 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
             preview=held.preview,
             on_preview=previews.offer,
             on_start=on_start,
+            trace_batches=trace.on,
         )
     except RuntimeError as exc:  # the engine is stopping: another worker will run it
         raise Interrupted(str(exc)) from None
     # Live previews are encoded here, off the engine thread, while someone watches.
     while not job.wait(0.1 if held.preview.is_set() else 0.5):
         previews.publish()
+    _trace_engine(trace, job, started, waited[0] if waited else None, time.time())
     metrics: dict[str, Any] = {
         "network_calls": job.network_calls,
         "shared_calls": job.shared_calls,
@@ -106,22 +112,32 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         )
     attempt = claim.attempt
     # uint8 pixels from the engine: encoding them here runs no torch op in this thread.
-    files = {f"{i}.png": png_bytes(job.pixels[i]) for i in range(req.count)}
-    if req.count > 1:  # a one-image grid is the image itself: the API serves 0.png
-        files["grid.png"] = png_bytes(make_grid(job.pixels))
-    if job.frame_pixels:
-        files["trajectory.gif"] = gif_bytes([make_grid(f) for f in job.frame_pixels])
+    ext = IMAGE_FORMATS[req.output_format].extension
+
+    def encode(pixels: Any) -> bytes:
+        return encode_image(pixels, req.output_format, req.output_quality)
+
+    with trace.phase("encode", format=req.output_format, images=req.count):
+        files = {f"{i}.{ext}": encode(job.pixels[i]) for i in range(req.count)}
+        if req.count > 1:  # a one-image grid is the image itself: the API serves 0.<ext>
+            files[f"grid.{ext}"] = encode(make_grid(job.pixels))
+        if job.frame_pixels:
+            files["trajectory.gif"] = gif_bytes([make_grid(f) for f in job.frame_pixels])
     try:
-        for name, data in files.items():
-            durably(rt, "store results", lambda n=name, d=data: results.put(job_id, n, d, attempt))
+        with trace.phase("store results", store=store_kind, files=len(files)):
+            for name, data in files.items():
+                durably(
+                    rt, "store results", lambda n=name, d=data: results.put(job_id, n, d, attempt)
+                )
     except OSError as exc:  # disk full, permissions: the job fails with the reason
         return Outcome.failed("ResultStoreError", str(exc), metrics=metrics)
     result: dict[str, Any] = {
         "images": [
-            {"index": i, "seed": req.seed + i, "url": f"/jobs/{job_id}/images/{i}.png"}
+            {"index": i, "seed": req.seed + i, "url": f"/jobs/{job_id}/images/{i}.{ext}"}
             for i in range(req.count)
         ],
-        "grid_url": f"/jobs/{job_id}/grid.png",
+        "grid_url": f"/jobs/{job_id}/grid.{ext}",
+        "format": req.output_format,
         "trajectory_url": f"/jobs/{job_id}/trajectory.gif" if job.frame_pixels else None,
     }
     finished = time.time()
@@ -131,6 +147,7 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
     if created:
         stats += histogram_fields("queue_seconds", max(0.0, started - created), QUEUE_BUCKETS)
     stats += histogram_fields("run_seconds", finished - started, RUN_BUCKETS)
+    stats += checkpoint_fields(ckpt.ref, stats)
     last = {"step": req.steps, "total": req.steps, "fraction": 1.0}
     return Outcome(
         "succeeded",
@@ -142,3 +159,29 @@ def generate_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
         },
         stats,
     )
+
+
+def _trace_engine(
+    trace: JobTrace, job: Any, started: float, wait: float | None, done: float
+) -> None:
+    """The engine's part of the job as spans: the wait for its first network call, then
+    the denoising, with a span per run of calls it shared with the same jobs."""
+    if not trace.on:
+        return
+    begun = started + wait if wait is not None else done
+    trace.record("engine wait", started, begun)
+    if wait is None:
+        return
+    denoise = trace.open("denoise", begun, calls=job.network_calls, precision=job.precision)
+    for seg in job.segments or []:
+        trace.record(
+            "batch",
+            seg.start,
+            seg.end,
+            parent=denoise,
+            calls=seg.calls,
+            batch_size=seg.size,
+            batch_jobs=seg.jobs,
+            **{"ddpm.batch.other_jobs": seg.partners},
+        )
+    denoise.end(end_time=int(done * 1e9))

@@ -7,6 +7,7 @@ the host by default) train as a torchrun child of the worker (:mod:`worker.train
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from app.core.checkpoints.registry import NAME_RE, RegistryError
 from app.core.errors import InvalidInput
 from app.core.jobs.validate import validate_train_options
 from app.core.store import Claim
+from worker import job_trace
 from worker.generate.previews import PreviewPublisher
 from worker.jobrun import Outcome
 from worker.monitor import Held
@@ -98,25 +100,29 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
 
     started = time.time()
     command = f"POST /train ({job_id})"
-    if processes > 1:
-        try:
-            result: Any = run_processes(
-                cfg.to_dict(), processes, proc_env, data_dir / "runs", job_id, progress,
-                held.cancel, command,
-            )  # fmt: skip
-        except ChildFailed as exc:
-            return Outcome.failed(exc.type, exc.message)
-    else:
-        result = run_training(cfg, progress=progress, command=command, job_id=job_id)
+    trace = job_trace.current()
+    with trace.phase("train", steps=cfg.steps, processes=processes, resumed=resume is not None):
+        if processes > 1:
+            try:
+                result: Any = run_processes(
+                    cfg.to_dict(), processes, proc_env, data_dir / "runs", job_id, progress,
+                    held.cancel, command,
+                )  # fmt: skip
+            except ChildFailed as exc:
+                return Outcome.failed(exc.type, exc.message)
+        else:
+            result = run_training(cfg, progress=progress, command=command, job_id=job_id)
     if result.stopped:
         # Canceled, or the lease was lost (then the outcome is discarded anyway).
         return Outcome.canceled(f"stopped at step {result.step}")
-    published = rt.registry.publish(out, name, move=True, job_id=job_id)
+    curve = _loss_curve(out)
+    with trace.phase("publish", checkpoint=name):
+        published = rt.registry.publish(out, name, move=True, job_id=job_id)
     final = result.final_loss if math.isfinite(result.final_loss) else None
     return Outcome(
         "succeeded",
         {
-            "result": {"checkpoint": published.ref, "final_loss": final},
+            "result": {"checkpoint": published.ref, "final_loss": final, "loss_curve": curve},
             "metrics": {
                 "run_seconds": round(time.time() - started, 3),
                 "steps": result.step,
@@ -127,3 +133,14 @@ def train_body(rt: Runtime, claim: Claim, held: Held) -> Outcome:
             "progress": {"step": result.step, "total": result.total_steps, "fraction": 1.0},
         },
     )
+
+
+def _loss_curve(ckpt_dir: Path) -> list[list[float]] | None:
+    """The run's curve as its checkpoint recorded it (meta.json), for the job document:
+    the page draws a finished run from it once the run's events have expired."""
+    try:
+        meta = json.loads((ckpt_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    curve = meta.get("loss_curve")
+    return curve if isinstance(curve, list) else None

@@ -6,12 +6,13 @@ from fastapi import APIRouter, Depends, Header, Response
 
 from app.api.deps import MessagesDep, RegistryDep, SettingsDep, StoreDep, require_admin
 from app.api.openapi import JOB_LINKS, errors
-from app.api.params import IDEM_RE
+from app.api.params import IDEM_RE, TRACEPARENT
 from app.api.schemas import JobDocument
 from app.api.services.submit import normalise_train, submit_job
 from app.core.jobs.deadline import job_deadline
 from app.core.jobs.spec import TrainRequest
 from app.core.jobs.webhook import stored_webhook
+from app.core.tracing import carrier, request_span
 
 router = APIRouter(dependencies=[Depends(require_admin)], tags=["admin"])
 
@@ -64,21 +65,24 @@ def train(
         description="a deadline (as deadline_seconds): seconds, or a duration like 90s, 5m, 1h30m",
         max_length=32,
     ),
+    traceparent: str | None = TRACEPARENT,
 ) -> JobDocument:
     """Queue a training job (kind ``train``) that publishes a new checkpoint version."""
     request = normalise_train(body, settings, registry)
-    doc, created, _ = submit_job(
-        "train",
-        request,
-        settings,
-        store,
-        messages,
-        client="admin",
-        idem_key=idempotency_key,
-        body=body.model_dump(mode="json"),
-        webhook=stored_webhook(body),
-        deadline_seconds=job_deadline(body.deadline_seconds, cancel_after),
-    )
+    with request_span("POST /train", {"traceparent": traceparent or ""}) as span:
+        doc, created, _ = submit_job(
+            "train",
+            request,
+            settings,
+            store,
+            messages,
+            client="admin",
+            idem_key=idempotency_key,
+            body=body.model_dump(mode="json"),
+            webhook=stored_webhook(body),
+            deadline_seconds=job_deadline(body.deadline_seconds, cancel_after),
+            trace=carrier(span),
+        )
     response.headers["Location"] = f"/jobs/{doc.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -19,7 +20,7 @@ from app.api.deps import (
 )
 from app.api.errors import HttpError
 from app.api.openapi import JOB_LINKS, errors
-from app.api.params import IDEM_RE, JobId
+from app.api.params import IDEM_RE, TRACEPARENT, JobId
 from app.api.schemas import JobDocument
 from app.api.services.documents import cancel_job, document_response, present, unknown_job
 from app.api.services.submit import Submitted, normalise_generate, submit_job
@@ -33,8 +34,11 @@ from app.core.jobs.deadline import job_deadline
 from app.core.jobs.names import TERMINAL
 from app.core.jobs.spec import GenerateRequest
 from app.core.jobs.webhook import stored_webhook
-from app.core.storage.results import ResultStore
+from app.core.settings import Settings
+from app.core.storage.results import ObjectResults, ResultStore, media_type
 from app.core.store import JobStore
+from app.core.tracing import carrier, request_span
+from ddpm_core.config.formats import IMAGE_FORMATS
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["jobs"])
 
@@ -59,8 +63,8 @@ _PREFER_WAIT = re.compile(r"^\s*wait\s*=\s*([0-9]{1,9})\s*$", re.IGNORECASE)
 
 def preferred_wait(prefer: str | None) -> int:
     """The ``wait`` preference of a ``Prefer`` header (RFC 7240, in seconds, at most
-    MAX_WAIT); 0 when absent. Preferences this server does not know are ignored, as the
-    RFC asks."""
+    MAX_WAIT; the ``max_wait`` setting may hold it shorter); 0 when absent. Preferences
+    this server does not know are ignored, as the RFC asks."""
     for part in (prefer or "").split(","):
         m = _PREFER_WAIT.match(part.split(";", 1)[0])
         if m:
@@ -75,6 +79,7 @@ async def _current(
     stored document as of now, if at hand); HttpError 404."""
     state = request.app.state.api
     ar = state.aredis.get()
+    wait = min(wait, state.settings.max_wait)
     if wait > 0:
         doc = await state.finish_watch.wait(job_id, lambda: store.aget(ar, job_id), wait, known)
     else:
@@ -133,12 +138,13 @@ async def generate(
         description="a deadline (as deadline_seconds): seconds, or a duration like 90s, 5m, 1h30m",
         max_length=32,
     ),
+    traceparent: str | None = TRACEPARENT,
 ) -> Response:
     """Queue a generation job: 202 with ``Location: /jobs/{id}`` and the job document. With
     ``Prefer: wait=N`` the answer waits for the job (200 once it has finished, 202 when N
     seconds passed first), so a small job costs one request."""
 
-    def submit() -> Submitted:
+    def submit(span: Any) -> Submitted:
         # Resolving a checkpoint may read the object store: off the event loop.
         normalised = normalise_generate(body, settings, registry)
         return submit_job(
@@ -152,13 +158,17 @@ async def generate(
             body=body.model_dump(mode="json"),
             webhook=stored_webhook(body),
             deadline_seconds=job_deadline(body.deadline_seconds, cancel_after),
+            trace=carrier(span),
         )
 
-    doc, created, stored = await run_in_threadpool(submit)
+    with request_span("POST /generate", request.headers) as span:
+        doc, created, stored = await run_in_threadpool(submit, span)
+        if span is not None:
+            span.set_attribute("ddpm.job_id", doc.id)
     headers = {"Location": f"/jobs/{doc.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    wait = preferred_wait(prefer)
+    wait = min(preferred_wait(prefer), int(settings.max_wait))
     if not wait:
         return document_response(doc, 202, headers)
     headers["Preference-Applied"] = f"wait={wait}"
@@ -179,7 +189,8 @@ async def get_job(
         ge=0.0,
         le=MAX_WAIT,
         description="long poll: answer when the job has finished (succeeded, failed or "
-        f"canceled) or after this many seconds, whichever comes first (at most {MAX_WAIT:.0f})",
+        f"canceled) or after this many seconds, whichever comes first (at most {MAX_WAIT:.0f}; "
+        "the server's DDPM_MAX_WAIT may hold it shorter)",
     ),
 ) -> Response:
     """The job document; 404 when unknown or expired. With ``wait``, a long poll."""
@@ -246,11 +257,28 @@ _RESULT_ERRORS = errors(
     422,
     503,
 )
+_IMAGE_CONTENT = {f.media_type: _BINARY for f in IMAGE_FORMATS.values()}
+_PRESIGNED = {
+    307: {
+        "description": "with result_store s3 and DDPM_RESULT_URL_SECONDS: a short-lived "
+        "presigned URL of the file in the object store",
+        "headers": {"Location": {"schema": {"type": "string"}, "required": True}},
+    }
+}
+# The extensions of IMAGE_FORMATS: png, webp, jpg.
+Extension = Literal[tuple(f.extension for f in IMAGE_FORMATS.values())]  # type: ignore[valid-type]
 
 
 def _result(
-    store: JobStore, results_for: Callable[[str], ResultStore], job_id: str, name: str, media: str
+    store: JobStore,
+    results_for: Callable[[str], ResultStore],
+    settings: Settings,
+    job_id: str,
+    stem: str,
+    ext: str,
 ) -> Response:
+    """The result file ``stem.ext`` of a succeeded job: its bytes, or a redirect to the
+    object store (``result_url_seconds``)."""
     # The fields a download needs, not the whole document (a download follows every job).
     doc = store.get_fields(job_id, "result_store", "request", "result_attempt")
     if doc is None:
@@ -260,44 +288,68 @@ def _result(
             409 if doc["status"] not in ("failed", "canceled") else 404,
             f"job {job_id} is {doc['status']}: no results",
         )
+    request = doc.get("request") or {}
+    if ext != "gif":
+        written = IMAGE_FORMATS[request.get("output_format") or "png"].extension
+        if ext != written:
+            raise HttpError(
+                404, f"job {job_id} wrote its images as .{written}: ask for {stem}.{written}"
+            )
+        if stem == "grid" and request.get("count") == 1:
+            stem = "0"  # a one-image job stores no separate grid
+    name = f"{stem}.{ext}"
     store_kind = doc.get("result_store") or "disk"
-    if name == "grid.png" and (doc.get("request") or {}).get("count") == 1:
-        name = "0.png"  # a one-image job stores no separate grid
-    data = results_for(store_kind).get(job_id, name, doc.get("result_attempt"))
+    results = results_for(store_kind)
+    attempt = doc.get("result_attempt")
+    if settings.result_url_seconds and isinstance(results, ObjectResults):
+        url = results.presigned_url(job_id, name, attempt, settings.result_url_seconds)
+        return Response(status_code=307, headers={"Location": url, "Cache-Control": "no-store"})
+    data = results.get(job_id, name, attempt)
     if data is None:
         raise HttpError(404, f"{name} not found for job {job_id}")
-    return Response(data, media_type=media, headers={"Cache-Control": "max-age=3600"})
+    return Response(data, media_type=media_type(name), headers={"Cache-Control": "max-age=3600"})
 
 
 @router.get(
-    "/jobs/{job_id}/images/{index}.png",
+    "/jobs/{job_id}/images/{index}.{ext}",
     response_class=Response,
     responses={
-        200: {"description": "the image", "content": {"image/png": _BINARY}},
+        200: {"description": "the image", "content": _IMAGE_CONTENT},
+        **_PRESIGNED,
         **_RESULT_ERRORS,
     },
 )
 def image(
     store: StoreDep,
     results_for: ResultsDep,
+    settings: SettingsDep,
     index: int = Path(..., ge=0, le=99999),
+    ext: Extension = Path(..., description="the job's output format: png, webp or jpg"),
     job_id: str = JobId,
 ) -> Response:
-    """Image ``index`` of a succeeded job, as PNG."""
-    return _result(store, results_for, job_id, f"{index}.png", "image/png")
+    """Image ``index`` of a succeeded job, in the job's ``output_format`` (its URL in
+    ``result.images`` has the extension)."""
+    return _result(store, results_for, settings, job_id, str(index), ext)
 
 
 @router.get(
-    "/jobs/{job_id}/grid.png",
+    "/jobs/{job_id}/grid.{ext}",
     response_class=Response,
     responses={
-        200: {"description": "the grid", "content": {"image/png": _BINARY}},
+        200: {"description": "the grid", "content": _IMAGE_CONTENT},
+        **_PRESIGNED,
         **_RESULT_ERRORS,
     },
 )
-def grid(store: StoreDep, results_for: ResultsDep, job_id: str = JobId) -> Response:
-    """All images of a succeeded job tiled in one PNG."""
-    return _result(store, results_for, job_id, "grid.png", "image/png")
+def grid(
+    store: StoreDep,
+    results_for: ResultsDep,
+    settings: SettingsDep,
+    ext: Extension = Path(..., description="the job's output format: png, webp or jpg"),
+    job_id: str = JobId,
+) -> Response:
+    """All images of a succeeded job tiled in one image, in the job's ``output_format``."""
+    return _result(store, results_for, settings, job_id, "grid", ext)
 
 
 @router.get(
@@ -305,9 +357,12 @@ def grid(store: StoreDep, results_for: ResultsDep, job_id: str = JobId) -> Respo
     response_class=Response,
     responses={
         200: {"description": "the animation", "content": {"image/gif": _BINARY}},
+        **_PRESIGNED,
         **_RESULT_ERRORS,
     },
 )
-def trajectory(store: StoreDep, results_for: ResultsDep, job_id: str = JobId) -> Response:
+def trajectory(
+    store: StoreDep, results_for: ResultsDep, settings: SettingsDep, job_id: str = JobId
+) -> Response:
     """The animated denoising (when ``trajectory_frames`` > 0)."""
-    return _result(store, results_for, job_id, "trajectory.gif", "image/gif")
+    return _result(store, results_for, settings, job_id, "trajectory", "gif")

@@ -13,6 +13,7 @@ from app.core.errors import ConflictError, NotFoundError
 from app.core.jobs.webhook import redact_url
 from app.core.logs import log_event
 from app.core.store import JobStore
+from app.core.tracing import trace_id_of
 
 __all__ = ["job_document", "present", "document_response", "cancel_job", "unknown_job"]
 
@@ -76,6 +77,7 @@ def present(doc: dict[str, Any], position: int | None) -> JobDocument:
         attempts=int(doc.get("attempts") or 0),
         deadline_at=doc.get("deadline_at"),
         webhook=_webhook(doc),
+        trace_id=trace_id_of(doc.get("trace")),
     )
 
 

@@ -94,6 +94,8 @@ def normalise_generate(
         "guidance_scale": guidance,
         "use_ema": req.use_ema,
         "trajectory_frames": req.trajectory_frames,
+        "output_format": req.output_format,
+        "output_quality": req.output_quality,
         "image_size": cfg.image_size,
         "channels": cfg.channels,
     }
@@ -131,17 +133,21 @@ def submit_job(
     body: Any = None,
     webhook: dict[str, Any] | None = None,
     deadline_seconds: float | None = None,
+    trace: dict[str, str] | None = None,
 ) -> Submitted:
     """Record a queued job together with its task's message (task id = job id), in one
     atomic step. A replay of an Idempotency-Key sends nothing (its message went with the
     job; if that was lost since, the reaper sends another). ``idem_key`` is scoped to the
     client and the endpoint and bound to ``body``: the same key and body return the first
     job, another body is refused (422). ``webhook`` (``stored_webhook`` of the request)
-    goes into the document, where the store's transitions find it; so does the deadline."""
+    goes into the document, where the store's transitions find it; so does the deadline,
+    and ``trace``, the request span's ``traceparent`` that the worker continues."""
     limit = settings.queue_limit if kind == "generate" else settings.train_queue_limit
     extra: dict[str, Any] = {"result_store": settings.result_store} if kind == "generate" else {}
     if webhook:
         extra["webhook"] = webhook
+    if trace:
+        extra["trace"] = trace
     job_id = new_job_id()
     message = messages.encode(TASK_OF[kind], job_id)
     try:

@@ -51,6 +51,7 @@ export class GenerateView {
     this.$('f-version').addEventListener('change', () => this.applyConfig());
     this.$('f-sampler').addEventListener('change', () => this.samplerChanged());
     this.$('f-label').addEventListener('change', () => this.labelChanged());
+    this.$('f-format').addEventListener('change', () => this.formatChanged());
     this.$('seed-random').addEventListener('click', () => { this.$('f-seed').value = String(randomSeed()); });
     this.form.addEventListener('submit', (e) => { e.preventDefault(); this.submit(); });
     clearOnEdit(this.form);
@@ -71,10 +72,19 @@ export class GenerateView {
 
   async load(params = {}) {
     this.samplers = await enumOf('GenerateRequest', 'sampler', this.samplers);
+    const formats = await enumOf('GenerateRequest', 'output_format', ['png']);
+    const fmt = this.$('f-format');
+    const chosen = fmt.value;
+    fmt.replaceChildren(...formats.map((f) => option(f, f, f === chosen)));
     const schema = await schemaOf('GenerateRequest');
     const props = (schema && schema.properties) || {};
-    for (const name of ['count', 'seed', 'steps', 'eta', 'guidance_scale']) this.rules[name] = numberRule(props[name]);
+    for (const name of ['count', 'seed', 'steps', 'eta', 'guidance_scale', 'output_quality']) this.rules[name] = numberRule(props[name]);
+    if (props.output_quality && props.output_quality.default !== undefined && this.$('f-quality').value === '') {
+      this.$('f-quality').value = String(props.output_quality.default);
+    }
+    this.formatChanged();
     this.$('count-limits').textContent = this.rules.count ? `(${limitText(this.rules.count)})` : '';
+    if (this.rules.output_quality) this.$('quality-limits').textContent = `(${limitText(this.rules.output_quality)})`;
     this.checkpoints = await request('/checkpoints');
     const sel = this.$('f-checkpoint');
     const want = params.checkpoint || sel.value;
@@ -163,6 +173,11 @@ export class GenerateView {
     this.$('sampler-hint').textContent = SAMPLER_HINTS[s] || '';
   }
 
+  formatChanged() {
+    // Quality applies to the lossy formats only.
+    this.$('quality-field').hidden = this.$('f-format').value === 'png';
+  }
+
   labelChanged() {
     // Guidance applies to a labelled (class-conditional) sample only.
     const none = this.$('f-label').value === '';
@@ -193,6 +208,9 @@ export class GenerateView {
     }
     if (typeof r.use_ema === 'boolean') $('f-ema').checked = r.use_ema;
     $('f-trajectory').checked = Boolean(r.trajectory_frames);
+    if (r.output_format) $('f-format').value = r.output_format;
+    set('f-quality', r.output_quality);
+    this.formatChanged();
     this.samplerChanged();
     this.labelChanged();
     clearErrors(this.form, $('gen-errors'));
@@ -220,6 +238,7 @@ export class GenerateView {
     check('steps', 'f-steps', this.stepsRule());
     check('eta', 'f-eta', this.rules.eta);
     check('guidance_scale', 'f-guidance', this.rules.guidance_scale);
+    check('output_quality', 'f-quality', this.rules.output_quality, { required: true });
     return out;
   }
 
@@ -247,6 +266,8 @@ export class GenerateView {
       body.label = Number($('f-label').value);
       body.guidance_scale = num('f-guidance');
     }
+    body.output_format = $('f-format').value;
+    if (body.output_format !== 'png') body.output_quality = num('f-quality');
     if ($('f-trajectory').checked) body.trajectory_frames = Math.max(1, Math.min(32, body.steps || 32));
     for (const k of Object.keys(body)) if (body[k] === undefined) delete body[k];
     return body;
@@ -288,7 +309,9 @@ export class GenerateView {
       steps: r.steps,
       sampler: r.sampler,
       use_ema: r.use_ema,
+      output_format: r.output_format || 'png',
     };
+    if (body.output_format !== 'png') body.output_quality = r.output_quality;
     if (r.sampler === 'ddim') body.eta = r.eta;
     if (r.label !== null && r.label !== undefined) {
       body.label = r.label;

@@ -14,6 +14,12 @@ export function duration(s) {
   return `${m} min ${Math.round(s - 60 * m)} s`;
 }
 
+/** The file extension of a result URL (png, webp, jpg): its download keeps it. */
+function extension(url) {
+  const m = /\.([a-z0-9]+)$/.exec(url || '');
+  return m ? m[1] : 'png';
+}
+
 /** "about 12 s waiting for the engine"-style words for the stages of a job's time. */
 function timeline(m) {
   const parts = [];
@@ -296,7 +302,7 @@ export class JobView {
       try {
         await setSource(grid, res.grid_url);
         await setSource($('job-grid-download'), res.grid_url);
-        $('job-grid-download').setAttribute('download', `${short}-grid.png`);
+        $('job-grid-download').setAttribute('download', `${short}-grid.${extension(res.grid_url)}`);
         await loaded(grid);
         setThumb(d.id, thumbnail(grid));
       } catch (e) {
@@ -327,7 +333,7 @@ export class JobView {
       seed.className = 'seed';
       const dl = document.createElement('a');
       dl.textContent = 'Download';
-      dl.setAttribute('download', `${short}_${String(image.index).padStart(5, '0')}_seed${image.seed}.png`);
+      dl.setAttribute('download', `${short}_${String(image.index).padStart(5, '0')}_seed${image.seed}.${extension(image.url)}`);
       dl.setAttribute('aria-label', `Download image ${image.index} (seed ${image.seed})`);
       const alone = document.createElement('button');
       alone.type = 'button';

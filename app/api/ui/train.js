@@ -457,6 +457,12 @@ export class TrainView {
     const replayed = this.replayed;
     this.replayed = null;
     if (replayed) {
+      // Its events expire (DDPM_EVENTS_TTL) but a published run keeps its curve.
+      const curve = (d.result || {}).loss_curve;
+      if (!this.chart.points.length && Array.isArray(curve) && curve.length) {
+        const total = (d.progress || {}).total;
+        for (const [step, loss, lr] of curve) this.chart.push({ step, loss, lr, total });
+      }
       if (!this.chart.points.length) {
         this.chart.setEmpty('no curve: a run\'s events are kept only DDPM_EVENTS_TTL (10 min) after it');
       }

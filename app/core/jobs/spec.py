@@ -33,6 +33,7 @@ from app.core.jobs.options import (
 )
 from app.core.jobs.webhook import WebhookFields
 from ddpm_core.config.checks import ConfigError
+from ddpm_core.config.formats import DEFAULT_QUALITY, OUTPUT_FORMATS
 from ddpm_core.config.names import NAME_PATTERN, SAMPLERS
 from ddpm_core.config.options import Declared, declared_options
 from ddpm_core.config.train import MAX_TRAIN_STEPS, TrainConfig
@@ -50,6 +51,7 @@ __all__ = [
 
 
 Sampler = Literal[SAMPLERS]  # type: ignore[valid-type]
+OutputFormat = Literal[OUTPUT_FORMATS]  # type: ignore[valid-type]
 
 # Every option of a generation job, declared once: the request schema (GenerateRequest),
 # the stored form the worker checks again (GenerateJob), the engine's GenSpec, the
@@ -116,6 +118,21 @@ GENERATE_OPTIONS: tuple[GenerateOption, ...] = (
             ("--trajectory-frames",), int, "also write trajectory.gif (N frames)",
             default=0, remote_only=True,
         ),
+    ),
+    GenerateOption(
+        "output_format", OutputFormat, "png",
+        "png (lossless), webp or jpeg (lossy: smaller, `output_quality`); the images and "
+        "the grid are written in it",
+        stored=Stored(OutputFormat, "png"),
+        engine_default=NOT_IN_ENGINE,  # the worker encodes the engine's pixels
+        flag=Flag(("--format",), str, "image file format", default="png", choices=OUTPUT_FORMATS),
+    ),
+    GenerateOption(
+        "output_quality", int, DEFAULT_QUALITY, "quality of webp and jpeg (1..100)",
+        {"ge": 1, "le": 100},
+        stored=Stored(int, DEFAULT_QUALITY, {"ge": 1, "le": 100}),
+        engine_default=NOT_IN_ENGINE,
+        flag=Flag(("--quality",), int, "webp/jpeg quality, 1..100", default=DEFAULT_QUALITY),
     ),
 )  # fmt: skip
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import redis
 
 from app.core.jobs.ids import is_job_id
+from ddpm_core.config.formats import IMAGE_FORMATS, image_format
 
 if TYPE_CHECKING:
     from app.core.storage.objstore import ObjectStore
@@ -30,10 +31,15 @@ __all__ = [
     "make_result_store",
     "object_store_of",
     "RESULT_NAME_RE",
+    "media_type",
 ]
 
-# preview.png: the latest live preview grid of a running job (app/core/jobs/previews.py).
-RESULT_NAME_RE = re.compile(r"^([0-9]{1,5}\.png|grid\.png|trajectory\.gif|preview\.png)$")
+# Images and the grid in every output format; preview.png: the latest live preview grid
+# of a running job (app/core/jobs/previews.py).
+_EXTENSIONS = "|".join(f.extension for f in IMAGE_FORMATS.values())
+RESULT_NAME_RE = re.compile(
+    rf"^(([0-9]{{1,5}}|grid)\.({_EXTENSIONS})|trajectory\.gif|preview\.png)$"
+)
 
 
 def _check(job_id: str, name: str) -> None:
@@ -52,6 +58,12 @@ class ResultStore(Protocol):
     def get(self, job_id: str, name: str, attempt: int | None = None) -> bytes | None: ...
 
     def delete(self, job_id: str) -> None: ...
+
+
+def media_type(name: str) -> str:
+    """The Content-Type of a result file, by its extension."""
+    ext = name.rsplit(".", 1)[-1]
+    return "image/gif" if ext == "gif" else image_format(ext).media_type
 
 
 class DiskResults:
@@ -127,11 +139,14 @@ class ObjectResults:
         return f"results/{job_id}/" + (name if attempt is None else f"a{int(attempt)}_{name}")
 
     def put(self, job_id: str, name: str, data: bytes, attempt: int | None = None) -> None:
-        media = "image/gif" if name.endswith(".gif") else "image/png"
-        self.objects.put_bytes(self._key(job_id, name, attempt), data, media)
+        self.objects.put_bytes(self._key(job_id, name, attempt), data, media_type(name))
 
     def get(self, job_id: str, name: str, attempt: int | None = None) -> bytes | None:
         return self.objects.get_bytes(self._key(job_id, name, attempt))
+
+    def presigned_url(self, job_id: str, name: str, attempt: int | None, seconds: int) -> str:
+        """A short-lived URL of the file in the object store itself."""
+        return self.objects.presigned_get(self._key(job_id, name, attempt), seconds)
 
     def delete(self, job_id: str) -> None:
         if is_job_id(job_id):
