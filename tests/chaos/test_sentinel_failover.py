@@ -84,11 +84,15 @@ def _bodies(n: int, rng: random.Random, first_seed: int) -> list[dict]:
     return bodies
 
 
-def _failover(c: SentinelCluster, what: str, report: dict) -> float:
-    """Kill the master, wait for the promotion, bring the node back as a replica."""
+def _failover(c: SentinelCluster, what: str, report: dict, probe: str | None = None) -> float:
+    """Kill the master, wait for the promotion (then read job ``probe`` through the API),
+    bring the node back as a replica."""
     i, t_kill = c.kill_master()
     old = c.group.node_ports[i]
     report[f"{what}: failover (sentinels name the new master)"] = c.group.wait_failover(old)
+    if probe is not None:
+        c.doc(probe)  # retries until the API answers
+        report[f"{what}: API answers reads again"] = time.monotonic() - t_kill
     c.group.start_node(i)  # the host returns: its old data is replaced by the new master's
     c.group.wait_replica_of_master()
     report[f"{what}: replica back in sync"] = time.monotonic() - t_kill
@@ -111,7 +115,8 @@ def test_acknowledged_jobs_survive_two_master_failovers(tmp_path) -> None:
             # 1. The master dies during a submission burst (after its 4th 202).
             futures = sub.start(pool, first)
             sub.wait_count(4)
-            t_kill = _failover(c, "kill 1 (submissions)", report)
+            probe = next(iter(sub.accepted.values()))[0]
+            t_kill = _failover(c, "kill 1 (submissions)", report, probe=probe)
             for f in futures:
                 f.result()
             report["kill 1: first 202 after the kill"] = sub.first_after(t_kill) or -1.0
@@ -129,9 +134,7 @@ def test_acknowledged_jobs_survive_two_master_failovers(tmp_path) -> None:
                 assert time.monotonic() < deadline, statuses
                 time.sleep(0.1)
             unfinished = sum(s not in TERMINAL for s in statuses)
-            t_kill = _failover(c, "kill 2 (finishes)", report)
-        c.doc(ids[0])
-        report["kill 2: API answers reads again"] = time.monotonic() - t_kill
+            t_kill = _failover(c, "kill 2 (finishes)", report, probe=ids[0])
 
         deadline = time.monotonic() + 120
         for job_id, _, _ in sub.accepted.values():
@@ -157,6 +160,9 @@ def test_acknowledged_jobs_survive_two_master_failovers(tmp_path) -> None:
         assert stats["jobs_finished:generate:succeeded"] == n  # and recorded once
         assert stats.get("jobs_finished:generate:failed", 0) == 0
         assert store.queue_depth("generate") == 0 and not store.running("generate")
+        for what in ("kill 1 (submissions)", "kill 2 (finishes)"):
+            failover = report[f"{what}: failover (sentinels name the new master)"]
+            assert report[f"{what}: API answers reads again"] < failover + 5, report
         report["wall"] = time.monotonic() - t0
         print(
             f"\nsentinel failover: {n} jobs accepted, {n} succeeded once, {attempts} attempts, "
