@@ -44,7 +44,9 @@ def campaign(args: argparse.Namespace) -> None:
     cluster = SentinelCluster(work) if args.sentinel else Cluster(work)
     kinds = tuple(k for k in FAULT_KINDS if k not in args.without)
     try:
-        camp = run_campaign(cluster, args.duration, args.seed, args.rate, args.train_runs, kinds)
+        camp = run_campaign(
+            cluster, args.duration, args.seed, args.rate, args.train_runs, kinds, args.steps
+        )
         store = cluster.store()
         docs = {k: store.get(j) for k, j in camp.accepted.items()}  # None: lost
         done_once = sum(
@@ -55,7 +57,8 @@ def campaign(args: argparse.Namespace) -> None:
         stats = store.stats()
     finally:
         cluster.down()
-    print(f"seed {args.seed}, {args.duration:.0f} s, sentinel={args.sentinel}; schedule:")
+    print(f"seed {args.seed}, {args.duration:.0f} s, sentinel={args.sentinel}, rate {args.rate}/s, "
+          f"steps {args.steps}; schedule:")  # fmt: skip
     print("  " + ", ".join(f"{t:.0f}s {k}" for t, k in camp.schedule))
     lost = [k for k, d in docs.items() if d is None]
     gen = {k: d for k, d in docs.items() if k.startswith("gen-") and d is not None}
@@ -101,6 +104,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0.5, help="generate jobs per second")
     ap.add_argument("--train-runs", type=int, default=2)
     ap.add_argument("--without", nargs="*", default=[], choices=FAULT_KINDS)
+    ap.add_argument("--steps", nargs="+", type=int, default=[10, 20, 30], help="drawn per job")
     args = ap.parse_args()
     if args.campaign:
         campaign(args)

@@ -496,6 +496,7 @@ def run_campaign(
     rate: float = 1.0,
     train_runs: int = 2,
     kinds: tuple[str, ...] = FAULT_KINDS,
+    steps: tuple[int, ...] = (10, 20, 30),
 ) -> Campaign:
     """A steady stream of generate jobs (``rate`` per second, seeded bodies) and
     ``train_runs`` training runs for ``duration`` seconds, while faults drawn from
@@ -522,7 +523,7 @@ def run_campaign(
             while not stop.is_set():
                 (body,) = generate_bodies(1, rng, max_count=3)
                 body["seed"] = 1000 * i + seed
-                body["steps"] = rng.choice([10, 20, 30])
+                body["steps"] = rng.choice(steps)
                 key = f"gen-{i}"
                 camp.bodies[key] = body
                 futures.append(pool.submit(_submit_keyed, c, key, body, "/generate", {}, camp))
