@@ -30,7 +30,7 @@ import redis
 
 from app.core.jobs.names import TASK_OF
 from app.core.logs import log_event
-from app.core.store import Claim, is_transient
+from app.core.store import Claim, NotReplicated, is_transient
 from worker import job_trace
 from worker.monitor import Held
 from worker.runtime import Runtime
@@ -69,7 +69,8 @@ Body = Callable[[Runtime, Claim, Held], Outcome]
 
 def durably(rt: Runtime, what: str, fn: Callable[[], T], job_id: str | None = None) -> T:
     """Call ``fn``, retrying with backoff while Redis is unreachable (or loading, or out of
-    memory) for up to ``store_retry_seconds``; other errors propagate at once."""
+    memory, or a master was demoted, or no replica confirmed a write that must be
+    replicated) for up to ``store_retry_seconds``; other errors propagate at once."""
     deadline = time.monotonic() + rt.settings.store_retry_seconds
     delay, tries = 0.2, 0
     while True:
@@ -80,9 +81,10 @@ def durably(rt: Runtime, what: str, fn: Callable[[], T], job_id: str | None = No
                 raise
             tries += 1
             if tries == 1 or tries % 10 == 0:
+                why = "no replica confirmed" if isinstance(exc, NotReplicated) else "unreachable"
                 log_event(
                     log,
-                    f"job store unreachable; retrying {what}",
+                    f"job store {why}; retrying {what}",
                     logging.WARNING,
                     job_id=job_id,
                     tries=tries,

@@ -90,7 +90,7 @@ class Reaper:
             if not old:
                 continue
             queue = QUEUE_OF_TASK[TASK_OF[kind]]
-            present = pending_task_ids(self.store.r, self.settings, queue)
+            present = pending_task_ids(self.store.r, self.settings, queue, delivered_after=cutoff)
             for job_id in old:
                 if job_id not in present:
                     self._send(kind, job_id)

@@ -216,9 +216,8 @@ def get_runtime(hostname: str | None = None, queues: list[str] | None = None) ->
             s = get_settings()
             configure_logging(s.log_level, s.log_format)
             setup_tracing("ddpm-worker")
-            url = s.broker_url
             name = f"{hostname or socket.gethostname()}:{os.getpid()}"
-            bin_redis = connect(url, decode=False)
+            bin_redis = connect(s, decode=False)
             registry = make_registry(s, bin_redis)
             _runtime = Runtime(s, store_from_settings(s), bin_redis, registry, name)
         if queues:

@@ -16,6 +16,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from app.core.jobs.names import GENERATE_TASK, TRAIN_TASK
 from app.core.logs import log_event
+from app.core.store import redis_target
 from worker.celery_app import app as celery_app
 from worker.generate.job import generate_body
 from worker.jobrun import run_job
@@ -46,7 +47,14 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
         # Blocks consuming until the default model is loaded and tuned: a job arriving
         # meanwhile waits in the queue, where another worker may take it.
         rt.warm_default()
-    log_event(log, "worker ready", worker=rt.name, queues=",".join(queues))
+    log_event(
+        log,
+        "worker ready",
+        worker=rt.name,
+        queues=",".join(queues),
+        redis=redis_target(rt.settings).describe(),
+        replicated_ack=rt.settings.replicated_ack,
+    )
 
 
 @worker_shutdown.connect

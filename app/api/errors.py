@@ -19,7 +19,7 @@ from app.api.routing import allowed_methods
 from app.core.errors import ServiceError
 from app.core.logs import log_event
 from app.core.storage.objstore import ObjectStoreError
-from app.core.store import is_transient
+from app.core.store import NotReplicated, is_transient
 
 __all__ = ["HttpError", "install_handlers"]
 
@@ -81,6 +81,22 @@ def install_handlers(api: FastAPI) -> None:
                 field = _field(e.get("loc", ()))
                 errors.append({"field": field, "reason": e.get("msg", "invalid")})
         return JSONResponse({"detail": errors}, 422)
+
+    @api.exception_handler(NotReplicated)
+    async def _not_replicated(request: Request, exc: NotReplicated) -> JSONResponse:
+        job_id = getattr(exc, "job_id", None)
+        log_event(log, "write not replicated", logging.WARNING, job_id=job_id, error=str(exc),
+                  path=request.url.path)  # fmt: skip
+        return JSONResponse(
+            {
+                "detail": f"job {job_id} was stored, but no replica of the job store "
+                "confirmed it in time, so it is not acknowledged: it may run, or be lost if "
+                "the store's primary fails now. Retry with the same Idempotency-Key to get "
+                "this job (not a new one)"
+            },
+            503,
+            headers=_RETRY,
+        )
 
     @api.exception_handler(redis.exceptions.ConnectionError)
     @api.exception_handler(redis.exceptions.TimeoutError)

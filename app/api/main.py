@@ -4,6 +4,7 @@ enqueued by task name."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,8 +22,9 @@ from app.api.routes import admin, checkpoints, health, jobs, previews, ui
 from app.api.services.deadlines import DeadlineSweeper
 from app.api.services.webhooks import start_dispatcher
 from app.api.state import ApiState
-from app.core.logs import configure_logging
+from app.core.logs import configure_logging, log_event
 from app.core.settings import Settings, get_settings
+from app.core.store import redis_target
 from app.core.tracing import setup_tracing, shutdown_tracing
 
 __all__ = ["create_app"]
@@ -34,6 +36,12 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     configure_logging(s.log_level, s.log_format)
     setup_tracing("ddpm-api")
     state = ApiState.build(s, celery)
+    log_event(
+        logging.getLogger("ddpm.api"),
+        "job store",
+        redis=redis_target(s).describe(),
+        replicated_ack=s.replicated_ack,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -18,7 +18,7 @@ from app.core.checkpoints import Registry, make_registry
 from app.core.queue import TaskMessages, make_celery
 from app.core.settings import Settings
 from app.core.storage.results import ResultStore, make_result_store, object_store_of
-from app.core.store import JobStore, connect, store_from_settings
+from app.core.store import JobStore, connect, redis_target, store_from_settings
 
 __all__ = ["ApiState"]
 
@@ -41,13 +41,14 @@ class ApiState:
 
     @classmethod
     def build(cls, s: Settings, celery: Celery | None = None) -> ApiState:
-        url = s.broker_url
         store = store_from_settings(s)
-        bin_redis = connect(url, decode=False)
+        bin_redis = connect(s, decode=False)
         # Event streams read Redis on the event loop: a waiting stream holds no thread, only
         # one async connection (its blocking XREAD); hence the pool's size.
         aredis = AsyncRedis(
-            url, read_timeout=s.stream_keepalive + 10, max_connections=s.max_streams + 64
+            redis_target(s),
+            read_timeout=s.stream_keepalive + 10,
+            max_connections=s.max_streams + 64,
         )
         celery = celery or make_celery(s)
         metrics = CollectorRegistry(auto_describe=False)

@@ -1,5 +1,6 @@
 """What every ``ddpm`` sub-command shares: bad input as a one-line message with exit
-code 2 (:class:`UsageError`), and checkpoint arguments."""
+code 2 (:class:`UsageError`, or a ``DDPM_*`` setting that does not parse), and checkpoint
+arguments."""
 
 from __future__ import annotations
 
@@ -23,6 +24,13 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         return int(args.func(args) or 0)
     except UsageError as exc:
         parser.exit(2, f"ddpm: error: {exc}\n")
+    except Exception as exc:
+        from app.core.settings import settings_error
+
+        message = settings_error(exc)  # a DDPM_* variable that does not parse
+        if message is None:
+            raise
+        parser.exit(2, f"ddpm: error: {message}\n")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

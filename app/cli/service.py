@@ -326,7 +326,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, DDPM_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
     redis_server = None
-    if not s.redis_url:
+    if not s.redis_url and not s.redis_sentinels:
         password = s.redis_password or secret_for(data_dir, "redis_password")[0]
         redis_server = EmbeddedRedis(data_dir, password, s.redis_maxmemory).start()
         redis_url_file(data_dir).write_text(redis_server.url + "\n")

@@ -10,7 +10,16 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings", "redis_url_file", "with_password"]
+__all__ = [
+    "Settings",
+    "get_settings",
+    "redis_url_file",
+    "with_password",
+    "parse_sentinels",
+    "settings_error",
+]
+
+_MASTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 class Settings(BaseSettings):
@@ -21,6 +30,22 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_password: str | None = Field(
         None, description="Redis password, added to redis_url when the URL carries none"
+    )
+    redis_sentinels: str | None = Field(
+        None,
+        description="Redis Sentinel nodes, host:port,host:port,...: the master is whatever "
+        "they name (redis_master_name); takes the place of redis_url. Unset = redis_url",
+    )
+    redis_master_name: str = Field(
+        "ddpm", pattern=_MASTER_NAME, description="the master's name in the Sentinel config"
+    )
+    redis_replicated_ack: bool | None = Field(
+        None,
+        description="a job is acknowledged (202, finish) only once a replica has it (WAIT); "
+        "unset = on with redis_sentinels, off without",
+    )
+    redis_ack_timeout: float = Field(
+        1.0, gt=0, le=60, description="seconds a write waits for a replica (replicated_ack)"
     )
     redis_maxmemory: str | None = Field(
         None, description='memory cap of the embedded Redis, e.g. "2gb" (noeviction)'
@@ -223,7 +248,9 @@ class Settings(BaseSettings):
             "max_activation_bytes": self.max_activation_bytes,
         }
 
-    @field_validator("object_store", "s3_endpoint_url", "webhook_secret", mode="before")
+    @field_validator(
+        "object_store", "s3_endpoint_url", "webhook_secret", "redis_sentinels", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return None if v == "" else v  # VAR= in an env file or compose: not configured
@@ -233,6 +260,30 @@ class Settings(BaseSettings):
         if self.result_store == "s3" and not self.object_store:
             raise ValueError("result_store s3 needs object_store (DDPM_OBJECT_STORE=s3://...)")
         return self
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_sentinels(v)  # refuses a malformed list, naming the setting
+        return v
+
+    @field_validator("redis_replicated_ack", mode="before")
+    @classmethod
+    def _ack_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @property
+    def sentinel_nodes(self) -> list[tuple[str, int]]:
+        """The Sentinel nodes, in order; empty without Sentinel."""
+        return parse_sentinels(self.redis_sentinels) if self.redis_sentinels else []
+
+    @property
+    def replicated_ack(self) -> bool:
+        """Whether job creation and finish wait for a replica (explicit, else with Sentinel)."""
+        if self.redis_replicated_ack is None:
+            return bool(self.redis_sentinels)
+        return self.redis_replicated_ack
 
     @field_validator("key_prefix")
     @classmethod
@@ -246,7 +297,12 @@ class Settings(BaseSettings):
     @property
     def broker_url(self) -> str:
         """The Redis URL to use: the configured one, else the embedded server's, if running;
-        with ``redis_password`` filled in when the URL has no password of its own."""
+        with ``redis_password`` filled in when the URL has no password of its own. With
+        Sentinel, kombu's form: ``sentinel://:pw@host:port/0;sentinel://...`` (redis-py
+        clients are made by :func:`app.core.store.connect`, never from this URL)."""
+        if self.redis_sentinels:
+            auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+            return ";".join(f"sentinel://{auth}{_netloc(h, p)}/0" for h, p in self.sentinel_nodes)
         if self.redis_url:
             return with_password(self.redis_url, self.redis_password)
         f = redis_url_file(self.data_dir)
@@ -258,6 +314,47 @@ class Settings(BaseSettings):
         if password is None and secret.exists():
             password = secret.read_text().strip()
         return with_password(f.read_text().strip(), password)
+
+
+def parse_sentinels(value: str) -> list[tuple[str, int]]:
+    """``host:port,host:port`` (an IPv6 host in brackets) as (host, port) pairs; a
+    ValueError naming ``DDPM_REDIS_SENTINELS`` for anything else."""
+    nodes: list[tuple[str, int]] = []
+    for raw in value.split(","):
+        item = raw.strip()
+        host, sep, port = item.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        ok = bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+        if not ok or any(c in host for c in "/@ ;[]") or ("," in host):
+            raise ValueError(
+                f"DDPM_REDIS_SENTINELS: {item!r} is not host:port (expected e.g. "
+                "sentinel-1:26379,sentinel-2:26379,sentinel-3:26379)"
+            )
+        nodes.append((host, int(port)))
+    if len(set(nodes)) != len(nodes):
+        raise ValueError(f"DDPM_REDIS_SENTINELS: a node is listed twice in {value!r}")
+    return nodes
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def settings_error(exc: BaseException) -> str | None:
+    """A one-line message for invalid ``DDPM_*`` settings (a pydantic ValidationError of
+    :class:`Settings`), each naming its variable; None for any other exception."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError) or exc.title != Settings.__name__:
+        return None
+    parts = []
+    for err in exc.errors():
+        name = "DDPM_" + "_".join(str(p) for p in err.get("loc", ())).upper()
+        msg = str(err.get("msg", "invalid"))
+        msg = msg.removeprefix("Value error, ")
+        parts.append(msg if msg.startswith(name) else f"{name}: {msg}")
+    return "invalid settings: " + "; ".join(parts)
 
 
 def with_password(url: str, password: str | None) -> str:

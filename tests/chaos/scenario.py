@@ -217,6 +217,58 @@ class Cluster:
         return out
 
 
+class SentinelCluster(Cluster):
+    """A :class:`Cluster` whose Redis is a Sentinel group (tests/service/sentinel_group.py):
+    master, replica and three sentinels with the shipped settings; the services find the
+    master through ``DDPM_REDIS_SENTINELS``, with the shipped acknowledgement (WAIT)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        sys.path.insert(0, str(ROOT / "tests" / "service"))
+        from sentinel_group import SentinelGroup
+
+        self.group = SentinelGroup(self.workdir / "sentinel", password=PASSWORD)
+        self.group.workdir.mkdir(exist_ok=True)
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env.pop("DDPM_REDIS_URL")
+        return env | self.group.env()
+
+    def start_redis(self) -> None:
+        self.group.up()
+
+    def up(self) -> None:
+        self.start_redis()
+        for name in ("api", "gen"):
+            self.start(name)
+        self.wait_ready()
+
+    def kill_master(self) -> tuple[int, float]:
+        """SIGKILL the master; (its node index, the monotonic time of the kill)."""
+        i = self.group.master_index()
+        self.group.kill(f"node{i}")
+        self.note(f"SIGKILL redis master node{i}")
+        return i, time.monotonic()
+
+    def down(self) -> None:
+        super().down()
+        self.group.down()
+
+    def store(self) -> Any:
+        from app.core.settings import Settings
+        from app.core.store import store_from_settings
+
+        return store_from_settings(
+            Settings(
+                redis_sentinels=self.group.sentinels,
+                redis_password=PASSWORD,
+                data_dir=self.data,
+                redis_replicated_ack=False,
+            )
+        )
+
+
 def generate_bodies(n: int, rng: random.Random, max_count: int = 6) -> list[dict]:
     """Varied generate requests on the built-in ``digits`` (count, steps, sampler, label)."""
     bodies = []
@@ -347,3 +399,168 @@ def run_scenario(
                 raise TimeoutError(f"job {j} unfinished: {c.doc(j)}\n{c.tail('gen')}")
             time.sleep(0.3)
     return Report(jobs, train_id, rec, time.monotonic() - t0)
+
+
+# -- a seeded randomized fault campaign (bench/chaos.py --campaign) ---------------------------
+FAULT_KINDS = ("gen_kill", "train_kill", "api_kill", "redis_fault")
+
+
+@dataclass
+class Campaign:
+    """What :func:`run_campaign` did and measured."""
+
+    schedule: list[tuple[float, str]]  # (seconds after the start, fault kind), as drawn
+    # (at, kind, recovery s, jobs it interrupted): recovery is until each of those runs again
+    # or is done (a kill that hit no running job recovers in 0 s); an API kill's, until the
+    # API is ready again
+    injected: list[tuple[float, str, float, int]] = field(default_factory=list)
+    skipped: list[tuple[float, str, str]] = field(default_factory=list)  # + why
+    accepted: dict[str, str] = field(default_factory=dict)  # Idempotency-Key -> job id
+    bodies: dict[str, dict] = field(default_factory=dict)
+    train_ids: list[str] = field(default_factory=list)
+    refused: int = 0  # 503s and transport errors, retried with the same key
+    wall_s: float = 0.0
+
+
+def draw_schedule(rng: random.Random, duration: float, kinds: tuple[str, ...]) -> list:
+    """Faults every 15-30 s (uniform) until ``duration``, each kind drawn uniformly."""
+    out, t = [], 0.0
+    while True:
+        t += rng.uniform(15, 30)
+        if t > duration:
+            return out
+        out.append((round(t, 1), rng.choice(kinds)))
+
+
+def _submit_keyed(c: Cluster, key: str, body: dict, path: str, headers: dict, camp: Campaign):
+    deadline = time.monotonic() + 180
+    with httpx.Client(base_url=str(c.client.base_url), timeout=30) as http:
+        while time.monotonic() < deadline:
+            try:
+                r = http.post(path, json=body, headers=headers | {"Idempotency-Key": key})
+            except httpx.TransportError:
+                r = None
+            if r is not None and r.status_code == 202:
+                camp.accepted[key] = r.json()["id"]
+                return
+            if r is not None and r.status_code not in (503, 429):
+                raise AssertionError(f"{key}: {r.status_code} {r.text}")
+            camp.refused += 1
+            time.sleep(0.3)
+    raise TimeoutError(f"{key} never accepted")
+
+
+def _inject(c: Cluster, kind: str, camp: Campaign) -> tuple[float | None, int, str]:
+    """Inject one fault; (recovery seconds, jobs it interrupted, '') or (None, 0, why it
+    was skipped)."""
+    gen_ids = [camp.accepted[k] for k in list(camp.accepted) if k.startswith("gen-")]
+    if kind == "gen_kill":
+        running = _running_on_killed(c, gen_ids[-60:])
+        c.kill("gen")
+        t = time.monotonic()
+        c.start("gen")
+        return _recovery(c, running, t, 180), len(running), ""
+    if kind == "train_kill":
+        running = _running_on_killed(c, camp.train_ids)
+        if not running:
+            return None, 0, "no training job running"
+        c.kill("train")
+        t = time.monotonic()
+        c.start("train")
+        return _recovery(c, running, t, 180), len(running), ""
+    if kind == "api_kill":
+        c.kill("api")
+        t = time.monotonic()
+        c.start("api")
+        c.wait_ready(120)
+        return time.monotonic() - t, 0, ""
+    # redis_fault: a failover with Sentinel, else a SIGKILL and restart on the AOF.
+    running = _running_on_killed(c, gen_ids[-60:])
+    if isinstance(c, SentinelCluster):
+        c.group.wait_replica_of_master(120)  # a failover needs a replica in sync
+        i, t = c.kill_master()
+        c.group.wait_failover(c.group.node_ports[i])
+        c.group.start_node(i)
+    else:
+        c.kill("redis")
+        t = time.monotonic()
+        time.sleep(1.0)
+        c.start_redis()
+    return _recovery(c, running, t, 180), len(running), ""
+
+
+def run_campaign(
+    c: Cluster,
+    duration: float = 600,
+    seed: int = 1,
+    rate: float = 1.0,
+    train_runs: int = 2,
+    kinds: tuple[str, ...] = FAULT_KINDS,
+    steps: tuple[int, ...] = (10, 20, 30),
+) -> Campaign:
+    """A steady stream of generate jobs (``rate`` per second, seeded bodies) and
+    ``train_runs`` training runs for ``duration`` seconds, while faults drawn from
+    ``kinds`` hit every 15-30 s (the schedule is drawn up front from ``seed``); then waits
+    for every accepted job. Clients retry 503s and transport errors with their key."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = random.Random(seed)
+    camp = Campaign(draw_schedule(rng, duration, kinds))
+    t0 = time.monotonic()
+    c.up()
+    if "train" not in c.procs:
+        c.start("train")
+    token = (c.data / "admin_token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    stop = threading.Event()
+    futures: list[Any] = []
+    start = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+
+        def stream() -> None:
+            i = 0
+            while not stop.is_set():
+                (body,) = generate_bodies(1, rng, max_count=3)
+                body["seed"] = 1000 * i + seed
+                body["steps"] = rng.choice(steps)
+                key = f"gen-{i}"
+                camp.bodies[key] = body
+                futures.append(pool.submit(_submit_keyed, c, key, body, "/generate", {}, camp))
+                i += 1
+                stop.wait(1.0 / rate)
+
+        feeder = threading.Thread(target=stream, daemon=True)
+        feeder.start()
+        for n in range(train_runs):
+            body = TRAIN_BODY | {"name": f"campaign{n}"}
+            futures.append(pool.submit(_submit_keyed, c, f"train-{n}", body, "/train", auth, camp))
+        for at, kind in camp.schedule:
+            while time.monotonic() - start < at:
+                time.sleep(0.1)
+            for n in range(train_runs):
+                job = camp.accepted.get(f"train-{n}")
+                if job and job not in camp.train_ids:
+                    camp.train_ids.append(job)
+            recovered, hit, why = _inject(c, kind, camp)
+            if recovered is None:
+                camp.skipped.append((at, kind, why))
+            else:
+                camp.injected.append((at, kind, recovered, hit))
+            c.note(f"{kind} at {at} s: recovered in {recovered}")
+        while time.monotonic() - start < duration:
+            time.sleep(0.2)
+        stop.set()
+        feeder.join()
+        for f in futures:
+            f.result()
+    camp.train_ids = [camp.accepted[k] for k in camp.accepted if k.startswith("train-")]
+    store = c.store()
+    deadline = time.monotonic() + 600
+    for job_id in camp.accepted.values():
+        while (doc := store.get(job_id)) is not None and doc["status"] not in TERMINAL:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} unfinished: {doc}")
+            time.sleep(0.3)
+    camp.wall_s = time.monotonic() - t0
+    return camp

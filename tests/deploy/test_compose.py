@@ -25,9 +25,10 @@ def cpu() -> dict:
 
 def test_services_and_volumes(gpu: dict) -> None:
     assert set(gpu["services"]) == {
-        "redis", "api", "worker-gen", "worker-train", "worker-train-multigpu", "flower"
+        "redis", "api", "worker-gen", "worker-train", "worker-train-multigpu", "flower",
+        "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3",
     }  # fmt: skip
-    assert set(gpu["volumes"]) == {"data", "redis-data"}
+    assert set(gpu["volumes"]) == {"data", "redis-data", "redis-replica-data"}
     for name in ("api", "worker-gen", "worker-train"):
         assert "data:/data" in gpu["services"][name]["volumes"], name
     assert gpu["services"]["flower"]["profiles"] == ["monitoring"]
@@ -84,7 +85,9 @@ def test_flower_runs_our_celery_app_behind_required_basic_auth(gpu: dict) -> Non
 
 
 def test_every_long_running_service_has_a_healthcheck(gpu: dict) -> None:
-    for name in ("redis", "api", "worker-gen", "worker-train", "flower"):
+    for name in ("redis", "api", "worker-gen", "worker-train", "flower", "redis-replica"):
+        assert gpu["services"][name]["healthcheck"]["test"], name
+    for name in ("sentinel-1", "sentinel-2", "sentinel-3"):
         assert gpu["services"][name]["healthcheck"]["test"], name
     assert "/healthz" in " ".join(gpu["services"]["api"]["healthcheck"]["test"])
     for name, node in (("worker-gen", "gen@$HOSTNAME"), ("worker-train", "train@$HOSTNAME")):
@@ -184,3 +187,30 @@ def test_the_object_store_override() -> None:
     text = (ROOT / "docker/compose.s3.yml").read_text()
     for m in re.finditer(r"\b\w*(TOKEN|KEYS?|SECRET)\w*\b:[ \t]*([^\s#]*)", text):
         assert m.group(2).startswith("${"), m.group(0)
+
+
+def test_a_sentinel_profile_with_a_replica_and_three_sentinels(gpu: dict) -> None:
+    services = gpu["services"]
+    master = services["redis"]["command"]
+    replica = services["redis-replica"]["command"]
+    # The replica runs the master's flags (either may be promoted), replicating from it.
+    assert replica[: len(master)] == master and replica[len(master) :] == [
+        "--replicaof", "redis", "6379"
+    ]  # fmt: skip
+    assert master[master.index("--masterauth") + 1] == "pw-from-env"  # once demoted
+    for name in ("redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"):
+        assert services[name]["profiles"] == ["sentinel"], name
+    for name in ("sentinel-2", "sentinel-3"):
+        assert services[name]["command"] == services["sentinel-1"]["command"]
+    script = services["sentinel-1"]["command"][-1]
+    assert "/etc/ddpm/sentinel.conf" in script and "--sentinel" in script
+    assert "requirepass" in script and "sentinel auth-pass ddpm" in script
+    assert "./docker/sentinel.conf:/etc/ddpm/sentinel.conf:ro" in services["sentinel-1"]["volumes"]
+    conf = (ROOT / "docker" / "sentinel.conf").read_text()
+    assert "sentinel monitor ddpm redis 6379 2" in conf
+    # Off unless .env names the sentinels: the plain `redis` service stays the default.
+    for name in REDIS_CLIENTS:
+        env = services[name]["environment"]
+        assert env["DDPM_REDIS_SENTINELS"] == "" and env["DDPM_REDIS_MASTER_NAME"] == "ddpm"
+    on = load(MAIN, env=ENV | {"DDPM_REDIS_SENTINELS": "sentinel-1:26379,sentinel-2:26379"})
+    assert on["services"]["api"]["environment"]["DDPM_REDIS_SENTINELS"].startswith("sentinel-1")

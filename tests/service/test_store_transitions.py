@@ -196,6 +196,43 @@ def test_a_crash_between_any_two_steps_leaves_a_recoverable_state(store, setting
         store.r.delete(key)
 
 
+@pytest.mark.parametrize("delivered_ago", [120.0, 0.0])
+def test_a_message_delivered_long_ago_to_a_job_still_queued_is_sent_again(
+    store, settings, delivered_ago
+):
+    """A worker that received a job's message and died before its claim (or whose claim a
+    failover lost) leaves the message in kombu's unacked set until the visibility timeout
+    (an hour). The job is still queued: once the delivery is older than redispatch_after
+    the reaper sends another; a fresh delivery is left to its worker."""
+    import json
+
+    from app.core.jobs.ids import new_job_id
+    from app.core.jobs.names import GENERATE_TASK
+    from app.core.queue import TaskMessages
+    from worker.reaper import Reaper
+
+    celery = make_celery(settings)
+    reaper = Reaper(store, celery, settings.model_copy(update={"redispatch_after": 30}))
+    job_id = new_job_id()
+    message = TaskMessages(celery, settings.key_prefix).encode(GENERATE_TASK, job_id)
+    store.create("generate", {}, job_id=job_id, message=message)
+    # Submitted 200 s ago; delivered as kombu does it (list -> unacked + its index).
+    p = settings.key_prefix
+    store.r.zadd(store.qkey("generate"), {job_id: time.time() - 200})
+    body = store.r.rpop(p + "gen")
+    assert json.loads(body)["headers"]["id"] == job_id
+    tag = f"tag-{job_id}"
+    store.r.hset(p + "unacked", tag, json.dumps([json.loads(body), "", "gen"]))
+    store.r.zadd(p + "unacked_index", {tag: time.time() - delivered_ago})
+    try:
+        assert job_id in pending_task_ids(store.r, settings, "gen")  # delivered: pending
+        reaper.redispatch_lost_messages()
+        resent = [json.loads(m)["headers"]["id"] for m in store.r.lrange(p + "gen", 0, -1)]
+        assert resent == ([job_id] if delivered_ago else [])
+    finally:
+        store.r.delete(p + "gen", p + "unacked", p + "unacked_index")
+
+
 def test_api_submit_replays_and_refuses_reused_keys(isolated):
     s, c = isolated(max_jobs_per_client=0)
     h = {"Idempotency-Key": "abc"}

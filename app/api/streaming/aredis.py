@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from typing import Any
 
 import redis.asyncio as aredis
+
+from app.core.store import async_redis_client
 
 __all__ = ["AsyncRedis"]
 
 
 class AsyncRedis:
-    """Async Redis clients from one URL, one per event loop (uvicorn runs one loop; a
+    """Async Redis clients for one Redis (a URL or a :class:`app.core.store.RedisTarget`:
+    with Sentinel, the current master), one per event loop (uvicorn runs one loop; a
     TestClient may run a loop per request, and a connection belongs to its loop)."""
 
-    def __init__(self, url: str, read_timeout: float, max_connections: int) -> None:
-        self.url = url
+    def __init__(self, where: Any, read_timeout: float, max_connections: int) -> None:
+        self.where = where
         self.read_timeout = read_timeout
         self.max_connections = max_connections
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aredis.Redis] = (
@@ -28,16 +32,9 @@ class AsyncRedis:
         if client is None:
             # Blocking: at the cap a command waits for a free connection (up to 10 s) rather
             # than failing; a burst of finished long polls reads at once.
-            pool = aredis.BlockingConnectionPool.from_url(
-                self.url,
-                decode_responses=True,
-                socket_connect_timeout=3,
-                socket_timeout=self.read_timeout,
-                health_check_interval=30,
-                max_connections=self.max_connections,
-                timeout=10,
+            client = async_redis_client(  # owns its pool: aclose() closes it
+                self.where, socket_timeout=self.read_timeout, max_connections=self.max_connections
             )
-            client = aredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
             self._clients[loop] = client
         return client
 

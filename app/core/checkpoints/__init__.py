@@ -27,7 +27,7 @@ def make_registry(settings: Settings, client: redis.Redis | None = None) -> Regi
 
     return ObjectRegistry(
         get_object_store(settings.object_store, settings.s3_endpoint_url),
-        client if client is not None else connect(settings.broker_url, decode=False),
+        client if client is not None else connect(settings, decode=False),
         settings.key_prefix,
         Path(settings.data_dir) / "cache" / "checkpoints",
         settings.checkpoint_cache_size,

@@ -17,6 +17,7 @@ from kombu import Queue
 
 from app.core.jobs.names import GEN_QUEUE, GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK
 from app.core.settings import Settings, get_settings
+from app.core.store.connection import broker_options
 
 __all__ = ["make_celery", "pending_task_ids"]
 
@@ -37,6 +38,7 @@ def make_celery(settings: Settings | None = None, include: Sequence[str] = ()) -
         "visibility_timeout": s.visibility_timeout,
         "global_keyprefix": s.key_prefix,
     }
+    transport |= broker_options(s)  # with Sentinel: the master's name, the sentinels' auth
     if s.restore_interval:
         transport |= {"unacked_restore_interval": s.restore_interval, "unacked_restore_throttle": 1}
     celery.conf.update(
@@ -71,18 +73,31 @@ def make_celery(settings: Settings | None = None, include: Sequence[str] = ()) -
     return celery
 
 
-def pending_task_ids(client: redis.Redis, settings: Settings, queue: str) -> set[str]:
+def pending_task_ids(
+    client: redis.Redis, settings: Settings, queue: str, delivered_after: float | None = None
+) -> set[str]:
     """Ids of the tasks whose message waits in the broker list of ``queue`` or was delivered
     and not yet acked (any queue). Bounded by the queue limits; used to find queued jobs
     whose message was lost (an API that died between storing a job and sending it, or
-    writes lost by a Redis crash)."""
+    writes lost by a Redis crash or failover).
+
+    ``delivered_after`` (epoch seconds): a delivered message counts only if it was
+    delivered since. A worker claims its job as soon as it receives the message, so a
+    still-queued job whose message was delivered long ago lost its claim (its worker died
+    in between, or a failover lost the claim): that message is orphaned until the
+    visibility timeout, and does not count."""
     prefix = settings.key_prefix
     keys = [prefix + queue] + [f"{prefix}{queue}{_PRIORITY_SEP}{p}" for p in _PRIORITY_STEPS]
     raw: list[Any] = []
     for key in keys:
         raw += client.lrange(key, 0, -1)
     ids = {_task_id(m) for m in raw}
-    for entry in client.hvals(prefix + "unacked"):
+    delivered: dict[Any, float] = {}
+    if delivered_after is not None:
+        delivered = dict(client.zrange(prefix + "unacked_index", 0, -1, withscores=True))
+    for tag, entry in client.hgetall(prefix + "unacked").items():
+        if delivered_after is not None and delivered.get(tag, 0.0) < delivered_after:
+            continue
         try:
             ids.add(_task_id(json.loads(entry)[0]))
         except (ValueError, IndexError, TypeError):

@@ -26,6 +26,7 @@ come from the Redis server clock, never from a worker's.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 import json
@@ -41,7 +42,7 @@ import redis.asyncio as aredis
 from app.core.jobs.ids import new_job_id
 from app.core.jobs.names import QUEUE_OF
 from app.core.stats import histogram_fields
-from app.core.store.connection import connect
+from app.core.store.connection import NotReplicated, connect, wait_for_replica
 from app.core.store.scripts import StoreScripts
 
 __all__ = [
@@ -128,13 +129,15 @@ def store_from_settings(settings: Any, client: redis.Redis | None = None) -> Job
     """The job store that ``settings`` (an :class:`app.core.settings.Settings`) describe."""
     s = settings
     return JobStore(
-        client or connect(s.broker_url),
+        client or connect(s),
         s.key_prefix,
         s.job_ttl,
         s.events_maxlen,
         lease_ttl=s.lease_ttl,
         events_ttl=s.events_ttl,
         max_attempts=s.max_attempts,
+        replicated_ack=s.replicated_ack,
+        ack_timeout=s.redis_ack_timeout,
     )
 
 
@@ -181,6 +184,8 @@ class JobStore:
         lease_ttl: float = 15.0,
         events_ttl: int = 600,
         max_attempts: int = 3,
+        replicated_ack: bool = False,
+        ack_timeout: float = 1.0,
     ) -> None:
         self.r = client
         self.prefix = prefix
@@ -189,7 +194,36 @@ class JobStore:
         self.lease_ms = int(lease_ttl * 1000)
         self.events_ttl = int(min(events_ttl, ttl))
         self.max_attempts = max_attempts
+        # Job creation and finish return only once a replica has them (WAIT 1 timeout).
+        self.replicated_ack = replicated_ack
+        self.ack_timeout = ack_timeout
+        self.unconfirmed_claims = 0  # claims that no replica confirmed in time (they ran)
         self._scripts = StoreScripts(client)
+
+    def _replicated(self, run: Any) -> tuple[Any, int | None]:
+        """``run(client)`` (a script call), followed on the same connection by ``WAIT 1``
+        when acknowledgements must be replicated: (its result, replicas that confirmed
+        it, or None when not asked)."""
+        if not self.replicated_ack:
+            return run(None), None
+        pipe = self.r.pipeline(transaction=False)  # one connection: WAIT counts its writes
+        run(pipe)
+        pipe.wait(1, max(1, int(self.ack_timeout * 1000)))
+        res, acked = pipe.execute()
+        return res, int(acked)
+
+    def _confirm(self, acked: int | None, what: str, job_id: str) -> None:
+        """Raise :class:`NotReplicated` when a replica was asked for and none confirmed."""
+        if acked is None or acked >= 1:
+            return
+        # The master may be cut off from the others: let the next connection ask the
+        # sentinels where the master is (idle connections only; others finish first).
+        self.r.connection_pool.disconnect(inuse_connections=False)
+        try:
+            wait_for_replica(acked, f"{what} of job {job_id}", self.ack_timeout)
+        except NotReplicated as exc:
+            exc.job_id = job_id  # type: ignore[attr-defined]
+            raise
 
     # -- keys ------------------------------------------------------------------------------
     def key(self, *parts: str) -> str:
@@ -353,12 +387,19 @@ class JobStore:
         none). ``message`` (broker list key, message) is pushed with a created job, in the
         same atomic step (:class:`app.core.queue.TaskMessages`). A job with
         ``deadline_seconds`` that has not started by then never runs: it is canceled
-        (reason ``deadline``); one still running then stops at its next step."""
+        (reason ``deadline``); one still running then stops at its next step.
+
+        With ``replicated_ack``, a created (or replayed) job that no replica confirmed
+        within ``ack_timeout`` raises :class:`NotReplicated` (its ``job_id`` says which):
+        the job IS stored on the master; a retry with the same ``idem_key`` returns it."""
         job_id, doc, call = self._create_call(
             kind, request, extra, client, idem_key, body_fingerprint, queue_limit,
             client_limit, job_id, message, deadline_seconds,
         )  # fmt: skip
-        return _submission(self._scripts.create(**call), job_id, doc, kind, client)
+        res, acked = self._replicated(lambda pipe: self._scripts.create(client=pipe, **call))
+        if res[0] in ("created", "replay"):
+            self._confirm(acked, "creation", job_id if res[0] == "created" else res[1])
+        return _submission(res, job_id, doc, kind, client)
 
     async def acreate(
         self,
@@ -377,7 +418,16 @@ class JobStore:
         deadline_seconds: float | None = None,
     ) -> Submission:
         """:meth:`create` through the async client ``ar`` (decoded responses), for the API's
-        event loop: the same script, arguments and outcomes."""
+        event loop: the same script, arguments and outcomes. With ``replicated_ack`` it is
+        :meth:`create` in a thread (its WAIT for a replica, and the wait after a refusal,
+        block)."""
+        if self.replicated_ack:
+            return await asyncio.to_thread(
+                self.create, kind, request, extra, client=client, idem_key=idem_key,
+                body_fingerprint=body_fingerprint, queue_limit=queue_limit,
+                client_limit=client_limit, job_id=job_id, message=message,
+                deadline_seconds=deadline_seconds,
+            )  # fmt: skip
         job_id, doc, call = self._create_call(
             kind, request, extra, client, idem_key, body_fingerprint, queue_limit,
             client_limit, job_id, message, deadline_seconds,
@@ -452,22 +502,28 @@ class JobStore:
     def claim(self, job_id: str, kind: str, worker: str) -> Claim | None:
         """queued -> running with a fresh lease and the next attempt number (the fencing
         token). None when the job is not queued (running elsewhere, finished, gone); a job
-        whose cancel flag is set is canceled instead."""
-        res = self._scripts.claim(
-            keys=self._job_keys(job_id, kind),
-            args=self._common(job_id, kind)
-            | {
-                "lease_ms": self.lease_ms,
-                "worker": json.dumps(worker),
-                "started_at": json.dumps(now_iso()),
-                "started_ts": json.dumps(time.time()),
-                "cancel_done": _CANCELED_QUEUED_DONE,
-                "deadline_error": _DEADLINE_ERROR,
-                "deadline_done": _DEADLINE_DONE,
-            },
+        whose cancel flag is set is canceled instead. With ``replicated_ack`` it waits for
+        a replica too (up to ``ack_timeout``), but runs the job without one."""
+        keys = self._job_keys(job_id, kind)
+        args = self._common(job_id, kind) | {
+            "lease_ms": self.lease_ms,
+            "worker": json.dumps(worker),
+            "started_at": json.dumps(now_iso()),
+            "started_ts": json.dumps(time.time()),
+            "cancel_done": _CANCELED_QUEUED_DONE,
+            "deadline_error": _DEADLINE_ERROR,
+            "deadline_done": _DEADLINE_DONE,
+        }
+        res, acked = self._replicated(
+            lambda pipe: self._scripts.claim(keys=keys, args=args, client=pipe)
         )
         if res[0] != "claimed":
             return None
+        if acked == 0:
+            # Not an acknowledgement to anyone: the job runs all the same. The replica's
+            # copy matters after a failover, where the new master must know this attempt
+            # (the fencing token) so that no other worker claims the same number.
+            self.unconfirmed_claims += 1
         flat = res[2]
         doc = {flat[i]: json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
         return Claim(job_id, int(res[1]), doc)
@@ -531,25 +587,30 @@ class JobStore:
         """Move a job to a terminal ``status`` with ``fields`` (result, error, metrics...),
         its last ``progress`` event (when ``fields`` has one), ``status`` and ``done`` events
         and counters, in one step. ``attempt`` fences it: a worker whose attempt is no
-        longer the job's changes nothing (False)."""
+        longer the job's changes nothing (False). With ``replicated_ack`` it raises
+        :class:`NotReplicated` when no replica confirmed it; calling it again is safe (the
+        attempt's outcome is recorded once, and the retry waits for a replica again)."""
         fields = {"finished_at": now_iso(), "finished_ts": time.time()} | fields
         done = {"status": status} | {k: fields[k] for k in ("result", "error") if k in fields}
-        res = self._scripts.finish(
-            keys=self._job_keys(job_id, kind),
-            args=self._common(job_id, kind)
-            | {
-                "attempt": _fence(attempt),
-                "to": status,
-                "allowed": ",".join(allowed),
-                "done": json.dumps(done),
-                "progress": json.dumps(fields["progress"]) if "progress" in fields else "",
-                "deadline_error": _DEADLINE_ERROR,
-                "deadline_done": _DEADLINE_DONE,
-                "counters": [x for name, amount in stats for x in (name, repr(float(amount)))],
-                "fields": _pairs(fields),
-            },
+        keys = self._job_keys(job_id, kind)
+        args = self._common(job_id, kind) | {
+            "attempt": _fence(attempt),
+            "to": status,
+            "allowed": ",".join(allowed),
+            "done": json.dumps(done),
+            "progress": json.dumps(fields["progress"]) if "progress" in fields else "",
+            "deadline_error": _DEADLINE_ERROR,
+            "deadline_done": _DEADLINE_DONE,
+            "counters": [x for name, amount in stats for x in (name, repr(float(amount)))],
+            "fields": _pairs(fields),
+        }
+        res, acked = self._replicated(
+            lambda pipe: self._scripts.finish(keys=keys, args=args, client=pipe)
         )
-        return res[0] == "done"
+        if res[0] not in ("done", "done_before"):  # done_before: this attempt's retry
+            return False
+        self._confirm(acked, "finish", job_id)
+        return True
 
     def cancel(self, job_id: str, kind: str) -> tuple[str, str | None]:
         """Cancel: ``canceled`` (it was queued: it never starts), ``requested`` (running: its

@@ -7,7 +7,12 @@ if K.idem ~= '' then
     local sep = string.find(prev, ' ', 1, true)
     local pid = string.sub(prev, 1, sep - 1)
     if redis.call('EXISTS', A.prefix .. 'job:' .. pid) == 1 then
-      if string.sub(prev, sep + 1) == A.fingerprint then return {'replay', pid} end
+      if string.sub(prev, sep + 1) == A.fingerprint then
+        -- One write, so that a WAIT after this script also covers the earlier job's
+        -- creation (Redis 7 counts a connection's own writes only).
+        redis.call('HINCRBY', K.stats, 'idempotent_replays', 1)
+        return {'replay', pid}
+      end
       return {'conflict', pid}
     end
   end

@@ -5,7 +5,15 @@ local st = redis.call('HGET', K.job, 'status')
 if not st then return {'gone'} end
 local ok = false
 for s in string.gmatch(A.allowed, '[^,]+') do if '"' .. s .. '"' == st then ok = true end end
-if not ok then return {'refused', st} end
+if not ok then
+  if st == '"' .. A.to .. '"' and A.attempt ~= '' and redis.call('HGET', K.job, 'attempts') == A.attempt then
+    -- This attempt recorded this outcome already (a retry whose first try reached the
+    -- master but no replica in time): one write, so that a WAIT after it covers the first.
+    redis.call('HINCRBY', K.stats, 'finish_retries', 1)
+    return {'done_before', st}
+  end
+  return {'refused', st}
+end
 if A.attempt ~= '' and redis.call('HGET', K.job, 'attempts') ~= A.attempt then
   return {'stale', st}
 end
