@@ -55,6 +55,19 @@ def test_the_engine_on_cuda_in_fp32_makes_the_cpu_images() -> None:
     assert diff.max() <= 5e-3 and diff.mean() <= 1e-4
 
 
+def test_the_engine_reports_its_cuda_memory_for_the_metrics() -> None:
+    """The heartbeat's ``cuda_memory`` (ddpm_device_memory_bytes): the caching allocator's
+    counters after a job, reserved at least what is allocated."""
+    engine = Engine("cuda", max_batch=64).start()
+    try:
+        engine_images(engine, _specs()[:1])
+        mem = engine.info()["cuda_memory"]
+    finally:
+        engine.stop()
+    print(f"CUDA memory after a job: {mem}")
+    assert mem["reserved"] >= mem["allocated"] > 0
+
+
 def test_the_default_cuda_engine_keeps_each_seeds_image() -> None:
     """The service's CUDA defaults (bf16 autocast, channels-last, TF32): every image stays
     the CPU's image for its seed, within the bf16 drift."""
