@@ -30,7 +30,6 @@ from app.api.streaming.events import (
     EventStreamResponse,
     job_event_stream,
 )
-from app.core.checkpoints import Registry
 from app.core.jobs.deadline import job_deadline
 from app.core.jobs.names import TERMINAL
 from app.core.jobs.spec import GenerateRequest
@@ -161,10 +160,9 @@ async def generate(
         return submit_job("generate", normalised, settings, store, messages, **options(span))
 
     with request_span("POST /generate", request.headers) as span:
-        if type(registry) is Registry:
-            # A checkpoint in the data directory resolves with a stat or two (its parsed
-            # config is cached): on the event loop, with the store's create script through
-            # the async client. No thread-pool hop per submission.
+        if registry.resolves_locally:
+            # On the event loop (the parsed config is cached), with the store's create
+            # script through the async client: no thread-pool hop per submission.
             ar = request.app.state.api.aredis.get()
             normalised = normalise_generate(body, settings, registry)
             doc, created, stored = await asubmit_job(

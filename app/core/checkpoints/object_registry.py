@@ -83,6 +83,8 @@ def allocate_version(r: redis.Redis, key: str, floor: int) -> int:
 class ObjectRegistry(Registry):
     """:class:`Registry`'s interface over an :class:`ObjectStore`; built-ins stay local."""
 
+    resolves_locally = False  # a version may have to be read from the object store
+
     def __init__(
         self,
         objects: ObjectStore,

@@ -142,6 +142,10 @@ def _config_of(path: Path) -> tuple[dict, CheckpointConfig | str]:
 class Registry:
     """Checkpoints under ``root`` plus the read-only built-ins."""
 
+    # A version resolves from the data directory with a stat or two (no network): the API
+    # may resolve it on its event loop.
+    resolves_locally = True
+
     def __init__(self, data_dir: Path | str) -> None:
         self.root = Path(data_dir).resolve() / "checkpoints"
 

@@ -134,17 +134,22 @@ class _AsyncMasterConnection(asentinel.SentinelManagedConnection):
         return await super().connect_check_health(check_health, retry_socket_connect)
 
 
+def _client_options(decode: bool, socket_timeout: float) -> dict[str, Any]:
+    """What every client of ours, sync or async, is made with."""
+    return {
+        "decode_responses": decode,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": socket_timeout,
+        "health_check_interval": HEALTH_CHECK_INTERVAL,
+    }
+
+
 def connect(where: Any, decode: bool = True, **options: Any) -> redis.Redis:
     """A redis-py client for ``where`` (a URL, a :class:`RedisTarget` or the settings),
     with short timeouts; the master of a Sentinel group when it names one. ``options``
     override the client's defaults (``socket_timeout``, say)."""
     t = _target(where)
-    kw: dict[str, Any] = {
-        "decode_responses": decode,
-        "socket_connect_timeout": CONNECT_TIMEOUT,
-        "socket_timeout": SOCKET_TIMEOUT,
-        "health_check_interval": HEALTH_CHECK_INTERVAL,
-    } | options
+    kw = _client_options(decode, SOCKET_TIMEOUT) | options
     if not t.sentinel:
         return redis.Redis.from_url(t.url or "redis://127.0.0.1:6379/0", **kw)
     manager = sentinel.Sentinel(list(t.nodes), sentinel_kwargs=_sentinel_kwargs(t))
@@ -167,11 +172,7 @@ def async_redis_client(
     ``max_connections`` (a command waits up to 10 s for a free one), owned by the client
     (``aclose()`` closes it)."""
     t = _target(where)
-    kw: dict[str, Any] = {
-        "decode_responses": decode,
-        "socket_connect_timeout": CONNECT_TIMEOUT,
-        "socket_timeout": socket_timeout,
-        "health_check_interval": HEALTH_CHECK_INTERVAL,
+    kw = _client_options(decode, socket_timeout) | {
         "max_connections": max_connections,
         "timeout": 10,
     }
